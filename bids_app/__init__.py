@@ -1,0 +1,1 @@
+"""ichseg.bids_app: command line, BIDS queries, derivative naming and the group level."""

@@ -1,0 +1,86 @@
+"""The ``ichseg`` command line (BIDS-Apps convention): parse arguments, then hand over."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from ichseg.pipeline import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``ichseg``."""
+    parser = argparse.ArgumentParser(
+        prog="ichseg",
+        description=(
+            "Segment intracranial hemorrhage on non-contrast head CT (BLAST-CT networks after "
+            "brain extraction and registration to a CT template) and report volumes in mL."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("bids_dir", type=Path, help="root of the input BIDS dataset (read only)")
+    parser.add_argument("output_dir", type=Path, help="where the BIDS derivatives are written")
+    parser.add_argument("analysis_level", choices=["participant", "group"], help="processing stage")
+    parser.add_argument("--version", action="version", version=f"ichseg {__version__}")
+
+    select = parser.add_argument_group("selecting scans")
+    select.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL",
+                        help="participants to process (with or without 'sub-'); default: all")
+    select.add_argument("--session-label", "--session_label", nargs="+", metavar="LABEL",
+                        help="sessions to process (with or without 'ses-'); default: all")
+    select.add_argument("--bids-filter-file", type=Path, metavar="FILE",
+                        help='JSON of extra pybids queries, e.g. {"ct": {"acquisition": "axial"}}')
+
+    run = parser.add_argument_group("running")
+    run.add_argument("-w", "--work-dir", type=Path, default=Path.cwd() / "work",
+                     help="Nipype working directory; re-runs reuse it")
+    run.add_argument("--n-procs", "--nprocs", type=int, default=os.cpu_count() or 1, metavar="N",
+                     help="processes/threads used in total (scans run side by side)")
+    run.add_argument("--omp-nthreads", type=int, default=None, metavar="N",
+                     help="threads of one inference or registration step (default: --n-procs, at most 8)")
+    run.add_argument("--device", default="cpu", help="torch device for inference: cpu, cuda, cuda:1, ...")
+    run.add_argument("--model", default="blastct-v1", metavar="NAME_OR_PATH",
+                     help="registered model (blastct-v1, blastct-v1-ensemble) or a .pt file / folder")
+
+    method = parser.add_argument_group("method")
+    method.add_argument("--transform", choices=["rigid", "affine"], default="rigid",
+                        help="ANTs transform to the CT template")
+    method.add_argument("--network-input", choices=["head", "brain"], default="head",
+                        help="the network sees the whole head or the extracted brain")
+    method.add_argument("--margin-mm", type=float, default=10.0,
+                        help="margin around the brain mask where the network is run")
+
+    out = parser.add_argument_group("messages")
+    verbosity = out.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="count", default=0, help="more messages")
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``ichseg`` console script; returns the exit status."""
+    os.environ.setdefault("NIPYPE_NO_ET", "1")  # nipype's version check stalls on closed networks
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("ichseg").setLevel(level)
+
+    from .run import UserError, run_group, run_participant
+
+    try:
+        if args.analysis_level == "participant":
+            return run_participant(args)
+        return run_group(args)
+    except UserError as exc:
+        print(f"ichseg: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ichseg: interrupted; re-run the same command to finish what is missing", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

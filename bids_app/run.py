@@ -1,0 +1,165 @@
+"""Running the participant and group levels: from parsed arguments to outputs and a summary."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from pathlib import Path
+
+from ichseg.pipeline import __version__
+from ichseg.pipeline.assets import AssetError
+from ichseg.pipeline.models import ModelError, resolve_model
+
+from .bids import BIDSInputError, check_output_dir, collect_ct_images, load_bids_filter
+from .description import write_derivatives_description
+from .group import GroupLevelError, clear_failure_record, write_failure_record, write_group_table
+from .naming import derivative_path, scan_id
+
+LOGGER = logging.getLogger("ichseg")
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad arguments, input, missing assets): no traceback."""
+
+
+def _check_inputs(args):
+    """Validate directories and filters; return (output_dir, bids_filter)."""
+    try:
+        output_dir = check_output_dir(args.bids_dir, args.output_dir)
+        bids_filter = load_bids_filter(args.bids_filter_file) if args.bids_filter_file else None
+    except BIDSInputError as exc:
+        raise UserError(str(exc)) from None
+    return output_dir, bids_filter
+
+
+def run_participant(args) -> int:
+    """Process every selected CT; return 0 when all succeeded, 1 when any failed."""
+    output_dir, bids_filter = _check_inputs(args)
+    work_dir = args.work_dir.absolute()
+    try:
+        check_output_dir(args.bids_dir, work_dir)
+    except BIDSInputError as exc:
+        raise UserError(f"--work-dir: {exc}") from None
+    try:
+        images = collect_ct_images(args.bids_dir, args.participant_label, args.session_label, bids_filter)
+        resolve_model(args.model)  # fail before any work when weights or config are missing
+    except (BIDSInputError, ModelError, AssetError) as exc:
+        raise UserError(str(exc)) from None
+
+    from nipype import config as nipype_config
+    from nipype import logging as nipype_logging
+
+    from ichseg.pipeline.workflows.base import init_ichseg_wf
+
+    n_procs = max(1, args.n_procs)
+    omp_nthreads = args.omp_nthreads or min(n_procs, 8)
+    crash_dir = work_dir / "crash"
+    nipype_config.update_config({
+        "execution": {
+            "crashdump_dir": str(crash_dir),
+            "crashfile_format": "txt",
+            "stop_on_first_crash": False,
+            "hash_method": "timestamp",
+        },
+        "monitoring": {"enabled": False},
+    })
+    nipype_logging.update_logging(nipype_config)
+    nipype_level = logging.INFO if args.verbose else logging.WARNING
+    for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
+        logging.getLogger(name).setLevel(nipype_level)
+
+    ids = [image.scan_id for image in images]
+    LOGGER.info("ichseg %s: %d CT image(s) to process with model %s on %s, %d process(es)",
+                __version__, len(images), args.model, args.device, n_procs)
+    try:
+        workflow = init_ichseg_wf(
+            ct_files=[image.path for image in images],
+            scan_ids=ids,
+            output_dir=output_dir,
+            work_dir=work_dir,
+            model=args.model,
+            device=args.device,
+            omp_nthreads=omp_nthreads,
+            transform_type=args.transform.capitalize(),
+            network_input=args.network_input,
+            margin_mm=args.margin_mm,
+        )
+    except AssetError as exc:
+        raise UserError(str(exc)) from None
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_derivatives_description(output_dir, args.bids_dir, __version__)
+    progress = _Progress(images)
+    started = time.time()
+    try:
+        workflow.run(plugin="MultiProc", plugin_args={
+            "n_procs": n_procs, "raise_insufficient": False, "status_callback": progress,
+        })
+    except RuntimeError as exc:  # nipype raises once at the end if any node crashed
+        LOGGER.debug("nipype: %s", exc)
+
+    failed = {}
+    for image in images:
+        volumes = derivative_path(output_dir, image.entities, "volumes")
+        if volumes.exists() and volumes.stat().st_mtime >= started - 1:
+            clear_failure_record(output_dir, image.entities)
+            continue
+        reason = _crash_reason(crash_dir, image.scan_id, since=started) or "unknown error (see the work directory)"
+        failed[image.scan_id] = reason
+        write_failure_record(output_dir, image.entities, reason, source_file=str(image.path))
+
+    elapsed = time.time() - started
+    done = len(images) - len(failed)
+    LOGGER.info("finished %d/%d scan(s) in %.0f s; outputs in %s", done, len(images), elapsed, output_dir)
+    if failed:
+        LOGGER.error("%d scan(s) failed:", len(failed))
+        for sid, reason in failed.items():
+            LOGGER.error("  %s: %s", sid, reason)
+        return 1
+    return 0
+
+
+def _crash_reason(crash_dir: Path, sid: str, since: float) -> str | None:
+    """The error message of the newest crash file of one scan's workflow, if any."""
+    node_tag = "ct_" + re.sub(r"[^0-9A-Za-z]", "_", sid)
+    crashes = [p for p in crash_dir.glob("crash-*.txt") if p.stat().st_mtime >= since - 1 and node_tag in p.read_text(errors="replace")]
+    if not crashes:
+        return None
+    text = max(crashes, key=lambda p: p.stat().st_mtime).read_text(errors="replace")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if re.match(r"^[A-Za-z_.]*(Error|Exception)\b", line)]
+    return errors[-1] if errors else lines[-1]
+
+
+class _Progress:
+    """Nipype status callback that reports scans done / total and the elapsed time."""
+
+    def __init__(self, images):
+        self.total = len(images)
+        self.done = 0
+        self.started = time.time()
+
+    def __call__(self, node, status):
+        if status == "end" and node.name == "ds_volumes":
+            self.done += 1
+            LOGGER.info("progress: %d/%d scans done (%.0f s)", self.done, self.total, time.time() - self.started)
+        elif status == "exception":
+            LOGGER.warning("step %s failed (%s)", node.fullname, node.name)
+
+
+def run_group(args) -> int:
+    """Write the group table of every scan; return 0 (1 when some scans failed or are missing)."""
+    output_dir, bids_filter = _check_inputs(args)
+    try:
+        path = write_group_table(output_dir, args.bids_dir, args.participant_label, bids_filter)
+    except (GroupLevelError, BIDSInputError) as exc:
+        raise UserError(str(exc)) from None
+    import pandas as pd
+
+    table = pd.read_csv(path, sep="\t", na_values="n/a", keep_default_na=False)
+    bad = table[table["status"] != "ok"]
+    LOGGER.info("group table: %s (%d scans, %d not ok)", path, len(table), len(bad))
+    for _, row in bad.iterrows():
+        LOGGER.warning("  %s: %s %s", row["source_file"], row["status"], row.get("error", ""))
+    return 1 if len(bad) else 0

@@ -1,0 +1,1 @@
+"""Nipype interfaces: small typed wrappers around the plain functions of ichseg.pipeline."""

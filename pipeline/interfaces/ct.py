@@ -1,0 +1,95 @@
+"""Interfaces for loading/conforming a CT and extracting the brain."""
+
+from __future__ import annotations
+
+import os
+
+import nibabel as nib
+import numpy as np
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    traits,
+)
+
+from ..brain import extract_brain
+from ..geometry import shear_degrees, voxel_sizes
+from ..image import conform_ct, to_source_orientation
+from ..niftiio import save_like
+
+
+class _ConformCTInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="head CT in HU (NIfTI)")
+
+
+class _ConformCTOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="checked CT, float32, closest-RAS voxel axes")
+    shear_deg = traits.Float(desc="gantry-tilt shear of the voxel grid (degrees)")
+
+
+class ConformCT(SimpleInterface):
+    """Load and check a head CT and reorient it to RAS axes (no interpolation)."""
+
+    input_spec = _ConformCTInputSpec
+    output_spec = _ConformCTOutputSpec
+
+    def _run_interface(self, runtime):
+        out_file = os.path.join(runtime.cwd, "ct_conformed.nii.gz")
+        conform_ct(self.inputs.in_file, out_file)
+        self._results["out_file"] = out_file
+        self._results["shear_deg"] = shear_degrees(nib.load(out_file).affine)
+        return runtime
+
+
+class _BrainExtractionInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="conformed CT in HU")
+
+
+class _BrainExtractionOutputSpec(TraitedSpec):
+    out_mask = File(exists=True, desc="intracranial mask on the conformed grid (uint8)")
+
+
+class BrainExtraction(SimpleInterface):
+    """CT brain (intracranial) extraction with thresholds and morphology."""
+
+    input_spec = _BrainExtractionInputSpec
+    output_spec = _BrainExtractionOutputSpec
+
+    def _run_interface(self, runtime):
+        img = nib.load(self.inputs.in_file)
+        mask = extract_brain(np.asanyarray(img.dataobj, dtype=np.float32), voxel_sizes(img.affine))
+        if not mask.any():
+            raise RuntimeError(
+                f"{self.inputs.in_file}: brain extraction found no intracranial tissue "
+                "(0-100 HU inside the skull); check that the file is a head CT in HU."
+            )
+        self._results["out_mask"] = os.path.join(runtime.cwd, "brain_mask.nii.gz")
+        save_like(mask.astype(np.uint8), img, self._results["out_mask"])
+        return runtime
+
+
+class _ToSourceGridInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="image on the conformed (reoriented) grid")
+    source_file = File(exists=True, mandatory=True, desc="the original CT")
+
+
+class _ToSourceGridOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="the same voxels on the original CT's grid")
+
+
+class ToSourceGrid(SimpleInterface):
+    """Undo the conforming reorientation (exact: axis flips and permutations only)."""
+
+    input_spec = _ToSourceGridInputSpec
+    output_spec = _ToSourceGridOutputSpec
+
+    def _run_interface(self, runtime):
+        img = nib.load(self.inputs.in_file)
+        source = nib.load(self.inputs.source_file)
+        data = to_source_orientation(np.asanyarray(img.dataobj), img.affine, source)
+        name = os.path.basename(self.inputs.in_file).replace(".nii.gz", "_source.nii.gz")
+        self._results["out_file"] = os.path.join(runtime.cwd, name)
+        save_like(data, source, self._results["out_file"])
+        return runtime

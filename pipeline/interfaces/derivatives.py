@@ -1,0 +1,87 @@
+"""Store a workflow result under its BIDS derivative name.
+
+A small cousin of niworkflows' ``DerivativesDataSink``: the name comes from
+:func:`ichseg.bids_app.naming.derivative_path` (the one place that names outputs) for one
+``kind`` of :data:`ichseg.bids_app.naming.DERIVATIVES`, and the file is copied byte for byte
+(no re-encoding, no header edits) with an atomic rename, so an output is either absent or
+complete.
+"""
+
+from __future__ import annotations
+
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    Directory,
+    File,
+    SimpleInterface,
+    Str,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
+
+from ichseg.bids_app.naming import DERIVATIVES, derivative_path
+from ichseg.pipeline.fileutils import atomic_copy
+
+
+class _DerivativesDataSinkInputSpec(BaseInterfaceInputSpec):
+    base_directory = Directory(
+        mandatory=True, desc="Output (derivatives) folder; created if it does not exist."
+    )
+    source_file = File(
+        exists=False, mandatory=True, desc="The input CT the output derives from (its name)."
+    )
+    in_file = File(exists=True, mandatory=True, desc="The file to store.")
+    kind = Str(mandatory=True, desc=f"Kind of output, one of: {', '.join(DERIVATIVES)}.")
+    entities = traits.Dict(
+        key_trait=Str,
+        value_trait=Str,
+        desc="Entities added to those of the kind, e.g. {'desc': 'overlay'} for a figure.",
+    )
+
+
+class _DerivativesDataSinkOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="The stored derivative.")
+
+
+class DerivativesDataSink(SimpleInterface):
+    """Copy ``in_file`` to the derivative path of ``kind`` for ``source_file``.
+
+    Examples
+    --------
+    >>> DerivativesDataSink(
+    ...     base_directory="/out", source_file="/bids/sub-01/anat/sub-01_ct.nii.gz",
+    ...     in_file="labels.nii.gz", kind="dseg",
+    ... ).run()  # doctest: +SKIP
+    # -> /out/sub-01/anat/sub-01_dseg.nii.gz
+    """
+
+    input_spec = _DerivativesDataSinkInputSpec
+    output_spec = _DerivativesDataSinkOutputSpec
+    # Like niworkflows: the outputs live outside the working directory, so a cached node
+    # must not skip the copy (a user may have deleted the derivative since the last run).
+    _always_run = True
+
+    def _run_interface(self, runtime):
+        kind = self.inputs.kind
+        if kind not in DERIVATIVES:
+            raise ValueError(
+                f"DerivativesDataSink: unknown kind {kind!r}; choose one of: "
+                f"{', '.join(DERIVATIVES)}."
+            )
+        entities = self.inputs.entities if isdefined(self.inputs.entities) else {}
+        out_file = derivative_path(
+            self.inputs.base_directory, self.inputs.source_file, kind, **entities
+        )
+        extension = DERIVATIVES[kind].extension
+        if not str(self.inputs.in_file).endswith(extension):
+            # Bytes are copied as they are: a .nii given for a .nii.gz kind would produce an
+            # uncompressed file under a gzip name, which nibabel then cannot read.
+            raise ValueError(
+                f"DerivativesDataSink: {self.inputs.in_file} cannot be stored as {kind!r}, whose "
+                f"files end with {extension!r}. Write the file in that format upstream "
+                "(the sink copies bytes and never converts)."
+            )
+        atomic_copy(self.inputs.in_file, out_file)
+        self._results["out_file"] = str(out_file)
+        return runtime

@@ -1,0 +1,76 @@
+"""Interface for ANTs registration of the CT brain to the CT template."""
+
+from __future__ import annotations
+
+import os
+
+import nibabel as nib
+import numpy as np
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    traits,
+)
+
+from ..niftiio import save_like
+from ..registration import register_to_template, warp_to_template
+
+#: HU given to template voxels outside the scan's field of view: air.
+OUTSIDE_FOV_HU = -1000.0
+
+
+class _RegisterInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="conformed CT in HU")
+    brain_mask = File(exists=True, mandatory=True, desc="intracranial mask of in_file")
+    template = File(exists=True, mandatory=True, desc="skull-stripped CT template (HU)")
+    template_mask = File(exists=True, mandatory=True, desc="brain mask of the template")
+    transform_type = traits.Enum("Rigid", "Affine", usedefault=True, desc="ANTs transform model")
+    seed = traits.Int(1, usedefault=True, desc="ANTs random seed (reproducible sampling)")
+    num_threads = traits.Int(1, usedefault=True, desc="ITK threads for ANTs")
+
+
+class _RegisterOutputSpec(TraitedSpec):
+    out_transform = File(exists=True, desc="ANTs affine (template -> scan points), ITK .mat")
+    template_ct = File(exists=True, desc="the CT (full head, HU) resampled on the template grid")
+    template_brain_mask = File(exists=True, desc="the CT's brain mask on the template grid")
+    similarity = traits.Float(desc="correlation of template and registered brain intensities")
+    mask_dice = traits.Float(desc="Dice of registered brain mask and template brain mask")
+
+
+class RegisterToTemplate(SimpleInterface):
+    """Register the brain to the template (ANTsPy) and resample the CT onto the template grid."""
+
+    input_spec = _RegisterInputSpec
+    output_spec = _RegisterOutputSpec
+
+    def _run_interface(self, runtime):
+        # ITK reads its thread count from the environment at each registration call
+        os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(max(1, self.inputs.num_threads))
+        ct_img = nib.load(self.inputs.in_file)
+        ct = np.asanyarray(ct_img.dataobj, dtype=np.float32)
+        mask = np.asanyarray(nib.load(self.inputs.brain_mask).dataobj) > 0
+        transform = os.path.join(runtime.cwd, "template_to_ct.mat")
+        result = register_to_template(
+            ct, ct_img.affine, mask, self.inputs.template, transform,
+            self.inputs.transform_type, self.inputs.seed,
+        )
+        template_img = nib.load(self.inputs.template)
+        template_to_scan = result["template_to_scan"]
+        warped_ct = warp_to_template(ct, ct_img.affine, template_img, template_to_scan, cval=OUTSIDE_FOV_HU)
+        warped_mask = warp_to_template(mask.astype(np.float32), ct_img.affine, template_img, template_to_scan) >= 0.5
+        self._results["out_transform"] = transform
+        self._results["template_ct"] = os.path.join(runtime.cwd, "ct_space-template.nii.gz")
+        self._results["template_brain_mask"] = os.path.join(runtime.cwd, "brain_mask_space-template.nii.gz")
+        save_like(warped_ct.astype(np.float32), template_img, self._results["template_ct"])
+        save_like(warped_mask.astype(np.uint8), template_img, self._results["template_brain_mask"])
+
+        template = np.asanyarray(template_img.dataobj, dtype=np.float32)
+        template_mask = np.asanyarray(nib.load(self.inputs.template_mask).dataobj) > 0.5
+        both = warped_mask & template_mask
+        self._results["mask_dice"] = float(2 * both.sum() / max(1, warped_mask.sum() + template_mask.sum()))
+        self._results["similarity"] = (
+            float(np.corrcoef(np.clip(warped_ct[both], 0, 100), template[both])[0, 1]) if both.sum() > 10 else 0.0
+        )
+        return runtime

@@ -1,0 +1,48 @@
+"""The label table of the segmentation: the one place that names classes and volume columns.
+
+BLAST-CT v1 predicts five classes on head CT. Everything that needs a class index, a name,
+a colour or a volume-column name (label maps, ``_dseg.tsv``, volume tables, reports) reads it
+from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Label:
+    """One class of the label map."""
+
+    index: int
+    name: str
+    abbreviation: str
+    color: str  # hex RGB, used in reports and the BIDS ``_dseg.tsv``
+    is_hemorrhage: bool
+
+    @property
+    def volume_column(self) -> str:
+        """Name of this class's volume column (mL) in volume tables."""
+        return f"{self.abbreviation.lower()}_ml"
+
+
+LABELS: tuple[Label, ...] = (
+    Label(0, "background", "BG", "#000000", False),
+    Label(1, "intraparenchymal hemorrhage", "IPH", "#e41a1c", True),
+    Label(2, "extra-axial hemorrhage", "EAH", "#377eb8", True),
+    Label(3, "perilesional oedema", "OED", "#4daf4a", False),
+    Label(4, "intraventricular hemorrhage", "IVH", "#ff7f00", True),
+)
+
+#: Foreground classes, in index order (everything except background).
+FOREGROUND_LABELS: tuple[Label, ...] = tuple(lab for lab in LABELS if lab.index != 0)
+#: Class indices that count towards total hemorrhage (IPH + EAH + IVH).
+HEMORRHAGE_INDICES: tuple[int, ...] = tuple(lab.index for lab in LABELS if lab.is_hemorrhage)
+#: Volume column of total hemorrhage and of the brain (intracranial) mask, in mL.
+TOTAL_HEMORRHAGE_COLUMN = "hemorrhage_ml"
+BRAIN_VOLUME_COLUMN = "brain_ml"
+#: All volume columns of a per-scan or group table, in their fixed order.
+VOLUME_COLUMNS: tuple[str, ...] = tuple(lab.volume_column for lab in FOREGROUND_LABELS) + (
+    TOTAL_HEMORRHAGE_COLUMN,
+    BRAIN_VOLUME_COLUMN,
+)

@@ -1,0 +1,1 @@
+"""Nipype workflows of ichseg (``init_*_wf`` functions)."""

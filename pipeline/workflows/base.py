@@ -1,0 +1,207 @@
+"""Top-level workflows: one sub-workflow per head CT, all run side by side by Nipype."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from .. import assets
+from ..interfaces.ct import BrainExtraction, ConformCT, ToSourceGrid
+from ..interfaces.labels import LabelTable
+from ..interfaces.registration import RegisterToTemplate
+from ..interfaces.segmentation import ProbabilitiesToScan, SegmentHemorrhage
+from ..interfaces.volumes import TabulateVolumes
+from .outputs import init_ct_derivatives_wf
+
+#: Memory (GB) that each step may use at most, so that Nipype's MultiProc scheduler never
+#: runs more scans side by side than the RAM allows (figures measured in bench/).
+MEM_GB = {"conform": 0.5, "brain": 1.0, "register": 1.0, "segment": 2.5, "to_scan": 1.5, "tabulate": 0.3}
+
+
+def init_ichseg_wf(
+    ct_files: Sequence[str | Path],
+    scan_ids: Sequence[str],
+    output_dir: str | Path,
+    work_dir: str | Path,
+    model: str = "blastct-v1",
+    device: str = "cpu",
+    omp_nthreads: int = 1,
+    transform_type: str = "Rigid",
+    network_input: str = "head",
+    margin_mm: float = 10.0,
+    name: str = "ichseg_wf",
+):
+    """Build the participant-level workflow: one :func:`init_single_ct_wf` per CT image.
+
+    Parameters
+    ----------
+    ct_files : list of paths
+        Head CT images (NIfTI, HU) to process.
+    scan_ids : list of str
+        A unique, filesystem-safe name per image (e.g. ``sub-01_ses-1_run-1``).
+    output_dir : path
+        Root of the BIDS derivatives dataset.
+    work_dir : path
+        Nipype working directory; re-runs reuse what it holds.
+    model, device, omp_nthreads, transform_type, network_input, margin_mm
+        Passed on to :func:`init_single_ct_wf`.
+
+    Outputs
+    -------
+    Derivatives are written to ``output_dir`` by each sub-workflow.
+    """
+    workflow = pe.Workflow(name=name, base_dir=str(work_dir))
+    for ct_file, scan_id in zip(ct_files, scan_ids):
+        single = init_single_ct_wf(
+            ct_file=ct_file,
+            output_dir=output_dir,
+            model=model,
+            device=device,
+            omp_nthreads=omp_nthreads,
+            transform_type=transform_type,
+            network_input=network_input,
+            margin_mm=margin_mm,
+            name=_node_name(scan_id),
+        )
+        workflow.add_nodes([single])
+    return workflow
+
+
+def _node_name(scan_id: str) -> str:
+    """Nipype node names allow letters, digits and underscores only."""
+    return "ct_" + "".join(ch if ch.isalnum() else "_" for ch in scan_id)
+
+
+def init_single_ct_wf(
+    ct_file: str | Path,
+    output_dir: str | Path,
+    model: str = "blastct-v1",
+    device: str = "cpu",
+    omp_nthreads: int = 1,
+    transform_type: str = "Rigid",
+    network_input: str = "head",
+    margin_mm: float = 10.0,
+    name: str = "single_ct_wf",
+):
+    """Segment hemorrhage on one head CT and tabulate its volumes in the scan's own space.
+
+    Steps: load/check/reorient, brain extraction, ANTs registration of the brain to the
+    CT template, tiled CNN inference in template space, inverse transform of the class
+    probabilities to the scan's grid, label map, volumes.
+
+    Parameters
+    ----------
+    ct_file : path
+        The head CT (NIfTI, HU).
+    output_dir : path
+        Root of the BIDS derivatives dataset.
+    model : str
+        Registered model name (see :mod:`ichseg.pipeline.models`) or a weights path.
+    device : str
+        Torch device for inference (``cpu``, ``cuda``).
+    omp_nthreads : int
+        Threads a single step may use (torch, ITK); Nipype reserves them per node.
+    transform_type : {"Rigid", "Affine"}
+        ANTs transform of the registration to the template.
+    network_input : {"head", "brain"}
+        Whether the network sees the whole head or the brain only.
+    margin_mm : float
+        Margin around the brain mask inside which the network is run.
+
+    Inputs
+    ------
+    ct_file
+        The CT image (set from ``ct_file``).
+
+    Outputs
+    -------
+    dseg, hemorrhage_probseg, brain_mask, template_ct, template_dseg, transform,
+    volumes_tsv, volumes_json, qc
+    """
+    workflow = pe.Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(fields=["ct_file"]), name="inputnode")
+    inputnode.inputs.ct_file = str(ct_file)
+    outputnode = pe.Node(
+        niu.IdentityInterface(
+            fields=["dseg", "hemorrhage_probseg", "brain_mask", "template_ct", "template_dseg",
+                    "transform", "volumes_tsv", "volumes_json", "qc"]
+        ),
+        name="outputnode",
+    )
+
+    conform = pe.Node(ConformCT(), name="conform", mem_gb=MEM_GB["conform"])
+    brain = pe.Node(BrainExtraction(), name="brain_extraction", mem_gb=MEM_GB["brain"])
+    register = pe.Node(
+        RegisterToTemplate(
+            template=str(assets.get_asset(assets.TEMPLATE_CT)),
+            template_mask=str(assets.get_asset(assets.TEMPLATE_MASK)),
+            transform_type=transform_type,
+            num_threads=omp_nthreads,
+        ),
+        name="register",
+        n_procs=omp_nthreads,
+        mem_gb=MEM_GB["register"],
+    )
+    segment = pe.Node(
+        SegmentHemorrhage(
+            model=model, device=device, num_threads=omp_nthreads,
+            network_input=network_input, margin_mm=margin_mm,
+        ),
+        name="segment",
+        n_procs=omp_nthreads,
+        mem_gb=MEM_GB["segment"],
+    )
+    to_scan = pe.Node(ProbabilitiesToScan(), name="probabilities_to_scan", mem_gb=MEM_GB["to_scan"])
+    mask_to_source = pe.Node(ToSourceGrid(), name="brain_mask_to_source")
+    tabulate = pe.Node(
+        TabulateVolumes(extra_metadata={"Registration": {"Transform": transform_type, "Tool": "ANTsPy"}}),
+        name="tabulate_volumes",
+        mem_gb=MEM_GB["tabulate"],
+    )
+    label_table = pe.Node(LabelTable(), name="label_table")
+    qc = pe.Node(niu.Merge(2), name="registration_qc")
+
+    derivatives_wf = init_ct_derivatives_wf(output_dir)
+
+    # fmt: off
+    workflow.connect([
+        (inputnode, conform, [("ct_file", "in_file")]),
+        (conform, brain, [("out_file", "in_file")]),
+        (conform, register, [("out_file", "in_file")]),
+        (brain, register, [("out_mask", "brain_mask")]),
+        (register, segment, [("template_ct", "template_ct"),
+                             ("template_brain_mask", "template_brain_mask")]),
+        (segment, to_scan, [("probabilities", "probabilities")]),
+        (register, to_scan, [("out_transform", "transform")]),
+        (inputnode, to_scan, [("ct_file", "source_file")]),
+        (brain, mask_to_source, [("out_mask", "in_file")]),
+        (inputnode, mask_to_source, [("ct_file", "source_file")]),
+        (to_scan, tabulate, [("dseg", "dseg")]),
+        (mask_to_source, tabulate, [("out_file", "brain_mask")]),
+        (segment, tabulate, [("model_info", "model_info")]),
+        (inputnode, tabulate, [("ct_file", "source_file")]),
+        (register, qc, [("similarity", "in1"), ("mask_dice", "in2")]),
+        (to_scan, outputnode, [("dseg", "dseg"), ("hemorrhage_probseg", "hemorrhage_probseg")]),
+        (mask_to_source, outputnode, [("out_file", "brain_mask")]),
+        (register, outputnode, [("template_ct", "template_ct"), ("out_transform", "transform")]),
+        (segment, outputnode, [("template_dseg", "template_dseg")]),
+        (tabulate, outputnode, [("out_tsv", "volumes_tsv"), ("out_json", "volumes_json")]),
+        (qc, outputnode, [("out", "qc")]),
+        (inputnode, derivatives_wf, [("ct_file", "inputnode.source_file")]),
+        (label_table, derivatives_wf, [("out_file", "inputnode.dseg_tsv")]),
+        (outputnode, derivatives_wf, [
+            ("dseg", "inputnode.dseg"),
+            ("hemorrhage_probseg", "inputnode.hemorrhage_probseg"),
+            ("brain_mask", "inputnode.brain_mask"),
+            ("template_ct", "inputnode.template_ct"),
+            ("template_dseg", "inputnode.template_dseg"),
+            ("transform", "inputnode.xfm"),
+            ("volumes_tsv", "inputnode.volumes"),
+            ("volumes_json", "inputnode.volumes_json"),
+        ]),
+    ])
+    # fmt: on
+    return workflow
