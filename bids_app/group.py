@@ -33,13 +33,7 @@ from typing import Any
 import pandas as pd
 
 from ichseg.pipeline.fileutils import atomic_write_text
-from ichseg.pipeline.labels import (
-    BRAIN_VOLUME_COLUMN,
-    FOREGROUND_LABELS,
-    HEMORRHAGE_INDICES,
-    TOTAL_HEMORRHAGE_COLUMN,
-    VOLUME_COLUMNS,
-)
+from ichseg.pipeline.labels import VOLUME_COLUMNS, volume_column_descriptions
 
 from .bids import collect_ct_images
 from .naming import (
@@ -57,7 +51,6 @@ __all__ = [
     "GroupLevelError",
     "build_group_table",
     "clear_failure_record",
-    "describe_volume_columns",
     "group_table_sidecar",
     "write_failure_record",
     "write_group_table",
@@ -78,35 +71,6 @@ _NA_VALUES = ["n/a", "", "nan", "NaN"]
 
 class GroupLevelError(Exception):
     """The group table cannot be built (the message says why and what to do)."""
-
-
-def describe_volume_columns() -> dict[str, dict[str, str]]:
-    """BIDS column descriptions (``Description``, ``Units``) of the volume columns."""
-    hemorrhage = [lab for lab in FOREGROUND_LABELS if lab.index in HEMORRHAGE_INDICES]
-    out = {
-        lab.volume_column: {
-            "Description": f"Volume of {lab.name} ({lab.abbreviation}, label {lab.index} of "
-            "the _dseg label map).",
-            "Units": "mL",
-        }
-        for lab in FOREGROUND_LABELS
-    }
-    out[TOTAL_HEMORRHAGE_COLUMN] = {
-        "Description": "Total hemorrhage volume: sum of "
-        + ", ".join(f"{lab.name} ({lab.abbreviation})" for lab in hemorrhage)
-        + ".",
-        "Units": "mL",
-    }
-    out[BRAIN_VOLUME_COLUMN] = {
-        "Description": "Volume of the brain (intracranial) mask.",
-        "Units": "mL",
-    }
-    # Keep the order of VOLUME_COLUMNS; a column added there without a text here still
-    # gets its unit.
-    return {
-        col: out.get(col, {"Description": f"Volume ({col}).", "Units": "mL"})
-        for col in VOLUME_COLUMNS
-    }
 
 
 def write_failure_record(
@@ -295,7 +259,7 @@ def group_table_sidecar(table: pd.DataFrame, output_dir: str | os.PathLike | Non
             "Description": "Source CT, relative to the input BIDS dataset; n/a when the group "
             "level ran without the dataset."
         },
-        **describe_volume_columns(),
+        **volume_column_descriptions(),
         "status": {"Description": "Outcome of the participant level.", "Levels": _STATUS_LEVELS},
         "error": {"Description": "Error message of a failed scan; n/a otherwise."},
     }

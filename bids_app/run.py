@@ -14,7 +14,7 @@ from ichseg.pipeline.models import ModelError, resolve_model
 from .bids import BIDSInputError, check_output_dir, collect_ct_images, load_bids_filter
 from .description import write_derivatives_description
 from .group import GroupLevelError, clear_failure_record, write_failure_record, write_group_table
-from .naming import derivative_path, scan_id
+from .naming import derivative_path
 
 LOGGER = logging.getLogger("ichseg")
 

@@ -103,7 +103,7 @@ def _barrier(hu, fill):
 
 
 def _downsample_factors(vs):
-    """Integer block sizes that bring the grid to at most 1.8 x 1.8 x 3 mm (never finer than given)."""
+    """Integer block sizes for a grid of at most 1.8 x 1.8 x 3 mm (1 where voxels are coarser)."""
     fxy = max(1, int(np.floor(TARGET_INPLANE_MM / min(vs[0], vs[1]) + 1e-6)))
     fz = max(1, int(np.floor(TARGET_THROUGHPLANE_MM / vs[2] + 1e-6)))
     return (fxy, fxy, fz)
@@ -187,7 +187,7 @@ def _coarse_intracranial(soft, barrier, spacing):
 
 
 def _trim_spinal_canal(mask, spacing):
-    """Clear the inferior run of slices that hold a single small blob (canal below the foramen magnum)."""
+    """Clear the inferior run of slices holding one small blob (the canal below the foramen magnum)."""
     pix_cm2 = spacing[0] * spacing[1] / 100.0
     zs = np.flatnonzero(mask.any(axis=(0, 1)))
     if zs.size == 0:
@@ -206,7 +206,7 @@ def _trim_spinal_canal(mask, spacing):
 
 
 def _add_rim(mask, hu, fill, vs):
-    """Add the full-resolution partial-volume rim (up to RIM_MM) between the coarse mask and bone."""
+    """Add the full-resolution partial-volume rim (<= RIM_MM) between the coarse mask and bone."""
     kx, ky, kz = (2 * int(round(RIM_MM / v)) + 1 for v in vs)
     if max(kx, ky, kz) == 1 or not mask.any():
         return mask

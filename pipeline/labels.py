@@ -46,3 +46,32 @@ VOLUME_COLUMNS: tuple[str, ...] = tuple(lab.volume_column for lab in FOREGROUND_
     TOTAL_HEMORRHAGE_COLUMN,
     BRAIN_VOLUME_COLUMN,
 )
+
+
+def volume_column_descriptions() -> dict[str, dict[str, str]]:
+    """BIDS column descriptions (``Description``, ``Units``) of the volume columns."""
+    hemorrhage = [lab for lab in FOREGROUND_LABELS if lab.index in HEMORRHAGE_INDICES]
+    out = {
+        lab.volume_column: {
+            "Description": f"Volume of {lab.name} ({lab.abbreviation}, label {lab.index} of "
+            "the _dseg label map).",
+            "Units": "mL",
+        }
+        for lab in FOREGROUND_LABELS
+    }
+    out[TOTAL_HEMORRHAGE_COLUMN] = {
+        "Description": "Total hemorrhage volume: sum of "
+        + ", ".join(f"{lab.name} ({lab.abbreviation})" for lab in hemorrhage)
+        + ".",
+        "Units": "mL",
+    }
+    out[BRAIN_VOLUME_COLUMN] = {
+        "Description": "Volume of the brain (intracranial) mask.",
+        "Units": "mL",
+    }
+    # Keep the order of VOLUME_COLUMNS; a column added there without a text here still
+    # gets its unit.
+    return {
+        col: out.get(col, {"Description": f"Volume ({col}).", "Units": "mL"})
+        for col in VOLUME_COLUMNS
+    }

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from .geometry import voxel_volume_ml
+
 # Intracranial ellipsoid semi-axes (L-R, A-P, I-S) in mm: an adult intracranial cavity of
 # about 140 x 170 x 120 mm, i.e. about 1.5 L.
 ICV_SEMI_AXES_MM = (70.0, 85.0, 60.0)
@@ -54,8 +56,8 @@ class HeadPhantom:
 
     @property
     def voxel_ml(self) -> float:
-        """Physical volume of one voxel in mL (|det| of the affine; < prod(voxel_size) when tilted)."""
-        return abs(float(np.linalg.det(self.affine[:3, :3]))) / 1000.0
+        """Physical volume of one voxel in mL: |det| of the affine, < prod(voxel_size) if tilted."""
+        return voxel_volume_ml(self.affine)
 
 
 def phantom_affine(voxel_size, shape, tilt_deg=0.0) -> np.ndarray:
@@ -88,7 +90,10 @@ def _world_grid(affine, shape):
     off = (affine[:3, 3] - np.asarray(HEAD_CENTRE_RAS)).astype(np.float32)
     # Each world axis is a sum of per-axis terms: build it by broadcasting, no big matmul.
     return [
-        lin[a, 0] * i[:, None, None] + lin[a, 1] * j[None, :, None] + lin[a, 2] * k[None, None, :] + off[a]
+        lin[a, 0] * i[:, None, None]
+        + lin[a, 1] * j[None, :, None]
+        + lin[a, 2] * k[None, None, :]
+        + off[a]
         for a in range(3)
     ]
 
@@ -117,7 +122,8 @@ def _ellipsoid(x, y, z, centre, semi_axes):
 
 def _box(affine, shape, centre, semi_axes):
     """Voxel-index slices that cover a head-centred ellipsoid (so small structures cost little)."""
-    corners = np.array(np.meshgrid(*[(c - a, c + a) for c, a in zip(centre, semi_axes)])).reshape(3, -1)
+    extent = [(c - a, c + a) for c, a in zip(centre, semi_axes)]
+    corners = np.array(np.meshgrid(*extent)).reshape(3, -1)
     world = corners + np.asarray(HEAD_CENTRE_RAS)[:, None]
     vox = np.linalg.solve(affine[:3, :3], world - affine[:3, 3:4])
     lo = np.clip(np.floor(vox.min(axis=1)).astype(int) - 1, 0, shape)
@@ -144,7 +150,8 @@ def _smooth_field(rng, shape, voxel_size, grain_mm=4.0):
     sigma = [grain_mm / (v * f) for v, f in zip(voxel_size, factors)]
     f = ndi.gaussian_filter(rng.standard_normal(coarse).astype(np.float32), sigma, mode="wrap")
     if any(c != n for c, n in zip(coarse, shape)):
-        f = ndi.zoom(f, [n / c for n, c in zip(shape, coarse)], order=1, grid_mode=True, mode="grid-wrap")
+        zoom = [n / c for n, c in zip(shape, coarse)]
+        f = ndi.zoom(f, zoom, order=1, grid_mode=True, mode="grid-wrap")
     return (f - f.mean()) / (f.std() + 1e-6)
 
 
@@ -217,9 +224,10 @@ def make_head_phantom(
     ribbon = depth > -(3.0 + 1.5 * fld_a)
     brain = np.where(ribbon, HU_GREY, HU_WHITE) + 2.0 * fld_b
     for sx in (-1.0, 1.0):
-        _paint(brain, HU_DEEP_GREY, x, y, z, affine, (22.0 * sx, 16.0, -4.0), (9.0, 18.0, 12.0))  # lentiform
-        _paint(brain, HU_DEEP_GREY, x, y, z, affine, (10.0 * sx, -4.0, -2.0), (8.0, 12.0, 10.0))  # thalamus
-        _paint(brain, HU_CSF, x, y, z, affine, (9.0 * sx, 6.0, 14.0), (5.0, 28.0, 9.0))  # lateral ventricle
+        # Lentiform nucleus, thalamus, lateral ventricle (centre, semi-axes in mm).
+        _paint(brain, HU_DEEP_GREY, x, y, z, affine, (22.0 * sx, 16.0, -4.0), (9.0, 18.0, 12.0))
+        _paint(brain, HU_DEEP_GREY, x, y, z, affine, (10.0 * sx, -4.0, -2.0), (8.0, 12.0, 10.0))
+        _paint(brain, HU_CSF, x, y, z, affine, (9.0 * sx, 6.0, 14.0), (5.0, 28.0, 9.0))
     sulci = (depth > -10.0) & (fld_b > 1.3)
     brain = np.where(sulci | (depth > -CSF_RIM_MM), HU_CSF, brain)
     hu[inside] = brain[inside]
@@ -227,7 +235,7 @@ def make_head_phantom(
     _paint_foramen_and_canal(hu, x, y, z, depth)
 
     # Physical voxel volume: on a tilted (sheared) grid it is |det|, not the product of zooms.
-    voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
+    voxel_ml = voxel_volume_ml(affine)
     hem = _hematoma_mask(x, y, z, inside & (depth < -4.0), hemorrhage_ml, voxel_ml, fld_a)
     hu[hem] = HU_BLOOD + 3.0 * fld_b[hem]
 
@@ -235,7 +243,9 @@ def make_head_phantom(
     if not skull:
         hu[~inside] = 0.0
     data = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
-    return HeadPhantom(data=data, affine=affine, brain_mask=inside, hemorrhage_mask=hem, voxel_size=voxel_size)
+    return HeadPhantom(
+        data=data, affine=affine, brain_mask=inside, hemorrhage_mask=hem, voxel_size=voxel_size
+    )
 
 
 def _paint_neck_and_face(hu, x, y, z, depth, affine):

@@ -53,9 +53,13 @@ def test_phantom_with_skull(ph0):
         # Tilted: a slice can hold frontal lobe and the spinal canal together, so the canal
         # below the foramen magnum (~1.5-3 mL) is kept.
         pytest.param({"tilt_deg": 18.5, "seed": 1}, 5.0, id="tilt"),
-        pytest.param({"tilt_deg": -25.0, "seed": 2, "hemorrhage_ml": 60.0}, 5.0, id="tilt-neg-big-bleed"),
+        pytest.param(
+            {"tilt_deg": -25.0, "seed": 2, "hemorrhage_ml": 60.0}, 5.0, id="tilt-neg-big-bleed"
+        ),
         # Odd in-plane sizes: the downsampling blocks do not tile the grid exactly.
-        pytest.param({"voxel_size": (0.9, 0.9, 7.5), "shape": (255, 257, 21), "seed": 3}, 1.0, id="thick-odd"),
+        pytest.param(
+            {"voxel_size": (0.9, 0.9, 7.5), "shape": (255, 257, 21), "seed": 3}, 1.0, id="thick-odd"
+        ),
     ],
 )
 def test_phantom_other_geometries(kwargs, max_extra_ml):

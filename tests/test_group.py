@@ -17,12 +17,11 @@ from ichseg.bids_app.group import (
     GroupLevelError,
     build_group_table,
     clear_failure_record,
-    describe_volume_columns,
     write_failure_record,
     write_group_table,
 )
 from ichseg.bids_app.naming import derivative_path
-from ichseg.pipeline.labels import TOTAL_HEMORRHAGE_COLUMN, VOLUME_COLUMNS
+from ichseg.pipeline.labels import TOTAL_HEMORRHAGE_COLUMN, VOLUME_COLUMNS, volume_column_descriptions
 
 CTS = (
     "sub-01/ses-1/anat/sub-01_ses-1_run-1_ct.nii.gz",
@@ -226,8 +225,8 @@ def test_no_results(tmp_path):
         write_group_table(tmp_path / "nothere")
 
 
-def test_describe_volume_columns():
-    described = describe_volume_columns()
+def test_volume_column_descriptions():
+    described = volume_column_descriptions()
     assert list(described) == list(VOLUME_COLUMNS)
     assert all(desc["Units"] == "mL" for desc in described.values())
     assert "IPH" in described[TOTAL_HEMORRHAGE_COLUMN]["Description"]

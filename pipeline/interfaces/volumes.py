@@ -16,23 +16,9 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from ..labels import BRAIN_VOLUME_COLUMN, FOREGROUND_LABELS, TOTAL_HEMORRHAGE_COLUMN, VOLUME_COLUMNS
+from ..labels import VOLUME_COLUMNS, volume_column_descriptions
 from ..provenance import software_versions
 from ..volumes import label_volumes_ml
-
-
-def volume_column_descriptions() -> dict[str, dict]:
-    """BIDS-style column descriptions (with units) of the volume columns."""
-    columns = {
-        lab.volume_column: {"Description": f"Volume of {lab.name} ({lab.abbreviation})", "Units": "mL"}
-        for lab in FOREGROUND_LABELS
-    }
-    columns[TOTAL_HEMORRHAGE_COLUMN] = {
-        "Description": "Total hemorrhage volume: IPH + EAH + IVH (oedema excluded)", "Units": "mL"}
-    columns[BRAIN_VOLUME_COLUMN] = {
-        "Description": "Intracranial (brain extraction mask) volume within the field of view", "Units": "mL"}
-    columns["status"] = {"Description": "Processing status of the scan", "Levels": {"ok": "processed"}}
-    return columns
 
 
 class _TabulateInputSpec(BaseInterfaceInputSpec):
@@ -67,6 +53,7 @@ class TabulateVolumes(SimpleInterface):
         with open(self.inputs.model_info) as fobj:
             model_info = json.load(fobj)
         sidecar = volume_column_descriptions()
+        sidecar["status"] = {"Description": "Processing status of the scan", "Levels": {"ok": "processed"}}
         sidecar["Sources"] = [str(self.inputs.source_file)]
         sidecar["Model"] = model_info
         sidecar["SoftwareVersions"] = software_versions()

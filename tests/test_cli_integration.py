@@ -1,0 +1,190 @@
+"""End to end: a BIDS dataset of real head CTs through the ``ichseg`` command line.
+
+Built in a temporary folder from the real CTs of the asset lookup: mistie-0034 (large
+hematoma) scanned in two sessions, the GE head (normal, gantry tilt, irregular slices) and
+a scan that arrives already skull-stripped. Runs the participant level with two processes,
+the group level, then the participant level again to check caching.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import ndimage
+
+from ichseg.bids_app.cli import main
+from ichseg.bids_app.naming import DERIVATIVES, derivative_path
+from ichseg.pipeline.labels import VOLUME_COLUMNS
+
+pytestmark = [pytest.mark.realdata, pytest.mark.slow]
+
+SCANS = {
+    # BIDS path of the copy  ->  asset
+    "sub-0034/ses-1/anat/sub-0034_ses-1_ct.nii.gz": "ct/mistie-0034_ct.nii.gz",
+    "sub-0034/ses-2/anat/sub-0034_ses-2_ct.nii.gz": "ct/mistie-0034_ct.nii.gz",
+    "sub-ge/anat/sub-ge_ct.nii.gz": "ct/ge-head_ct.nii.gz",
+    "sub-stripped/anat/sub-stripped_acq-brain_ct.nii.gz": "ct/deepbleed-brain_ct.nii.gz",
+}
+#: Kinds written for every scan (figures/reports/failure records are not in this list).
+PER_SCAN_KINDS = ["brain_mask", "dseg", "dseg_tsv", "hemorrhage_probseg", "template_ct",
+                  "template_dseg", "xfm", "volumes", "volumes_json"]
+#: Outputs that must sit exactly on the input CT's grid.
+SCAN_GRID_KINDS = ["brain_mask", "dseg", "hemorrhage_probseg"]
+
+
+@pytest.fixture(scope="module")
+def bids_dataset(tmp_path_factory, asset):
+    root = tmp_path_factory.mktemp("bids")
+    (root / "dataset_description.json").write_text(
+        json.dumps({"Name": "ichseg integration", "BIDSVersion": "1.10.0", "DatasetType": "raw"})
+    )
+    for relpath, name in SCANS.items():
+        target = root / relpath
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(asset(name), target)
+    shutil.copyfile(asset("ct/ge-head_ct.nii.gz").with_name("ge-head_ct.json"),
+                    root / "sub-ge/anat/sub-ge_ct.json")
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(bids_dataset, tmp_path_factory):
+    """Run participant (twice) and group levels; return paths, exit codes and timings."""
+    base = tmp_path_factory.mktemp("run")
+    out, work = base / "derivatives", base / "work"
+    before = {p: p.stat().st_mtime for p in bids_dataset.rglob("*")}
+    argv = [str(bids_dataset), str(out), "participant", "-w", str(work), "--n-procs", "2"]
+    start = time.perf_counter()
+    first = main(argv)
+    first_seconds = time.perf_counter() - start
+    volumes_first = {p: p.read_text() for p in out.rglob("*_volumes.tsv")}
+    group = main([str(bids_dataset), str(out), "group"])
+    start = time.perf_counter()
+    second = main(argv)
+    second_seconds = time.perf_counter() - start
+    return {
+        "bids": bids_dataset, "out": out, "codes": (first, group, second),
+        "seconds": (first_seconds, second_seconds), "volumes_first": volumes_first,
+        "inputs_before": before,
+    }
+
+
+def _volumes(run, relpath) -> pd.Series:
+    path = derivative_path(run["out"], run["bids"] / relpath, "volumes")
+    return pd.read_csv(path, sep="\t", na_values="n/a").iloc[0]
+
+
+def test_exit_codes(run):
+    assert run["codes"] == (0, 0, 0)
+
+
+def test_input_dataset_untouched(run):
+    after = {p: p.stat().st_mtime for p in run["bids"].rglob("*")}
+    assert after == run["inputs_before"]
+
+
+def test_dataset_description(run):
+    description = json.loads((run["out"] / "dataset_description.json").read_text())
+    assert description["DatasetType"] == "derivative"
+    assert description["GeneratedBy"][0]["Name"] == "ichseg"
+    assert description["GeneratedBy"][0]["Version"]
+    assert description["SourceDatasets"]
+
+
+@pytest.mark.parametrize("relpath", list(SCANS))
+def test_every_output_named_and_on_the_input_grid(run, relpath):
+    source = nib.load(run["bids"] / relpath)
+    for kind in PER_SCAN_KINDS:
+        path = derivative_path(run["out"], run["bids"] / relpath, kind)
+        assert path.exists(), f"missing {kind}: {path}"
+        assert path.name.endswith(DERIVATIVES[kind].extension)
+    for kind in SCAN_GRID_KINDS:
+        img = nib.load(derivative_path(run["out"], run["bids"] / relpath, kind))
+        assert img.shape == source.shape[:3], kind
+        np.testing.assert_allclose(img.affine, source.affine, atol=1e-4, err_msg=kind)
+    dseg = np.asanyarray(nib.load(derivative_path(run["out"], run["bids"] / relpath, "dseg")).dataobj)
+    assert set(np.unique(dseg)) <= {0, 1, 2, 3, 4}
+    probseg = nib.load(derivative_path(run["out"], run["bids"] / relpath, "hemorrhage_probseg")).get_fdata()
+    assert probseg.min() >= 0 and probseg.max() <= 1
+    row = _volumes(run, relpath)
+    assert list(row.index[: len(VOLUME_COLUMNS)]) == list(VOLUME_COLUMNS)
+    assert row["status"] == "ok"
+    sidecar = json.loads(derivative_path(run["out"], run["bids"] / relpath, "volumes_json").read_text())
+    assert len(sidecar["Model"]["weights_sha256"][0]) == 64
+    assert sidecar["SoftwareVersions"]["ichseg"]
+
+
+def _hematoma(ct: np.ndarray) -> np.ndarray:
+    """The visible hematoma: the largest connected blob of 55-90 HU (fresh clotted blood)."""
+    blood = ndimage.binary_opening((ct > 55) & (ct < 90), iterations=1)
+    labels, n = ndimage.label(blood)
+    sizes = ndimage.sum(blood, labels, range(1, n + 1))
+    return labels == (np.argmax(sizes) + 1)
+
+
+@pytest.mark.parametrize("session", ["ses-1", "ses-2"])
+def test_mistie_hematoma_found(run, session):
+    relpath = f"sub-0034/{session}/anat/sub-0034_{session}_ct.nii.gz"
+    source = nib.load(run["bids"] / relpath)
+    ct = source.get_fdata()
+    hematoma = _hematoma(ct)
+    # The deep hematoma: right side of the patient by the header's RAS axes (x > 0 mm),
+    # which is the image's left in the radiological display where it is described as "left".
+    centre_world = source.affine @ np.r_[ndimage.center_of_mass(hematoma), 1]
+    assert 20 < centre_world[0] < 70
+    dseg = np.asanyarray(nib.load(derivative_path(run["out"], source.get_filename(), "dseg")).dataobj)
+    iph = dseg == 1
+    centre = tuple(int(round(c)) for c in ndimage.center_of_mass(iph))
+    assert hematoma[centre], "the centre of mass of the IPH label is not inside the hematoma"
+    assert (iph & hematoma).sum() / hematoma.sum() > 0.8  # the label covers the hematoma
+    row = _volumes(run, relpath)
+    # By eye, the hematoma spans 8 slices of 6 mm and about 45 x 35 mm in plane: ~35-50 mL;
+    # the 55-90 HU core alone is about 33 mL.
+    assert 30 < row["iph_ml"] < 60
+    assert 30 < row["hemorrhage_ml"] < 65
+    assert 1000 < row["brain_ml"] < 1800
+
+
+def test_sessions_give_identical_results(run):
+    first = _volumes(run, "sub-0034/ses-1/anat/sub-0034_ses-1_ct.nii.gz")
+    second = _volumes(run, "sub-0034/ses-2/anat/sub-0034_ses-2_ct.nii.gz")
+    pd.testing.assert_series_equal(first, second, check_names=False)
+
+
+def test_normal_head_has_almost_no_hemorrhage(run):
+    row = _volumes(run, "sub-ge/anat/sub-ge_ct.nii.gz")
+    assert row["hemorrhage_ml"] < 1.0
+    assert 800 < row["brain_ml"] < 1600
+
+
+def test_skull_stripped_scan_runs(run):
+    row = _volumes(run, "sub-stripped/anat/sub-stripped_acq-brain_ct.nii.gz")
+    assert 1000 < row["brain_ml"] < 1600
+    assert row["hemorrhage_ml"] < 20  # small hyperdense foci at most
+
+
+def test_group_table(run):
+    table = pd.read_csv(run["out"] / "group_volumes.tsv", sep="\t", na_values="n/a", keep_default_na=False)
+    assert len(table) == len(SCANS)
+    assert set(table["status"]) == {"ok"}
+    assert sorted(table["participant_id"].unique()) == ["sub-0034", "sub-ge", "sub-stripped"]
+    assert set(table.loc[table["participant_id"] == "sub-0034", "session_id"]) == {"ses-1", "ses-2"}
+    for column in VOLUME_COLUMNS:
+        assert table[column].notna().all(), column
+    sidecar = json.loads((run["out"] / "group_volumes.json").read_text())
+    assert sidecar["hemorrhage_ml"]["Units"] == "mL"
+    mistie = table[table["participant_id"] == "sub-0034"].iloc[0]
+    assert mistie["hemorrhage_ml"] == pytest.approx(_volumes(run, next(iter(SCANS)))["hemorrhage_ml"])
+
+
+def test_rerun_is_cached_and_identical(run):
+    first, second = run["seconds"]
+    assert second < 0.5 * first, f"re-run took {second:.0f} s after {first:.0f} s"
+    again = {p: p.read_text() for p in run["out"].rglob("*_volumes.tsv")}
+    assert again == run["volumes_first"]

@@ -1,0 +1,324 @@
+"""Voxel grids, ANTs transforms and resampling (ichseg.pipeline.geometry)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ichseg.pipeline.geometry import (
+    LPS_TO_RAS,
+    ants_affine_to_ras,
+    resample,
+    shear_degrees,
+    voxel_sizes,
+    voxel_volume_ml,
+    world_aligned_grid,
+)
+from ichseg.pipeline.phantom import phantom_affine
+
+
+def _affine(linear, offset) -> np.ndarray:
+    affine = np.eye(4)
+    affine[:3, :3] = linear
+    affine[:3, 3] = offset
+    return affine
+
+
+def _tilted(voxel=(0.8, 0.9, 3.0), tilt_deg=20.0, offset=(40.0, -60.0, -30.0)) -> np.ndarray:
+    """LAS grid whose in-plane A-P column leans into I-S, as dcm2niix writes a gantry tilt."""
+    t = np.deg2rad(tilt_deg)
+    vx, vy, vz = voxel
+    return _affine([[-vx, 0, 0], [0, vy * np.cos(t), 0], [0, vy * np.sin(t), vz]], offset)
+
+
+def _world(affine, ijk) -> np.ndarray:
+    """World coordinates (N, 3) of voxel indices (N, 3)."""
+    ijk = np.asarray(ijk, dtype=float)
+    return ijk @ affine[:3, :3].T + affine[:3, 3]
+
+
+def _voxel(affine, xyz) -> np.ndarray:
+    """Continuous voxel indices (N, 3) of world points (N, 3)."""
+    inv = np.linalg.inv(affine)
+    return np.asarray(xyz, dtype=float) @ inv[:3, :3].T + inv[:3, 3]
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+# --------------------------------------------------------------------------- resample
+
+
+def _oblique(voxel=(0.45, 0.45, 5.0), angle_deg=7.0, offset=(-100.0, -90.0, -40.0)) -> np.ndarray:
+    """Orthogonal grid rotated about L-R (an oblique acquisition without tilt)."""
+    a = np.deg2rad(angle_deg)
+    rotation = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    return _affine(rotation @ np.diag(voxel), offset)
+
+
+_BORDER_BUG = pytest.mark.xfail(
+    strict=True,
+    reason="geometry.resample: target voxels that map onto the outermost source voxel centres "
+    "with rounding error (inv(A) @ A != I) are treated as outside the grid and get cval",
+)
+
+
+@pytest.mark.parametrize("order", [0, 1])
+@pytest.mark.parametrize(
+    "grid",
+    [
+        "axis-aligned",
+        pytest.param("oblique", marks=_BORDER_BUG),
+        pytest.param("sheared", marks=_BORDER_BUG),
+    ],
+)
+def test_resample_same_grid_is_identity(rng, order, grid):
+    data = rng.normal(size=(13, 11, 7)).astype(np.float32)
+    affine = {
+        "axis-aligned": _affine(np.diag([1.2, 0.7, 2.5]), (-10.0, 5.0, 3.0)),
+        "oblique": _oblique(),
+        "sheared": _tilted(),
+    }[grid]
+    out = resample(data, affine, data.shape, affine, order=order, cval=np.nan)
+    assert out.shape == data.shape and out.dtype == np.float32
+    np.testing.assert_allclose(out, data, atol=1e-5)
+
+
+@pytest.mark.parametrize("order", [0, 1])
+@pytest.mark.parametrize("grid", ["oblique", "sheared"])
+def test_resample_same_grid_is_identity_inside(rng, order, grid):
+    """Away from the outermost voxels the identity holds on any grid."""
+    data = rng.normal(size=(13, 11, 7)).astype(np.float32)
+    affine = _oblique() if grid == "oblique" else _tilted()
+    out = resample(data, affine, data.shape, affine, order=order)
+    np.testing.assert_allclose(out[1:-1, 1:-1, 1:-1], data[1:-1, 1:-1, 1:-1], atol=1e-5)
+
+
+def test_resample_known_translation_order0(rng):
+    data = rng.integers(1, 100, size=(12, 10, 8)).astype(np.float32)
+    source = _affine(np.diag([2.0, 1.5, 3.0]), (-7.0, 4.0, 11.0))
+    shift = np.array([3, -2, 1])  # target voxel (i, j, k) sits on source voxel (i+3, j-2, k+1)
+    target = source @ _affine(np.eye(3), shift)
+    out = resample(data, source, data.shape, target, order=0, cval=-5.0)
+    expected = np.full(data.shape, -5.0, dtype=np.float32)
+    expected[: 12 - 3, 2:, : 8 - 1] = data[3:, : 10 - 2, 1:]
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_resample_target_to_source_translation(rng):
+    """A world translation passed as target_to_source shifts the sampled data by whole voxels."""
+    data = rng.integers(1, 100, size=(10, 9, 8)).astype(np.float32)
+    affine = _affine(np.diag([2.0, 2.0, 4.0]), (0.0, 0.0, 0.0))
+    # target point p samples the source at p + (4, -2, 4) mm = 2, -1, 1 voxels
+    moved = _affine(np.eye(3), (4.0, -2.0, 4.0))
+    out = resample(data, affine, data.shape, affine, target_to_source=moved, order=0)
+    expected = np.zeros_like(data)
+    expected[:-2, 1:, :-1] = data[2:, :-1, 1:]
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_resample_permutation_and_flip_order0(rng):
+    data = rng.normal(size=(6, 5, 4)).astype(np.float32)
+    source = _affine(np.diag([1.0, 2.0, 3.0]), (10.0, -20.0, 30.0))
+    # Target voxel (a, b, c) is source voxel (5 - b, c, a): axes permuted and one flipped.
+    to_source = np.array(
+        [[0, -1, 0, 5], [0, 0, 1, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=float
+    )
+    target = source @ to_source
+    target_shape = (4, 6, 5)
+    out = resample(data, source, target_shape, target, order=0)
+    expected = np.empty(target_shape, dtype=np.float32)
+    for a in range(4):
+        for b in range(6):
+            for c in range(5):
+                expected[a, b, c] = data[5 - b, c, a]
+    np.testing.assert_array_equal(out, expected)
+    # the same through numpy's axis operations
+    np.testing.assert_array_equal(out, np.transpose(data[::-1], (2, 0, 1)))
+
+
+def test_resample_sheared_source_exact_for_linear_field():
+    """Trilinear interpolation reproduces a linear function exactly: a sheared source grid
+    (gantry tilt) must be sampled at the right world points, voxel by voxel."""
+    source = _tilted(voxel=(1.0, 1.1, 3.0), tilt_deg=25.0, offset=(30.0, -25.0, -20.0))
+    shape = (40, 42, 14)
+    coef, const = np.array([0.5, -1.25, 2.0]), 7.0
+    ijk = np.indices(shape).reshape(3, -1).T
+    field = (_world(source, ijk) @ coef + const).reshape(shape).astype(np.float64)
+
+    target = _affine(np.diag([1.5, 1.5, 1.5]), (-10.0, -25.0, -20.0))
+    target_shape = (30, 40, 36)
+    out = resample(field, source, target_shape, target, order=1, cval=np.nan)
+    tijk = np.indices(target_shape).reshape(3, -1).T
+    world = _world(target, tijk)
+    expected = (world @ coef + const).reshape(target_shape)
+    vox = _voxel(source, world).reshape(target_shape + (3,))
+    inside = np.all((vox >= 0) & (vox <= np.array(shape) - 1), axis=-1)
+    assert inside.sum() > 1000 and (~inside).sum() > 1000
+    np.testing.assert_allclose(out[inside], expected[inside], atol=1e-3)
+    # outside the source grid: cval (test the clear cases, one voxel away from the border)
+    far = np.any((vox < -1) | (vox > np.array(shape)), axis=-1)
+    assert np.isnan(out[far]).all()
+    # the shear matters: treating the grid as unsheared would miss by several units
+    unsheared = source.copy()
+    unsheared[2, 1] = 0.0
+    wrong = resample(field, unsheared, target_shape, target, order=1, cval=np.nan)
+    both = inside & np.isfinite(wrong)
+    assert np.nanmax(np.abs(wrong[both] - expected[both])) > 5
+
+
+def test_resample_sheared_source_known_points():
+    """Single bright voxels of a tilted grid land on the target voxels at their world points."""
+    source = _tilted(voxel=(1.0, 1.0, 4.0), tilt_deg=18.0, offset=(20.0, -10.0, -10.0))
+    shape = (21, 25, 9)
+    data = np.zeros(shape, dtype=np.float32)
+    spots = [(3, 4, 2), (17, 20, 6), (10, 12, 4)]
+    for n, ijk in enumerate(spots, start=1):
+        data[ijk] = n
+    for n, point in enumerate(_world(source, spots), start=1):
+        grid = _affine(np.eye(3), point - 3.0)  # 1 mm grid on which the spot is voxel (3, 3, 3)
+        for order in (0, 1):
+            out = resample(data, source, (7, 7, 7), grid, order=order)
+            assert out[3, 3, 3] == pytest.approx(n, abs=1e-5)
+        # order 1: 1 mm off the spot along any world axis gives less than the peak
+        out = resample(data, source, (7, 7, 7), grid, order=1)
+        for off in ((1, 0, 0), (0, 1, 0), (0, 0, 1)):
+            assert out[tuple(np.add((3, 3, 3), off))] < n - 0.2
+            assert out[tuple(np.subtract((3, 3, 3), off))] < n - 0.2
+
+
+@pytest.mark.parametrize("order", [0, 1])
+def test_resample_multichannel_matches_per_channel(rng, order):
+    channels = rng.normal(size=(3, 9, 8, 7)).astype(np.float32)
+    source = _tilted(voxel=(1.0, 1.0, 2.0), tilt_deg=10.0, offset=(0.0, 0.0, 0.0))
+    target = _affine(np.diag([0.7, 0.9, 1.1]), (-6.0, 1.0, 2.0))
+    target_to_source = _affine(np.eye(3), (0.3, -0.4, 0.5))
+    out = resample(channels, source, (12, 10, 9), target, target_to_source, order=order)
+    assert out.shape == (3, 12, 10, 9)
+    for c in range(3):
+        single = resample(channels[c], source, (12, 10, 9), target, target_to_source, order=order)
+        np.testing.assert_array_equal(out[c], single)
+    assert not np.allclose(out[0], out[1])
+
+
+@pytest.mark.parametrize("chunk_voxels", [1, 7, 150, 333])
+def test_resample_chunking_is_invisible(rng, chunk_voxels):
+    data = rng.normal(size=(2, 11, 12, 13)).astype(np.float32)
+    source = _tilted(voxel=(1.0, 1.0, 2.0), tilt_deg=15.0, offset=(0.0, 0.0, 0.0))
+    target = _affine(np.diag([0.8, 0.8, 0.9]), (-8.0, 0.5, 1.5))
+    shape = (10, 15, 17)  # 150 voxels per slice: chunks of 0, 1 and 2 slices, odd remainders
+    whole = resample(data, source, shape, target, order=1, chunk_voxels=10**9)
+    chunked = resample(data, source, shape, target, order=1, chunk_voxels=chunk_voxels)
+    np.testing.assert_array_equal(chunked, whole)
+    assert np.count_nonzero(whole) > whole.size // 4
+
+
+# --------------------------------------------------------------------------- ANTs transforms
+
+
+@pytest.mark.parametrize("precision", ["float", "double"])
+def test_ants_affine_to_ras_matches_antspy(tmp_path, precision):
+    ants = pytest.importorskip("ants")
+    angle = np.deg2rad(12.0)
+    rotation = np.array(
+        [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]
+    )
+    matrix = rotation @ np.diag([1.1, 0.95, 1.05]) + np.array([[0, 0.05, 0], [0, 0, 0], [0.03, 0, 0]])
+    translation = np.array([4.0, -7.5, 12.0])
+    center = np.array([10.0, -30.0, 25.0])
+    transform = ants.create_ants_transform(
+        transform_type="AffineTransform", precision=precision, dimension=3,
+        matrix=matrix, translation=translation, center=center,
+    )
+    path = tmp_path / "t.mat"
+    ants.write_transform(transform, str(path))
+    ras = ants_affine_to_ras(path)
+    assert ras.shape == (4, 4)
+    np.testing.assert_allclose(ras[3], [0, 0, 0, 1])
+
+    points_ras = np.array(
+        [[0.0, 0.0, 0.0], [60.0, -20.0, 15.0], [-45.0, 70.0, -30.0], [10.0, -30.0, 25.0]]
+    )
+    flip = LPS_TO_RAS[:3, :3]
+    for p in points_ras:
+        q_lps = ants.apply_ants_transform_to_point(transform, tuple(flip @ p))
+        expected_ras = flip @ np.asarray(q_lps)
+        np.testing.assert_allclose(ras[:3, :3] @ p + ras[:3, 3], expected_ras, atol=1e-3)
+    # LPS_TO_RAS is its own inverse
+    np.testing.assert_array_equal(LPS_TO_RAS @ LPS_TO_RAS, np.eye(4))
+
+
+def test_ants_affine_to_ras_identity_and_translation(tmp_path):
+    ants = pytest.importorskip("ants")
+    ident = ants.create_ants_transform(transform_type="AffineTransform", dimension=3)
+    ants.write_transform(ident, str(tmp_path / "id.mat"))
+    np.testing.assert_allclose(ants_affine_to_ras(tmp_path / "id.mat"), np.eye(4), atol=1e-7)
+    # an LPS translation (+5 L, +2 P, +3 S) is (-5, -2, +3) in RAS
+    moved = ants.create_ants_transform(
+        transform_type="AffineTransform", dimension=3, translation=(5.0, 2.0, 3.0)
+    )
+    ants.write_transform(moved, str(tmp_path / "t.mat"))
+    expected = np.eye(4)
+    expected[:3, 3] = (-5.0, -2.0, 3.0)
+    np.testing.assert_allclose(ants_affine_to_ras(tmp_path / "t.mat"), expected, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- grid measures
+
+
+def test_voxel_volume_and_sizes():
+    assert voxel_volume_ml(np.eye(4)) == pytest.approx(0.001)
+    assert voxel_volume_ml(np.diag([0.5, 0.5, 6.0, 1.0])) == pytest.approx(1.5e-3)
+    # flips do not make volumes negative
+    assert voxel_volume_ml(np.diag([-0.9, 0.9, 5.0, 1.0])) == pytest.approx(0.9 * 0.9 * 5 / 1000)
+    tilted = _tilted(voxel=(0.5, 0.5, 5.0), tilt_deg=30.0)
+    # a sheared grid: |det| = vx * vy * cos(tilt) * vz, less than the product of the zooms
+    assert voxel_volume_ml(tilted) == pytest.approx(0.5 * 0.5 * np.cos(np.deg2rad(30)) * 5 / 1000)
+    assert voxel_sizes(tilted) == pytest.approx((0.5, 0.5, 5.0))
+
+
+def test_shear_degrees():
+    assert shear_degrees(np.eye(4)) == pytest.approx(0.0, abs=1e-9)
+    assert shear_degrees(np.diag([0.5, 0.5, 6.0, 1.0])) == pytest.approx(0.0, abs=1e-9)
+    # an oblique but orthogonal grid (rotated, flipped, anisotropic) has no shear
+    angle = np.deg2rad(23.0)
+    rotation = np.array(
+        [[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]]
+    )
+    oblique = _affine(rotation @ np.diag([-0.8, 0.8, 4.0]), (1, 2, 3))
+    assert shear_degrees(oblique) == pytest.approx(0.0, abs=1e-6)
+    # a gantry-tilted phantom grid
+    tilted = phantom_affine((0.45, 0.45, 5.0), (512, 512, 32), tilt_deg=18.5)
+    assert shear_degrees(tilted) == pytest.approx(18.5, abs=1e-6)
+    assert shear_degrees(phantom_affine((0.9, 0.9, 5.0), (256, 256, 32))) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_world_aligned_grid_covers_the_mask():
+    affine = _tilted(voxel=(0.9, 0.9, 5.0), tilt_deg=20.0, offset=(50.0, -80.0, -40.0))
+    mask = np.zeros((60, 70, 12), dtype=bool)
+    mask[10:50, 5:66, 2:11] = True
+    mask[55, 3, 0] = True  # an outlier voxel must be covered too
+    spacing, margin = 2.0, 10.0
+    shape, grid = world_aligned_grid(mask, affine, spacing, margin_mm=margin)
+    assert len(shape) == 3 and all(isinstance(n, int) for n in shape)
+    np.testing.assert_array_equal(grid[:3, :3], np.eye(3) * spacing)
+    np.testing.assert_array_equal(grid[3], [0, 0, 0, 1])
+    world = _world(affine, np.argwhere(mask))
+    ijk = _voxel(grid, world)
+    # every mask voxel is inside the grid with (at least almost) the requested margin
+    assert (ijk >= margin / spacing - 1e-6).all()
+    assert (ijk <= np.array(shape) - 1 - margin / spacing + 1).all()
+    # ...and the grid is tight: some voxel is near each face
+    assert np.allclose(ijk.min(0), margin / spacing, atol=1e-6)
+    assert ((np.array(shape) - 1) - ijk.max(0) < margin / spacing + 1).all()
+    # resampling the mask onto the grid keeps its volume (within partial volume at 2 mm)
+    on_grid = resample(mask.astype(np.float32), affine, shape, grid, order=1)
+    volume = mask.sum() * voxel_volume_ml(affine)
+    assert on_grid.sum() * voxel_volume_ml(grid) == pytest.approx(volume, rel=0.05)
+
+
+def test_world_aligned_grid_rejects_empty_mask():
+    with pytest.raises(ValueError):
+        world_aligned_grid(np.zeros((4, 4, 4), dtype=bool), np.eye(4), 2.0)
