@@ -102,8 +102,12 @@ COPY --from=assets /opt/ichseg-data /opt/ichseg-data
 # NIPYPE_NO_ET: nipype's start-up version check would stall on clusters without internet.
 # OMP/BLAS at 1 thread: ichseg sets the threads of torch and ANTs itself (--omp-nthreads) and
 # runs scans side by side (--n-procs), so libraries must not each spawn one thread per core.
+# USER/LOGNAME: monai calls getpass.getuser() on import, which raises for a `--user UID` that has
+# no passwd entry unless one of these is set.
 ENV PATH=/opt/venv/bin:$PATH \
     HOME=/home/ichseg \
+    USER=ichseg \
+    LOGNAME=ichseg \
     ICHSEG_DATA_DIR=/opt/ichseg-data \
     ICHSEG_CACHE_DIR=/opt/ichseg-cache \
     NIPYPE_NO_ET=1 \

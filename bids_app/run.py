@@ -65,7 +65,9 @@ def run_participant(args) -> int:
         "monitoring": {"enabled": False},
     })
     nipype_logging.update_logging(nipype_config)
-    nipype_level = logging.INFO if args.verbose else logging.WARNING
+    # Nipype's own messages (tracebacks of failed steps included) only with --verbose: each
+    # failed scan is summarised with its reason at the end, and its crash file is kept.
+    nipype_level = logging.INFO if args.verbose > 1 else (logging.WARNING if args.verbose else logging.CRITICAL)
     for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
         logging.getLogger(name).setLevel(nipype_level)
 
@@ -76,6 +78,7 @@ def run_participant(args) -> int:
         workflow = init_ichseg_wf(
             ct_files=[image.path for image in images],
             scan_ids=ids,
+            sidecars=[image.sidecar for image in images],
             output_dir=output_dir,
             work_dir=work_dir,
             model=args.model,
@@ -129,7 +132,8 @@ def _crash_reason(crash_dir: Path, sid: str, since: float) -> str | None:
     text = max(crashes, key=lambda p: p.stat().st_mtime).read_text(errors="replace")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     errors = [line for line in lines if re.match(r"^[A-Za-z_.]*(Error|Exception)\b", line)]
-    return errors[-1] if errors else lines[-1]
+    # "ichseg.pipeline.checks.InputImageError: msg" -> "InputImageError: msg"
+    return re.sub(r"^(?:[A-Za-z_]+\.)+", "", errors[-1] if errors else lines[-1])
 
 
 class _Progress:

@@ -2,12 +2,15 @@
 
 Built in a temporary folder from the real CTs of the asset lookup: mistie-0034 (large
 hematoma) scanned in two sessions, the GE head (normal, gantry tilt, irregular slices) and
-a scan that arrives already skull-stripped. Runs the participant level with two processes,
-the group level, then the participant level again to check caching.
+a scan that arrives already skull-stripped, plus one broken copy of mistie-0034 per kind of
+bad input. Runs the participant level with two processes, the group level, then the
+participant level again to check caching; bad scans must fail with their reason while the
+good ones produce every output.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 import time
@@ -38,6 +41,59 @@ PER_SCAN_KINDS = ["brain_mask", "dseg", "dseg_tsv", "hemorrhage_probseg", "templ
 SCAN_GRID_KINDS = ["brain_mask", "dseg", "hemorrhage_probseg"]
 
 
+def _mistie_variant(mistie: nib.Nifti1Image, kind: str) -> tuple[nib.Nifti1Image | bytes, dict]:
+    """A broken copy of mistie-0034 (image or raw bytes) and its sidecar, for one input problem."""
+    data = np.asanyarray(mistie.dataobj).astype(np.int16)
+    affine, header = mistie.affine, mistie.header.copy()
+    sidecar = {"Modality": "CT"}
+    if kind == "4d":
+        return nib.Nifti1Image(np.stack([data, data], axis=-1), affine, header), sidecar
+    if kind == "single-slice":
+        return nib.Nifti1Image(data[:, :, 10:11], affine, header), sidecar
+    if kind == "nan":
+        floats = data.astype(np.float32)
+        floats[200:210, 200:210, 12] = np.nan
+        return nib.Nifti1Image(floats, affine), sidecar
+    if kind == "raw-values":  # stored values without the DICOM rescale (HU + 1024)
+        return nib.Nifti1Image((np.clip(data, -1024, None) + 1024).astype(np.int16), affine), sidecar
+    if kind == "voxel-size":
+        huge = affine.copy()
+        huge[:3, :3] *= 40.0
+        return nib.Nifti1Image(data, huge), sidecar
+    if kind == "no-orientation":
+        img = nib.Nifti1Image(data, affine)
+        img.set_sform(None, code=0)
+        img.set_qform(None, code=0)
+        return img, sidecar
+    if kind == "localizer":
+        return nib.Nifti1Image(data, affine, header), {"ImageType": ["ORIGINAL", "PRIMARY", "LOCALIZER"]}
+    if kind == "contrast":
+        return nib.Nifti1Image(data, affine, header), {"ContrastBolusAgent": "Omnipaque 350"}
+    if kind == "truncated":
+        raw = gzip.compress(nib.Nifti1Image(data, affine, header).to_bytes())
+        return raw[: len(raw) // 3], sidecar
+    raise ValueError(kind)
+
+
+#: Broken copies of mistie-0034: the error message each must give (a fragment, lower case).
+BAD_INPUTS = {
+    "4d": "expected one 3d head ct volume",
+    "single-slice": "slice",
+    "nan": "nan or infinite",
+    "raw-values": "hounsfield",
+    "voxel-size": "implausible voxel size",
+    "no-orientation": "no orientation",
+    "localizer": "localizer",
+    "contrast": "contrast-enhanced",
+    "truncated": "cannot read the image",
+}
+
+
+def _bad_relpath(kind: str) -> str:
+    label = "bad" + kind.replace("-", "")
+    return f"sub-{label}/anat/sub-{label}_ct.nii.gz"
+
+
 @pytest.fixture(scope="module")
 def bids_dataset(tmp_path_factory, asset):
     root = tmp_path_factory.mktemp("bids")
@@ -50,6 +106,16 @@ def bids_dataset(tmp_path_factory, asset):
         shutil.copyfile(asset(name), target)
     shutil.copyfile(asset("ct/ge-head_ct.nii.gz").with_name("ge-head_ct.json"),
                     root / "sub-ge/anat/sub-ge_ct.json")
+    mistie = nib.load(asset("ct/mistie-0034_ct.nii.gz"))
+    for kind in BAD_INPUTS:
+        target = root / _bad_relpath(kind)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        image, sidecar = _mistie_variant(mistie, kind)
+        if isinstance(image, bytes):
+            target.write_bytes(image)
+        else:
+            nib.save(image, target)
+        target.with_name(target.name.replace(".nii.gz", ".json")).write_text(json.dumps(sidecar))
     return root
 
 
@@ -81,7 +147,37 @@ def _volumes(run, relpath) -> pd.Series:
 
 
 def test_exit_codes(run):
-    assert run["codes"] == (0, 0, 0)
+    # bad inputs fail, so every level reports failure (1) rather than a crash (2+)
+    assert run["codes"] == (1, 1, 1)
+
+
+@pytest.mark.parametrize("kind", list(BAD_INPUTS))
+def test_bad_input_fails_with_its_reason(run, kind):
+    source = run["bids"] / _bad_relpath(kind)
+    record = derivative_path(run["out"], source, "failure")
+    assert record.exists(), f"no failure record for {kind}"
+    message = json.loads(record.read_text())["error"]
+    assert BAD_INPUTS[kind] in message.lower(), message
+    assert str(source.name) in message  # the message names the file
+    assert not derivative_path(run["out"], source, "volumes").exists()
+    assert not derivative_path(run["out"], source, "dseg").exists()
+    table = pd.read_csv(run["out"] / "group_volumes.tsv", sep="\t", na_values="n/a", keep_default_na=False)
+    row = table[table["source_file"].str.endswith(source.name)].iloc[0]
+    assert row["status"] == "failed"
+    assert BAD_INPUTS[kind] in row["error"].lower()
+
+
+def test_input_warnings_recorded(run):
+    mistie = json.loads(derivative_path(
+        run["out"], run["bids"] / next(iter(SCANS)), "volumes_json").read_text())
+    assert any("thick slices" in w for w in mistie["Warnings"])
+    ge = json.loads(derivative_path(run["out"], run["bids"] / "sub-ge/anat/sub-ge_ct.nii.gz", "volumes_json").read_text())
+    assert any("gantry tilt" in w for w in ge["Warnings"])
+    assert _volumes(run, "sub-ge/anat/sub-ge_ct.nii.gz")["n_warnings"] >= 1
+
+
+def test_no_temporary_files_left(run):
+    assert not [p for p in run["out"].rglob("*") if ".tmp-" in p.name]
 
 
 def test_input_dataset_untouched(run):
@@ -171,9 +267,13 @@ def test_skull_stripped_scan_runs(run):
 
 def test_group_table(run):
     table = pd.read_csv(run["out"] / "group_volumes.tsv", sep="\t", na_values="n/a", keep_default_na=False)
+    assert len(table) == len(SCANS) + len(BAD_INPUTS)
+    assert set(table["status"]) == {"ok", "failed"}
+    table = table[table["status"] == "ok"]
     assert len(table) == len(SCANS)
-    assert set(table["status"]) == {"ok"}
     assert sorted(table["participant_id"].unique()) == ["sub-0034", "sub-ge", "sub-stripped"]
+    for flag in ("flag_brain_volume", "flag_registration", "flag_roi_edge", "flag_outside_brain"):
+        assert flag in table.columns
     assert set(table.loc[table["participant_id"] == "sub-0034", "session_id"]) == {"ses-1", "ses-2"}
     for column in VOLUME_COLUMNS:
         assert table[column].notna().all(), column

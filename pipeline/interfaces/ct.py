@@ -22,22 +22,24 @@ from ..niftiio import save_like
 
 class _ConformCTInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="head CT in HU (NIfTI)")
+    sidecar = traits.Dict(desc="the CT's BIDS JSON sidecar (localizer/contrast checks)")
 
 
 class _ConformCTOutputSpec(TraitedSpec):
     out_file = File(exists=True, desc="checked CT, float32, closest-RAS voxel axes")
     shear_deg = traits.Float(desc="gantry-tilt shear of the voxel grid (degrees)")
+    warnings = traits.List(traits.Str, desc="input problems that do not stop processing")
 
 
 class ConformCT(SimpleInterface):
-    """Load and check a head CT and reorient it to RAS axes (no interpolation)."""
+    """Check a head CT (errors stop the scan, warnings are kept) and reorient it to RAS axes."""
 
     input_spec = _ConformCTInputSpec
     output_spec = _ConformCTOutputSpec
 
     def _run_interface(self, runtime):
         out_file = os.path.join(runtime.cwd, "ct_conformed.nii.gz")
-        conform_ct(self.inputs.in_file, out_file)
+        self._results["warnings"] = conform_ct(self.inputs.in_file, out_file, self.inputs.sidecar or None)
         self._results["out_file"] = out_file
         self._results["shear_deg"] = shear_degrees(nib.load(out_file).affine)
         return runtime
@@ -63,7 +65,7 @@ class BrainExtraction(SimpleInterface):
         if not mask.any():
             raise RuntimeError(
                 f"{self.inputs.in_file}: brain extraction found no intracranial tissue "
-                "(0-100 HU inside the skull); check that the file is a head CT in HU."
+                "(-10..120 HU inside the skull); check that the file is a head CT in HU."
             )
         self._results["out_mask"] = os.path.join(runtime.cwd, "brain_mask.nii.gz")
         save_like(mask.astype(np.uint8), img, self._results["out_mask"])

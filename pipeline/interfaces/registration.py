@@ -35,8 +35,7 @@ class _RegisterOutputSpec(TraitedSpec):
     out_transform = File(exists=True, desc="ANTs affine (template -> scan points), ITK .mat")
     template_ct = File(exists=True, desc="the CT (full head, HU) resampled on the template grid")
     template_brain_mask = File(exists=True, desc="the CT's brain mask on the template grid")
-    similarity = traits.Float(desc="correlation of template and registered brain intensities")
-    mask_dice = traits.Float(desc="Dice of registered brain mask and template brain mask")
+    qc = traits.Dict(desc="registration_similarity (intensity correlation) and registration_dice")
 
 
 class RegisterToTemplate(SimpleInterface):
@@ -69,8 +68,11 @@ class RegisterToTemplate(SimpleInterface):
         template = np.asanyarray(template_img.dataobj, dtype=np.float32)
         template_mask = np.asanyarray(nib.load(self.inputs.template_mask).dataobj) > 0.5
         both = warped_mask & template_mask
-        self._results["mask_dice"] = float(2 * both.sum() / max(1, warped_mask.sum() + template_mask.sum()))
-        self._results["similarity"] = (
-            float(np.corrcoef(np.clip(warped_ct[both], 0, 100), template[both])[0, 1]) if both.sum() > 10 else 0.0
-        )
+        self._results["qc"] = {
+            "registration_dice": float(2 * both.sum() / max(1, warped_mask.sum() + template_mask.sum())),
+            "registration_similarity": (
+                float(np.corrcoef(np.clip(warped_ct[both], 0, 100), template[both])[0, 1])
+                if both.sum() > 10 else 0.0
+            ),
+        }
         return runtime

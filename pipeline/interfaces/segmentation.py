@@ -20,7 +20,8 @@ from ..labels import HEMORRHAGE_INDICES
 from ..niftiio import save_like
 from ..segmentation import crop_to_roi, region_of_interest, run_model
 from ..registration import warp_to_scan
-from ..geometry import ants_affine_to_ras
+from ..geometry import ants_affine_to_ras, voxel_volume_ml
+from ..qc import segmentation_qc
 
 LOGGER = logging.getLogger("nipype.interface")
 
@@ -39,6 +40,7 @@ class _SegmentOutputSpec(TraitedSpec):
     probabilities = File(exists=True, desc="class probabilities (x, y, z, class) over the ROI box")
     template_dseg = File(exists=True, desc="label map on the template grid")
     model_info = File(exists=True, desc="JSON: model name, weights and their sha256")
+    qc = traits.Dict(desc="segmentation QC measures (see ichseg.pipeline.qc)")
 
 
 class SegmentHemorrhage(SimpleInterface):
@@ -59,6 +61,7 @@ class SegmentHemorrhage(SimpleInterface):
             hu = np.where(brain, hu, 0.0).astype(np.float32)
         probs, info = run_model(hu, roi, self.inputs.model, self.inputs.device, LOGGER.info)
 
+        self._results["qc"] = segmentation_qc(probs, brain, roi, voxel_volume_ml(ct_img.affine))
         box_probs, box_affine = crop_to_roi(probs, roi, ct_img.affine)
         self._results["probabilities"] = os.path.join(runtime.cwd, "probabilities_space-template.nii")
         # uncompressed: a 5-class float map is large and is read back at once by the next node

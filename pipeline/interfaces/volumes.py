@@ -16,7 +16,8 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from ..labels import VOLUME_COLUMNS, volume_column_descriptions
+from ..labels import BRAIN_VOLUME_COLUMN, VOLUME_COLUMNS, volume_column_descriptions
+from ..qc import qc_column_descriptions, quality_flags
 from ..provenance import software_versions
 from ..volumes import label_volumes_ml
 
@@ -27,6 +28,8 @@ class _TabulateInputSpec(BaseInterfaceInputSpec):
     model_info = File(exists=True, mandatory=True, desc="JSON written by SegmentHemorrhage")
     source_file = traits.Str(mandatory=True, desc="the input CT (recorded in the sidecar)")
     extra_metadata = traits.Dict(desc="further provenance to record (e.g. registration settings)")
+    qc = traits.Dict(desc="QC measures (registration, segmentation) to tabulate and flag")
+    warnings = traits.List(traits.Str, desc="input warnings of this scan")
 
 
 class _TabulateOutputSpec(TraitedSpec):
@@ -47,6 +50,10 @@ class TabulateVolumes(SimpleInterface):
         volumes = label_volumes_ml(np.asanyarray(dseg.dataobj), dseg.affine, mask)
         row = {column: round(volumes[column], 4) for column in VOLUME_COLUMNS}
         row["status"] = "ok"
+        qc = dict(self.inputs.qc or {})
+        row.update({key: round(float(value), 4) for key, value in sorted(qc.items())})
+        row.update(quality_flags(volumes[BRAIN_VOLUME_COLUMN], qc))
+        row["n_warnings"] = len(self.inputs.warnings or [])
         self._results["volumes"] = volumes
         self._results["out_tsv"] = os.path.join(runtime.cwd, "volumes.tsv")
         pd.DataFrame([row]).to_csv(self._results["out_tsv"], sep="\t", index=False, na_rep="n/a")
@@ -54,7 +61,9 @@ class TabulateVolumes(SimpleInterface):
             model_info = json.load(fobj)
         sidecar = volume_column_descriptions()
         sidecar["status"] = {"Description": "Processing status of the scan", "Levels": {"ok": "processed"}}
+        sidecar.update(qc_column_descriptions())
         sidecar["Sources"] = [str(self.inputs.source_file)]
+        sidecar["Warnings"] = list(self.inputs.warnings or [])
         sidecar["Model"] = model_info
         sidecar["SoftwareVersions"] = software_versions()
         if self.inputs.extra_metadata:

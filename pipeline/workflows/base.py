@@ -26,6 +26,7 @@ def init_ichseg_wf(
     scan_ids: Sequence[str],
     output_dir: str | Path,
     work_dir: str | Path,
+    sidecars: Sequence[dict] | None = None,
     model: str = "blastct-v1",
     device: str = "cpu",
     omp_nthreads: int = 1,
@@ -42,6 +43,8 @@ def init_ichseg_wf(
         Head CT images (NIfTI, HU) to process.
     scan_ids : list of str
         A unique, filesystem-safe name per image (e.g. ``sub-01_ses-1_run-1``).
+    sidecars : list of dict
+        BIDS JSON metadata of each image (optional).
     output_dir : path
         Root of the BIDS derivatives dataset.
     work_dir : path
@@ -54,10 +57,12 @@ def init_ichseg_wf(
     Derivatives are written to ``output_dir`` by each sub-workflow.
     """
     workflow = pe.Workflow(name=name, base_dir=str(work_dir))
-    for ct_file, scan_id in zip(ct_files, scan_ids):
+    sidecars = list(sidecars) if sidecars is not None else [{}] * len(ct_files)
+    for ct_file, scan_id, sidecar in zip(ct_files, scan_ids, sidecars):
         single = init_single_ct_wf(
             ct_file=ct_file,
             output_dir=output_dir,
+            sidecar=sidecar,
             model=model,
             device=device,
             omp_nthreads=omp_nthreads,
@@ -78,6 +83,7 @@ def _node_name(scan_id: str) -> str:
 def init_single_ct_wf(
     ct_file: str | Path,
     output_dir: str | Path,
+    sidecar: dict | None = None,
     model: str = "blastct-v1",
     device: str = "cpu",
     omp_nthreads: int = 1,
@@ -98,6 +104,8 @@ def init_single_ct_wf(
         The head CT (NIfTI, HU).
     output_dir : path
         Root of the BIDS derivatives dataset.
+    sidecar : dict
+        The CT's BIDS JSON metadata (checked for localizer/contrast series).
     model : str
         Registered model name (see :mod:`ichseg.pipeline.models`) or a weights path.
     device : str
@@ -119,7 +127,7 @@ def init_single_ct_wf(
     Outputs
     -------
     dseg, hemorrhage_probseg, brain_mask, template_ct, template_dseg, transform,
-    volumes_tsv, volumes_json, qc
+    volumes_tsv, volumes_json, qc, warnings
     """
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(fields=["ct_file"]), name="inputnode")
@@ -127,12 +135,12 @@ def init_single_ct_wf(
     outputnode = pe.Node(
         niu.IdentityInterface(
             fields=["dseg", "hemorrhage_probseg", "brain_mask", "template_ct", "template_dseg",
-                    "transform", "volumes_tsv", "volumes_json", "qc"]
+                    "transform", "volumes_tsv", "volumes_json", "qc", "warnings"]
         ),
         name="outputnode",
     )
 
-    conform = pe.Node(ConformCT(), name="conform", mem_gb=MEM_GB["conform"])
+    conform = pe.Node(ConformCT(sidecar=dict(sidecar or {})), name="conform", mem_gb=MEM_GB["conform"])
     brain = pe.Node(BrainExtraction(), name="brain_extraction", mem_gb=MEM_GB["brain"])
     register = pe.Node(
         RegisterToTemplate(
@@ -162,7 +170,10 @@ def init_single_ct_wf(
         mem_gb=MEM_GB["tabulate"],
     )
     label_table = pe.Node(LabelTable(), name="label_table")
-    qc = pe.Node(niu.Merge(2), name="registration_qc")
+    qc = pe.Node(
+        niu.Function(function=_merge_dicts, input_names=["first", "second"], output_names=["merged"]),
+        name="merge_qc",
+    )
 
     derivatives_wf = init_ct_derivatives_wf(output_dir)
 
@@ -183,13 +194,17 @@ def init_single_ct_wf(
         (mask_to_source, tabulate, [("out_file", "brain_mask")]),
         (segment, tabulate, [("model_info", "model_info")]),
         (inputnode, tabulate, [("ct_file", "source_file")]),
-        (register, qc, [("similarity", "in1"), ("mask_dice", "in2")]),
+        (register, qc, [("qc", "first")]),
+        (segment, qc, [("qc", "second")]),
+        (qc, tabulate, [("merged", "qc")]),
+        (conform, tabulate, [("warnings", "warnings")]),
         (to_scan, outputnode, [("dseg", "dseg"), ("hemorrhage_probseg", "hemorrhage_probseg")]),
         (mask_to_source, outputnode, [("out_file", "brain_mask")]),
         (register, outputnode, [("template_ct", "template_ct"), ("out_transform", "transform")]),
         (segment, outputnode, [("template_dseg", "template_dseg")]),
         (tabulate, outputnode, [("out_tsv", "volumes_tsv"), ("out_json", "volumes_json")]),
-        (qc, outputnode, [("out", "qc")]),
+        (qc, outputnode, [("merged", "qc")]),
+        (conform, outputnode, [("warnings", "warnings")]),
         (inputnode, derivatives_wf, [("ct_file", "inputnode.source_file")]),
         (label_table, derivatives_wf, [("out_file", "inputnode.dseg_tsv")]),
         (outputnode, derivatives_wf, [
@@ -205,3 +220,10 @@ def init_single_ct_wf(
     ])
     # fmt: on
     return workflow
+
+
+def _merge_dicts(first, second):
+    """Merge two QC dictionaries (Nipype Function node: self-contained)."""
+    merged = dict(first or {})
+    merged.update(second or {})
+    return merged

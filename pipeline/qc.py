@@ -1,0 +1,64 @@
+"""Quality flags computed on every run; each becomes a ``flag_*`` column of the volume tables.
+
+The thresholds are module constants, calibrated on the real CTs of the test data and the
+synthetic phantoms (figures in docs/method.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from .labels import HEMORRHAGE_INDICES
+
+#: Plausible intracranial volume inside the field of view (mL). Adult intracranial volume is
+#: about 1200-1800 mL; scans whose field of view cuts the vertex or skull base hold less.
+BRAIN_ML_RANGE = (700.0, 2100.0)
+#: Lowest acceptable Dice between the registered brain mask and the template's brain mask.
+MIN_REGISTRATION_DICE = 0.80
+#: Hemorrhage volume (mL, template space) touching the edge of the inference region above
+#: which the region may have cut a bleed.
+MAX_EDGE_HEMORRHAGE_ML = 0.5
+#: Fraction of hemorrhage probability mass outside the brain mask above which the
+#: segmentation is suspicious (blood outside the skull is not intracranial hemorrhage).
+MAX_OUTSIDE_BRAIN_FRACTION = 0.25
+
+
+def segmentation_qc(probabilities: np.ndarray, brain: np.ndarray, roi: np.ndarray, voxel_ml: float) -> dict:
+    """Template-space measures of a segmentation: hemorrhage at the ROI edge and outside the brain."""
+    labels = np.argmax(probabilities, axis=0)
+    hemorrhage = np.isin(labels, HEMORRHAGE_INDICES)
+    edge = roi & ~ndimage.binary_erosion(roi)
+    mass = probabilities[list(HEMORRHAGE_INDICES)].sum(axis=0)
+    total = float(mass.sum())
+    return {
+        "hemorrhage_at_roi_edge_ml": float(np.count_nonzero(hemorrhage & edge) * voxel_ml),
+        "hemorrhage_outside_brain_fraction": float(mass[~brain].sum() / total) if total > 1.0 else 0.0,
+    }
+
+
+def quality_flags(brain_ml: float, qc: dict) -> dict[str, bool]:
+    """Boolean flags from the volumes and QC measures (True = a rater should look)."""
+    low, high = BRAIN_ML_RANGE
+    return {
+        "flag_brain_volume": not (low <= brain_ml <= high),
+        "flag_registration": qc.get("registration_dice", 1.0) < MIN_REGISTRATION_DICE,
+        "flag_roi_edge": qc.get("hemorrhage_at_roi_edge_ml", 0.0) > MAX_EDGE_HEMORRHAGE_ML,
+        "flag_outside_brain": qc.get("hemorrhage_outside_brain_fraction", 0.0) > MAX_OUTSIDE_BRAIN_FRACTION,
+    }
+
+
+def qc_column_descriptions() -> dict[str, dict]:
+    """BIDS-style descriptions of the QC and flag columns of the volume tables."""
+    low, high = BRAIN_ML_RANGE
+    return {
+        "registration_similarity": {"Description": "Correlation of template and registered CT intensities inside both brain masks."},
+        "registration_dice": {"Description": "Dice overlap of the registered brain mask and the template brain mask."},
+        "hemorrhage_at_roi_edge_ml": {"Description": "Hemorrhage touching the edge of the inference region (template space).", "Units": "mL"},
+        "hemorrhage_outside_brain_fraction": {"Description": "Fraction of hemorrhage probability mass outside the brain mask."},
+        "flag_brain_volume": {"Description": f"Brain volume outside {low:g}-{high:g} mL."},
+        "flag_registration": {"Description": f"Registration Dice below {MIN_REGISTRATION_DICE}."},
+        "flag_roi_edge": {"Description": f"More than {MAX_EDGE_HEMORRHAGE_ML} mL of hemorrhage at the inference-region edge."},
+        "flag_outside_brain": {"Description": f"More than {MAX_OUTSIDE_BRAIN_FRACTION:.0%} of hemorrhage probability outside the brain."},
+        "n_warnings": {"Description": "Number of input warnings (listed in the JSON sidecar and the report)."},
+    }

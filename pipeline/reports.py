@@ -1,0 +1,1110 @@
+"""Visual reports: per-scan figures and HTML, and the group-level HTML summary.
+
+Plain functions, independent of Nipype (the :class:`~ichseg.pipeline.interfaces.reports.ScanReport`
+interface wraps them for the workflow):
+
+* :func:`plot_segmentation_mosaic` -- axial mosaic of the CT on its own grid, hemorrhage labels
+  overlaid in the colours of :mod:`ichseg.pipeline.labels`, brain-mask outline, legend with
+  class volumes;
+* :func:`plot_registration_check` -- the CT resampled to the template, with the template's
+  brain outline and ventricle/CSF edges drawn over it (axial, coronal and sagittal rows);
+* :func:`write_scan_report` -- one self-contained HTML page per scan;
+* :func:`write_group_report` -- ``<output_dir>/group_report.html`` from ``group_volumes.tsv``.
+
+Figure format. Figures are SVG (the ``figure`` derivative kind is ``.svg``), like fMRIPrep's:
+text, outlines and legends are vectors, and each CT panel is one raster image embedded in the
+SVG. The rasters are JPEG (``data:image/jpeg;base64``), resampled to at most
+:data:`MAX_PANEL_PX` pixels a side: noisy CT greyscale compresses ten times better in JPEG than
+in PNG, so a 12-slice mosaic stays around 200 kB instead of several MB. Any browser and
+Inkscape display such SVGs.
+
+Orientation. Images are reoriented with :func:`nibabel.as_closest_canonical` (a permutation
+and flips of the voxel axes, no resampling) and shown in *radiological* convention by default
+(patient's right on the left of the image, as on a CT console); every panel carries ``R``/``L``
+markers and the figure says which convention it uses. Pixels are drawn with their true size in
+mm (the aspect ratio comes from the affine), so thick-slice and anisotropic scans are not
+distorted. A gantry-tilted scan is shown on its own (tilted) voxel grid, as a viewer would.
+
+Everything written into the output folder goes through :mod:`ichseg.pipeline.fileutils`
+(atomic writes).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import nibabel as nib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from scipy import ndimage as ndi
+
+from . import __version__
+from .fileutils import atomic_output, atomic_write_text
+from .labels import (
+    BRAIN_VOLUME_COLUMN,
+    FOREGROUND_LABELS,
+    HEMORRHAGE_INDICES,
+    LABELS,
+    TOTAL_HEMORRHAGE_COLUMN,
+    VOLUME_COLUMNS,
+)
+
+__all__ = [
+    "BRAIN_WINDOW_HU",
+    "FIGURE_CAPTIONS",
+    "GROUP_REPORT",
+    "QC_DESCRIPTIONS",
+    "plot_registration_check",
+    "plot_segmentation_mosaic",
+    "select_slices",
+    "write_group_report",
+    "write_scan_report",
+]
+
+#: CT display window (HU) of every figure: the standard brain window (level 40, width 80).
+BRAIN_WINDOW_HU = (0.0, 80.0)
+#: Opacity of the label colours over the CT.
+OVERLAY_ALPHA = 0.5
+#: Colour of the brain-mask outline (distinct from every label colour).
+MASK_COLOR = "#22d3ee"
+#: Colours of the template edges in the registration check: brain outline, CSF/ventricles.
+TEMPLATE_OUTLINE_COLOR = "#ff3b30"
+TEMPLATE_CSF_COLOR = "#ffd60a"
+#: Largest side (pixels) of the raster of one panel, and its JPEG quality.
+MAX_PANEL_PX = 256
+JPEG_QUALITY = 88
+#: Name of the group report, at the top of the output folder.
+GROUP_REPORT = "group_report.html"
+
+#: Captions of the figures a scan report knows by name (others are captioned by their name).
+FIGURE_CAPTIONS = {
+    "segmentation": (
+        "Segmentation. Axial slices of the CT on its own grid (brain window 0-80 HU), covering "
+        "the brain and including the slices with the most hemorrhage. Labels are overlaid in "
+        "colour; the cyan line is the brain (intracranial) mask used for the brain volume. "
+        "Check that every coloured region is blood (or oedema) and that no hemorrhage is "
+        "missed, especially next to the skull and in the ventricles."
+    ),
+    "registration": (
+        "Registration to the CT template. The CT resampled to template space (brain window), "
+        "with the template's brain outline (red) and CSF/ventricle edges (yellow) drawn over "
+        "it. The outline should follow the inner table of the skull and the yellow edges the "
+        "ventricles; a shifted or rotated brain means the segmentation ran on a misaligned "
+        "image."
+    ),
+}
+
+#: Descriptions of the QC values a scan report knows by name.
+QC_DESCRIPTIONS = {
+    "similarity": "Correlation of template and registered CT intensities inside both brain "
+    "masks (higher is better).",
+    "mask_dice": "Dice overlap of the registered brain mask and the template brain mask "
+    "(1 is perfect).",
+    "shear_deg": "Gantry-tilt shear of the CT's voxel grid, degrees.",
+}
+
+_SVG_RC = {
+    "svg.fonttype": "none",  # text stays text: small, selectable, searchable
+    "font.family": "sans-serif",
+    "font.sans-serif": ["DejaVu Sans", "Helvetica", "Arial"],
+    "path.simplify": True,
+    "path.simplify_threshold": 0.5,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Image helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _canonical(path: str | os.PathLike) -> nib.Nifti1Image:
+    img = nib.load(str(path))
+    if len(img.shape) != 3:
+        squeezed = [n for n in img.shape if n != 1]
+        if len(squeezed) != 3:
+            raise ValueError(f"{path}: expected a 3D image, got shape {img.shape}.")
+        img = nib.Nifti1Image(np.asanyarray(img.dataobj).reshape(img.shape[:3]), img.affine)
+    return nib.as_closest_canonical(img)
+
+
+def _zooms(affine: np.ndarray) -> np.ndarray:
+    return np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
+
+
+def _same_grid(ref: nib.Nifti1Image, other: nib.Nifti1Image, what: str, ref_name: str) -> None:
+    if ref.shape[:3] != other.shape[:3] or not np.allclose(ref.affine, other.affine, atol=1e-3):
+        raise ValueError(
+            f"The {what} is not on the grid of the {ref_name} (shape {other.shape[:3]} vs "
+            f"{ref.shape[:3]}, or different affines): give images on the same grid."
+        )
+
+
+def _bbox(mask: np.ndarray, margin: Sequence[int]) -> tuple[slice, ...]:
+    """Bounding box of ``mask`` grown by ``margin`` voxels per axis (whole image if empty)."""
+    if not mask.any():
+        return tuple(slice(0, n) for n in mask.shape)
+    out = []
+    for axis, n in enumerate(mask.shape):
+        others = tuple(a for a in range(mask.ndim) if a != axis)
+        idx = np.flatnonzero(mask.any(axis=others))
+        out.append(slice(max(0, idx[0] - margin[axis]), min(n, idx[-1] + 1 + margin[axis])))
+    return tuple(out)
+
+
+def _window(hu: np.ndarray, window=BRAIN_WINDOW_HU) -> np.ndarray:
+    lo, hi = window
+    return np.clip((np.asarray(hu, dtype=np.float32) - lo) / (hi - lo), 0.0, 1.0)
+
+
+def _hex_rgb(color: str) -> np.ndarray:
+    color = color.lstrip("#")
+    return np.array([int(color[i : i + 2], 16) / 255.0 for i in (0, 2, 4)], dtype=np.float32)
+
+
+def _display(plane: np.ndarray, flip_lr: bool) -> np.ndarray:
+    """A plane indexed [horizontal axis, vertical axis] as an image (rows bottom-up)."""
+    img = np.asarray(plane).T
+    return img[:, ::-1] if flip_lr else img
+
+
+def _display_zoom(shape_px: Sequence[int], pixel_mm: Sequence[float]) -> tuple[float, float]:
+    """Zoom factors (rows, cols) that give square display pixels, at most MAX_PANEL_PX a side."""
+    height_mm = shape_px[0] * pixel_mm[0]
+    width_mm = shape_px[1] * pixel_mm[1]
+    target = max(height_mm, width_mm) / MAX_PANEL_PX
+    target = max(target, min(pixel_mm))  # never finer than the finest voxel size
+    return pixel_mm[0] / target, pixel_mm[1] / target
+
+
+def _resample_display(img: np.ndarray, zoom: tuple[float, float], order: int = 1) -> np.ndarray:
+    """Resample a 2D (or 2D x channels) image for display, smoothing before downsampling."""
+    img = np.asarray(img, dtype=np.float32)
+    factors = tuple(zoom) + (1.0,) * (img.ndim - 2)
+    if np.allclose(factors, 1.0):
+        return img
+    sigma = [max(0.0, (1.0 / f - 1.0) / 2.0) if f < 1 else 0.0 for f in factors]
+    if any(s > 0 for s in sigma):
+        img = ndi.gaussian_filter(img, sigma, mode="nearest")
+    return ndi.zoom(img, factors, order=order, mode="nearest", grid_mode=True)
+
+
+def _compose(gray: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
+    """RGB image: windowed CT with the label colours blended in."""
+    rgb = np.repeat(gray[..., None], 3, axis=-1)
+    if labels is not None:
+        for lab in FOREGROUND_LABELS:
+            where = labels == lab.index
+            if where.any():
+                rgb[where] = (1 - OVERLAY_ALPHA) * rgb[where] + OVERLAY_ALPHA * _hex_rgb(lab.color)
+    return rgb
+
+
+def _jpeg_data_uri(rgb: np.ndarray) -> str:
+    from PIL import Image  # a dependency of matplotlib
+
+    array = np.clip(np.rint(np.asarray(rgb) * 255), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="JPEG", quality=JPEG_QUALITY, subsampling=0, optimize=True)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _draw_panel(ax, rgb: np.ndarray, extent: tuple[float, float, float, float], gid: str):
+    """Draw an RGB raster; its PNG is swapped for a JPEG when the SVG is written."""
+    image = ax.imshow(rgb, origin="lower", extent=extent, interpolation="none", aspect="equal")
+    image.set_gid(gid)
+    return image
+
+
+def _save_svg(fig: Figure, out_file: str | os.PathLike, rasters: Mapping[str, np.ndarray]) -> Path:
+    """Write ``fig`` as SVG with each raster (by gid) embedded as JPEG; atomically."""
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg", facecolor=fig.get_facecolor(), metadata={"Date": None})
+    text = buffer.getvalue()
+    for gid, rgb in rasters.items():
+        # matplotlib writes <g id="gid"><image ... xlink:href="data:image/png;base64,..."/></g>
+        pattern = re.compile(
+            r'(<g id="' + re.escape(gid) + r'"[^>]*>\s*<image\b[^>]*?xlink:href=")data:image/png;base64,[^"]*(")'
+        )
+        text, count = pattern.subn(lambda m: m.group(1) + _jpeg_data_uri(rgb) + m.group(2), text, count=1)
+        if count != 1:  # pragma: no cover - depends on matplotlib's SVG layout
+            raise RuntimeError(f"could not find raster {gid!r} in the SVG written by matplotlib")
+    out = Path(out_file)
+    if out.suffix.lower() != ".svg":
+        raise ValueError(f"{out}: figures are written as SVG (.svg).")
+    atomic_write_text(out, text)
+    return out
+
+
+def _orientation_markers(ax, left: str, right: str, color: str = "white", size: float = 7.0):
+    style = dict(transform=ax.transAxes, color=color, fontsize=size, va="center", fontweight="bold")
+    ax.text(0.02, 0.5, left, ha="left", **style)
+    ax.text(0.98, 0.5, right, ha="right", **style)
+
+
+def _plain_axes(ax):
+    ax.set_axis_off()
+    ax.set_facecolor("black")
+
+
+# --------------------------------------------------------------------------------------------
+# Segmentation mosaic
+# --------------------------------------------------------------------------------------------
+
+
+def select_slices(
+    coverage: Sequence[float], hemorrhage: Sequence[float], n_slices: int, min_fraction: float = 0.02
+) -> list[int]:
+    """Pick ``n_slices`` slice indices: spread over the brain, plus the most-hemorrhage slices.
+
+    ``coverage`` is the brain area per slice and ``hemorrhage`` the hemorrhage area per slice.
+    Slices whose brain area is at least ``min_fraction`` of the largest one span the range to
+    cover; up to a third of the picks (at least one) are the slices with the most hemorrhage,
+    the rest are spaced evenly over the brain. Returned sorted, without duplicates.
+    """
+    coverage = np.asarray(coverage, dtype=float)
+    hemorrhage = np.asarray(hemorrhage, dtype=float)
+    n_total = coverage.size
+    n_slices = max(1, int(n_slices))
+    if n_total == 0:
+        return []
+    if coverage.max() > 0:
+        brain = np.flatnonzero(coverage >= min_fraction * coverage.max())
+        lo, hi = int(brain[0]), int(brain[-1])
+    else:
+        lo, hi = 0, n_total - 1
+    chosen: set[int] = set()
+    bleeding = [int(i) for i in np.argsort(-hemorrhage, kind="stable") if hemorrhage[i] > 0]
+    chosen.update(bleeding[: max(1, n_slices // 3)])
+    candidates = range(lo, hi + 1)
+    if len(chosen | set(candidates)) <= n_slices:
+        return sorted(chosen | set(candidates))
+    remaining = n_slices - len(chosen)
+    targets = np.linspace(lo, hi, remaining) if remaining > 1 else [(lo + hi) / 2]
+    for target in targets[:remaining]:
+        # Each target takes the closest brain slice not taken yet.
+        free = [c for c in candidates if c not in chosen]
+        chosen.add(min(free, key=lambda c: (abs(c - target), c)))
+    return sorted(chosen)
+
+
+def plot_segmentation_mosaic(
+    ct_file: str | os.PathLike,
+    dseg_file: str | os.PathLike,
+    brain_mask_file: str | os.PathLike | None,
+    out_file: str | os.PathLike,
+    n_slices: int = 12,
+    volumes: Mapping[str, float] | None = None,
+    radiological: bool = True,
+    n_cols: int = 6,
+) -> Path:
+    """Axial mosaic of the CT with the label map overlaid; write it as SVG to ``out_file``.
+
+    Parameters
+    ----------
+    ct_file, dseg_file, brain_mask_file : path
+        CT (HU), label map and brain mask, all on the scan's own grid (any orientation; the
+        mask may be ``None``).
+    out_file : path
+        The ``.svg`` to write (atomically).
+    n_slices : int
+        Number of axial slices: spread over the brain, including the slices with the most
+        hemorrhage (see :func:`select_slices`).
+    volumes : dict, optional
+        Volumes (mL) by column of :data:`~ichseg.pipeline.labels.VOLUME_COLUMNS`, shown in the
+        legend.
+    radiological : bool
+        Patient's right on the left of the image (default, as on CT consoles); ``False`` gives
+        neurological convention. Either way the panels carry R/L markers.
+    n_cols : int
+        Panels per row.
+    """
+    ct_img = _canonical(ct_file)
+    dseg_img = _canonical(dseg_file)
+    _same_grid(ct_img, dseg_img, "label map", "CT")
+    ct = np.asanyarray(ct_img.dataobj, dtype=np.float32)
+    labels = np.rint(np.asanyarray(dseg_img.dataobj)).astype(np.int16)
+    if brain_mask_file is not None:
+        mask_img = _canonical(brain_mask_file)
+        _same_grid(ct_img, mask_img, "brain mask", "CT")
+        mask = np.asanyarray(mask_img.dataobj) > 0.5
+    else:
+        mask = np.zeros(ct.shape, bool)
+    vox = _zooms(ct_img.affine)
+
+    region = mask if mask.any() else ct > -300  # the head when there is no mask
+    hem = np.isin(labels, HEMORRHAGE_INDICES)
+    if not hem.any():
+        hem = labels > 0  # e.g. oedema only
+    slices = select_slices(
+        region.sum(axis=(0, 1)), hem.sum(axis=(0, 1)), n_slices
+    ) or [ct.shape[2] // 2]
+
+    margin = [int(math.ceil(8.0 / v)) for v in vox]
+    box = _bbox(region | (labels > 0), margin)
+    crop = (box[0], box[1])
+    height_mm = (box[1].stop - box[1].start) * vox[1]
+    width_mm = (box[0].stop - box[0].start) * vox[0]
+    zoom = _display_zoom((box[1].stop - box[1].start, box[0].stop - box[0].start), (vox[1], vox[0]))
+
+    n = len(slices)
+    n_cols = max(1, min(n_cols, n))
+    n_rows = int(math.ceil(n / n_cols))
+    panel_w = 1.75
+    panel_h = panel_w * height_mm / width_mm
+    legend_h = 0.95
+    fig_w, fig_h = n_cols * panel_w, n_rows * panel_h + legend_h
+    with matplotlib.rc_context(_SVG_RC):
+        fig = Figure(figsize=(fig_w, fig_h), facecolor="black")
+        rasters = {}
+        left_marker, right_marker = ("R", "L") if radiological else ("L", "R")
+        for pos, k in enumerate(slices):
+            row, col = divmod(pos, n_cols)
+            ax = fig.add_axes(
+                (col * panel_w / fig_w, 1 - (row + 1) * panel_h / fig_h, panel_w / fig_w, panel_h / fig_h)
+            )
+            _plain_axes(ax)
+            gray = _window(_display(ct[crop + (k,)], radiological))
+            rgb = _compose(gray, _display(labels[crop + (k,)], radiological))
+            rgb = np.clip(_resample_display(rgb, zoom), 0, 1)
+            extent = (0.0, width_mm, 0.0, height_mm)
+            gid = f"ichseg-slice-{pos}"
+            _draw_panel(ax, rgb, extent, gid)
+            rasters[gid] = rgb
+            plane = _display(mask[crop + (k,)], radiological).astype(np.float32)
+            if plane.any():
+                plane = np.clip(_resample_display(plane, zoom), 0, 1)
+                ax.contour(
+                    plane, levels=[0.5], colors=[MASK_COLOR], linewidths=0.6,
+                    extent=extent, origin="lower",
+                )
+            ax.set_xlim(0, width_mm)
+            ax.set_ylim(0, height_mm)
+            _orientation_markers(ax, left_marker, right_marker)
+            centre = ct_img.affine @ np.array([ct.shape[0] / 2, ct.shape[1] / 2, k, 1.0])
+            ax.text(
+                0.03, 0.03, f"z = {centre[2]:+.0f} mm", transform=ax.transAxes,
+                color="white", fontsize=6.5, ha="left", va="bottom",
+            )
+        _mosaic_legend(fig, legend_h / fig_h, volumes, vox, radiological)
+        return _save_svg(fig, out_file, rasters)
+
+
+def _fmt_ml(value: Any) -> str | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(value):
+        return None
+    return f"{value:.1f} mL" if value >= 0.05 or value == 0 else f"{value:.2f} mL"
+
+
+def _mosaic_legend(fig: Figure, height: float, volumes, vox, radiological: bool) -> None:
+    volumes = volumes or {}
+    handles = []
+    for lab in FOREGROUND_LABELS:
+        text = f"{lab.abbreviation}: {lab.name}"
+        vol = _fmt_ml(volumes.get(lab.volume_column))
+        if vol is not None:
+            text += f"  ({vol})"
+        handles.append(Patch(facecolor=lab.color, edgecolor="none", alpha=0.9, label=text))
+    mask_text = "brain mask outline"
+    brain = _fmt_ml(volumes.get(BRAIN_VOLUME_COLUMN))
+    if brain is not None:
+        mask_text += f"  ({brain})"
+    handles.append(Line2D([0], [0], color=MASK_COLOR, lw=1.2, label=mask_text))
+    ax = fig.add_axes((0, 0, 1, height))
+    ax.set_axis_off()
+    legend = ax.legend(
+        handles=handles, loc="upper center", ncol=3, frameon=False, fontsize=7.5,
+        handlelength=1.4, columnspacing=1.8, bbox_to_anchor=(0.5, 1.0),
+    )
+    for text in legend.get_texts():
+        text.set_color("white")
+    total = _fmt_ml(volumes.get(TOTAL_HEMORRHAGE_COLUMN))
+    parts = []
+    if total is not None:
+        hem = "+".join(lab.abbreviation for lab in LABELS if lab.index in HEMORRHAGE_INDICES)
+        parts.append(f"Total hemorrhage ({hem}): {total}")
+    convention = (
+        "Radiological convention (patient's right on image left)"
+        if radiological
+        else "Neurological convention (patient's right on image right)"
+    )
+    parts += [
+        convention,
+        f"window {BRAIN_WINDOW_HU[0]:.0f}-{BRAIN_WINDOW_HU[1]:.0f} HU",
+        "voxels " + " x ".join(f"{v:.2f}" for v in vox) + " mm",
+    ]
+    ax.text(0.5, 0.08, "   |   ".join(parts), ha="center", va="bottom", color="#cbd5e1", fontsize=7)
+
+
+# --------------------------------------------------------------------------------------------
+# Registration check
+# --------------------------------------------------------------------------------------------
+
+
+def _template_edges(template: np.ndarray, vox: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Brain mask of the (skull-stripped) template and a smoothed 'is CSF' map inside it."""
+    brain = ndi.binary_fill_holes(np.abs(template) > 1e-3)
+    brain = ndi.binary_opening(brain, iterations=1)
+    smooth = ndi.gaussian_filter(template.astype(np.float32), sigma=1.2 / vox)
+    # CSF (< ~15 HU) away from the brain surface: ventricles, large cisterns and sulci.
+    inner = ndi.binary_erosion(brain, iterations=max(1, int(round(6.0 / float(vox.min())))))
+    csf = np.where(inner, 15.0 - smooth, -1.0)  # contour at 0 = 15 HU iso-line, inside only
+    return brain, csf
+
+
+def plot_registration_check(
+    template_ct_file: str | os.PathLike,
+    template_file: str | os.PathLike,
+    out_file: str | os.PathLike,
+    n_cuts: int = 7,
+    radiological: bool = True,
+) -> Path:
+    """The CT in template space with the template's edges on top; write it as SVG.
+
+    Three rows (axial, coronal, sagittal) of ``n_cuts`` cuts each, spread over the template
+    brain. Drawn over the registered CT (brain window): the template's brain outline (red) and
+    the 15 HU iso-line of the smoothed template inside the brain (yellow: ventricles, large
+    CSF spaces). Both images must be on the template grid.
+    """
+    ct_img = _canonical(template_ct_file)
+    tpl_img = _canonical(template_file)
+    _same_grid(tpl_img, ct_img, "registered CT", "template")
+    ct = np.asanyarray(ct_img.dataobj, dtype=np.float32)
+    template = np.asanyarray(tpl_img.dataobj, dtype=np.float32)
+    vox = _zooms(tpl_img.affine)
+    brain, csf = _template_edges(template, vox)
+    margin = [int(math.ceil(6.0 / v)) for v in vox]
+    box = _bbox(brain, margin)
+
+    # (name, axis cut through, horizontal axis, vertical axis, flip horizontally, markers)
+    lr = ("R", "L") if radiological else ("L", "R")
+    views = [
+        ("axial", 2, 0, 1, radiological, lr),
+        ("coronal", 1, 0, 2, radiological, lr),
+        ("sagittal", 0, 1, 2, False, ("P", "A")),
+    ]
+    n_cuts = max(1, int(n_cuts))
+    panel_w = 1.5
+    fig_w = n_cuts * panel_w
+    heights = []
+    for _, _, h_axis, v_axis, _, _ in views:
+        w_mm = (box[h_axis].stop - box[h_axis].start) * vox[h_axis]
+        h_mm = (box[v_axis].stop - box[v_axis].start) * vox[v_axis]
+        heights.append(panel_w * h_mm / w_mm)
+    footer = 0.3
+    fig_h = sum(heights) + footer
+    with matplotlib.rc_context(_SVG_RC):
+        fig = Figure(figsize=(fig_w, fig_h), facecolor="black")
+        rasters = {}
+        top = fig_h
+        for (name, axis, h_axis, v_axis, flip, markers), panel_h in zip(views, heights):
+            top -= panel_h
+            span = box[axis]
+            cuts = np.unique(
+                np.rint(np.linspace(span.start, span.stop - 1, n_cuts + 2)[1:-1]).astype(int)
+            )
+            w_mm = (box[h_axis].stop - box[h_axis].start) * vox[h_axis]
+            h_mm = (box[v_axis].stop - box[v_axis].start) * vox[v_axis]
+            n_px = (box[v_axis].stop - box[v_axis].start, box[h_axis].stop - box[h_axis].start)
+            zoom = _display_zoom(n_px, (vox[v_axis], vox[h_axis]))
+            extent = (0.0, w_mm, 0.0, h_mm)
+            for col, cut in enumerate(cuts):
+                index: list[Any] = [slice(None)] * 3
+                index[axis] = int(cut)
+                index[h_axis] = box[h_axis]
+                index[v_axis] = box[v_axis]
+                index = tuple(index)
+
+                def plane(volume, index=index):
+                    data = volume[index]
+                    return data if h_axis < v_axis else data.T
+
+                ax = fig.add_axes((col * panel_w / fig_w, top / fig_h, panel_w / fig_w, panel_h / fig_h))
+                _plain_axes(ax)
+                gray = _window(_display(plane(ct), flip))
+                rgb = np.clip(_resample_display(_compose(gray, None), zoom), 0, 1)
+                gid = f"ichseg-{name}-{col}"
+                _draw_panel(ax, rgb, extent, gid)
+                rasters[gid] = rgb
+                for field, level, color in (
+                    (_display(plane(brain).astype(np.float32), flip), 0.5, TEMPLATE_OUTLINE_COLOR),
+                    (_display(plane(csf), flip), 0.0, TEMPLATE_CSF_COLOR),
+                ):
+                    field = _resample_display(field, zoom)
+                    if field.min() < level < field.max():
+                        ax.contour(
+                            field, levels=[level], colors=[color], linewidths=0.55,
+                            extent=extent, origin="lower",
+                        )
+                ax.set_xlim(0, w_mm)
+                ax.set_ylim(0, h_mm)
+                _orientation_markers(ax, *markers, size=6.5)
+                world = tpl_img.affine[:3, axis] * cut + tpl_img.affine[:3, 3]
+                coord = "xyz"[axis]
+                ax.text(
+                    0.03, 0.03, f"{coord} = {world[axis]:+.0f}", transform=ax.transAxes,
+                    color="white", fontsize=6, ha="left", va="bottom",
+                )
+                if col == 0:
+                    ax.text(
+                        0.03, 0.97, name, transform=ax.transAxes, color="white", fontsize=7,
+                        ha="left", va="top", fontweight="bold",
+                    )
+        convention = "radiological" if radiological else "neurological"
+        fig.text(
+            0.5, 0.5 * footer / fig_h,
+            f"CT in template space (window {BRAIN_WINDOW_HU[0]:.0f}-{BRAIN_WINDOW_HU[1]:.0f} HU)"
+            f"   |   template brain outline (red), template CSF/ventricle edges (yellow)"
+            f"   |   {convention} convention; coordinates in template mm",
+            ha="center", va="center", color="#cbd5e1", fontsize=6.5,
+        )
+        return _save_svg(fig, out_file, rasters)
+
+
+# --------------------------------------------------------------------------------------------
+# HTML
+# --------------------------------------------------------------------------------------------
+
+_CSS = """
+:root { --fg:#1f2937; --muted:#6b7280; --line:#e5e7eb; --accent:#0f766e; --warn-bg:#fff7ed;
+        --warn-line:#f97316; --ok-bg:#f0fdf4; --ok-line:#22c55e; --bad-bg:#fef2f2; --bad-line:#ef4444; }
+* { box-sizing: border-box; }
+body { margin:0; font-family: system-ui, -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif;
+       color:var(--fg); background:#fff; line-height:1.45; }
+nav { position:sticky; top:0; z-index:10; background:#111827; padding:0.55rem 1.5rem; }
+nav a { color:#e5e7eb; text-decoration:none; margin-right:1.3rem; font-size:0.92rem; }
+nav a:hover { color:#fff; text-decoration:underline; }
+nav .brand { color:#5eead4; font-weight:600; }
+main { max-width:1180px; margin:0 auto; padding:1rem 1.5rem 3rem; }
+h1 { font-size:1.55rem; margin:0.8rem 0 0.2rem; }
+h2 { font-size:1.2rem; margin:2rem 0 0.6rem; padding-bottom:0.25rem; border-bottom:2px solid var(--line); }
+.sub { color:var(--muted); margin:0 0 0.2rem; word-break:break-all; }
+table { border-collapse:collapse; font-size:0.9rem; margin:0.4rem 0; }
+th, td { border-bottom:1px solid var(--line); padding:0.3rem 0.75rem; text-align:left; vertical-align:top; }
+th { background:#f9fafb; font-weight:600; }
+td.num { text-align:right; font-variant-numeric:tabular-nums; }
+tr.total td { font-weight:600; border-top:2px solid #9ca3af; }
+code { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size:0.85em;
+       word-break:break-all; }
+.swatch { display:inline-block; width:0.85em; height:0.85em; border-radius:2px; margin-right:0.4em;
+          vertical-align:-0.1em; }
+.box { border-left:5px solid; padding:0.55rem 0.9rem; margin:0.5rem 0; border-radius:3px; }
+.warning { background:var(--warn-bg); border-color:var(--warn-line); }
+.ok { background:var(--ok-bg); border-color:var(--ok-line); }
+.bad { background:var(--bad-bg); border-color:var(--bad-line); }
+ul.warnings { margin:0; padding-left:1.2rem; }
+figure { margin:1rem 0 1.8rem; }
+figure svg, figure img { width:100%; height:auto; display:block; background:#000; border-radius:4px; }
+figure.plot svg { background:#fff; }
+figcaption { color:#374151; font-size:0.9rem; margin-top:0.4rem; max-width:60rem; }
+figcaption b { color:var(--fg); }
+.muted { color:var(--muted); font-size:0.85rem; }
+.scroll { overflow-x:auto; }
+.status-ok { color:#15803d; font-weight:600; }
+.status-failed { color:#b91c1c; font-weight:600; }
+.status-missing { color:#b45309; font-weight:600; }
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _page(title: str, nav: Sequence[tuple[str, str]], body: str) -> str:
+    links = "".join(f'<a href="#{_e(anchor)}">{_e(text)}</a>' for anchor, text in nav)
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<meta name=\"generator\" content=\"ichseg {_e(__version__)}\">\n"
+        f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+        f'<nav><span class="brand">ichseg</span> &nbsp; {links}</nav>\n'
+        f"<main>\n{body}\n</main>\n</body>\n</html>\n"
+    )
+
+
+_XML_PROLOG = re.compile(r"^\s*(<\?xml[^>]*\?>\s*)?(<!DOCTYPE[^>]*>\s*)?", re.IGNORECASE)
+_SVG_METADATA = re.compile(r"<metadata>.*?</metadata>\s*", re.DOTALL)
+_SVG_UNSAFE = re.compile(r"<script\b|\son[a-z]+\s*=|<foreignObject\b", re.IGNORECASE)
+
+
+def _embed_figure(path: str | os.PathLike, alt: str) -> str:
+    """Inline SVG text, or an <img> with a data URI for PNG/JPEG/GIF."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".svg":
+        text = path.read_text(encoding="utf-8")
+        text = _SVG_METADATA.sub("", _XML_PROLOG.sub("", text, count=1), count=1)
+        if _SVG_UNSAFE.search(text):
+            raise ValueError(f"{path}: SVG with scripts or event handlers cannot be embedded.")
+        return text
+    mime = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif"}.get(suffix)
+    if mime is None:
+        raise ValueError(f"{path}: figures must be SVG, PNG, JPEG or GIF.")
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{_e(alt)}" src="data:{mime};base64,{data}">'
+
+
+def _fmt_number(value: Any, digits: int = 2) -> str:
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if not math.isfinite(number):
+        return "n/a"
+    return f"{number:.{digits}f}"
+
+
+def _label_by_column() -> dict[str, Any]:
+    return {lab.volume_column: lab for lab in FOREGROUND_LABELS}
+
+
+def _volume_table(volumes: Mapping[str, Any], metadata: Mapping[str, Any]) -> str:
+    by_column = _label_by_column()
+    rows = []
+    columns = [c for c in VOLUME_COLUMNS if c in volumes] + [c for c in volumes if c not in VOLUME_COLUMNS]
+    for column in columns:
+        value = volumes[column]
+        lab = by_column.get(column)
+        css = ""
+        if lab is not None:
+            name = f'<span class="swatch" style="background:{_e(lab.color)}"></span>{_e(lab.name)} ({_e(lab.abbreviation)})'
+        elif column == TOTAL_HEMORRHAGE_COLUMN:
+            hem = " + ".join(lab.abbreviation for lab in LABELS if lab.index in HEMORRHAGE_INDICES)
+            name = f"Total hemorrhage ({_e(hem)})"
+            css = ' class="total"'
+        elif column == BRAIN_VOLUME_COLUMN:
+            name = "Brain (intracranial mask)"
+        else:
+            name = _e(column.replace("_", " "))
+        desc = metadata.get(column, {}) if isinstance(metadata.get(column), Mapping) else {}
+        unit = desc.get("Units", "mL" if column in VOLUME_COLUMNS else "")
+        is_num = _is_number(value)
+        shown = _fmt_number(value, 2) if is_num else _e(value)
+        rows.append(
+            f"<tr{css}><td>{name}</td><td><code>{_e(column)}</code></td>"
+            f'<td class="num">{shown}</td><td>{_e(unit)}</td></tr>'
+        )
+    if not rows:
+        return '<p class="muted">No volumes were given.</p>'
+    return (
+        "<table><thead><tr><th>Class</th><th>Column</th><th>Value</th><th>Unit</th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return not isinstance(value, str) or value.strip().lower() not in ("", "n/a", "nan")
+
+
+def _kv_table(items: Mapping[str, Any], descriptions: Mapping[str, str] | None = None) -> str:
+    descriptions = descriptions or {}
+    rows = []
+    for key, value in items.items():
+        if isinstance(value, (list, tuple)):
+            shown = "<br>".join(f"<code>{_e(v)}</code>" for v in value) or "&ndash;"
+        elif isinstance(value, Mapping):
+            shown = "<br>".join(f"{_e(k)}: <code>{_e(v)}</code>" for k, v in value.items()) or "&ndash;"
+        elif _is_number(value) and not isinstance(value, str):
+            shown = _e(_fmt_number(value, 3))
+        else:
+            shown = _e(value)
+        desc = descriptions.get(key)
+        desc_cell = f'<td class="muted">{_e(desc)}</td>' if descriptions else ""
+        rows.append(f"<tr><th>{_e(key)}</th><td>{shown}</td>{desc_cell}</tr>")
+    return f"<table><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _source_of(metadata: Mapping[str, Any]) -> str | None:
+    sources = metadata.get("Sources")
+    if isinstance(sources, (list, tuple)) and sources:
+        return str(sources[0])
+    if isinstance(sources, str):
+        return sources
+    return None
+
+
+def write_scan_report(
+    out_html: str | os.PathLike,
+    scan_id: str,
+    volumes: Mapping[str, Any],
+    figures: Mapping[str, str | os.PathLike],
+    warnings: Sequence[str] | None = None,
+    qc: Mapping[str, Any] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write the self-contained HTML report of one scan (atomically) and return its path.
+
+    Parameters
+    ----------
+    out_html : path
+        The ``.html`` to write.
+    scan_id : str
+        Scan name shown in the title (e.g. ``sub-01_ses-1``).
+    volumes : dict
+        Column -> value of the scan's volume table (mL; ``status`` and other columns too).
+    figures : dict
+        Figure name -> file (SVG inlined; PNG/JPEG embedded as data URIs). Names in
+        :data:`FIGURE_CAPTIONS` get their caption, others are captioned by their name.
+    warnings : list of str
+        Messages shown highlighted at the top ("No warnings" when empty).
+    qc : dict
+        Quality-control values (e.g. ``similarity``, ``mask_dice``).
+    metadata : dict
+        The volume table's JSON sidecar: ``Sources``, ``Model`` (model name, weights and
+        their sha256), ``SoftwareVersions``, ``Registration`` and the column descriptions.
+
+    The page loads nothing from elsewhere (no CSS, scripts or fonts from the network), so it
+    opens offline and can be archived or mailed as one file. All text is HTML-escaped.
+    """
+    warnings = [str(w) for w in (warnings or [])]
+    qc = dict(qc or {})
+    metadata = dict(metadata or {})
+    volumes = dict(volumes or {})
+    source = _source_of(metadata)
+
+    parts = [f"<h1>Hemorrhage segmentation report: {_e(scan_id)}</h1>"]
+    if source:
+        parts.append(f'<p class="sub">Source CT: <code>{_e(source)}</code></p>')
+    model = metadata.get("Model") if isinstance(metadata.get("Model"), Mapping) else {}
+    status = volumes.get("status")
+    summary = []
+    if status is not None:
+        summary.append(f"status <b>{_e(status)}</b>")
+    total = volumes.get(TOTAL_HEMORRHAGE_COLUMN)
+    if _is_number(total):
+        summary.append(f"total hemorrhage <b>{_e(_fmt_number(total, 1))} mL</b>")
+    if model.get("model"):
+        summary.append(f"model <code>{_e(model['model'])}</code>")
+    if summary:
+        parts.append(f'<p class="sub">{" &middot; ".join(summary)}</p>')
+
+    parts.append('<h2 id="warnings">Warnings</h2>')
+    if warnings:
+        items = "".join(f"<li>{_e(w)}</li>" for w in warnings)
+        parts.append(
+            f'<div class="box warning"><b>{len(warnings)} warning{"s" if len(warnings) != 1 else ""}'
+            f'</b><ul class="warnings">{items}</ul></div>'
+        )
+    else:
+        parts.append('<div class="box ok">No warnings.</div>')
+
+    parts.append('<h2 id="volumes">Volumes</h2>')
+    parts.append(_volume_table(volumes, metadata))
+    parts.append(
+        '<p class="muted">Volumes are computed on the scan\'s own grid. Total hemorrhage '
+        "excludes perilesional oedema.</p>"
+    )
+
+    parts.append('<h2 id="qc">Quality control</h2>')
+    if qc:
+        parts.append(_kv_table(qc, {k: QC_DESCRIPTIONS.get(k, "") for k in qc}))
+    else:
+        parts.append('<p class="muted">No quality-control values were given.</p>')
+
+    parts.append('<h2 id="figures">Figures</h2>')
+    if not figures:
+        parts.append('<p class="muted">No figures.</p>')
+    for name, path in figures.items():
+        caption = FIGURE_CAPTIONS.get(name, name)
+        title, _, rest = caption.partition(". ")
+        caption_html = f"<b>{_e(title)}.</b> {_e(rest)}" if rest else f"<b>{_e(caption)}</b>"
+        parts.append(
+            f'<figure id="figure-{_e(name)}">{_embed_figure(path, caption)}'
+            f"<figcaption>{caption_html}</figcaption></figure>"
+        )
+
+    parts.append('<h2 id="about">About</h2>')
+    about: dict[str, Any] = {}
+    if source:
+        about["Source CT"] = source
+    for key in ("model", "weights", "weights_sha256", "n_networks", "network_input", "margin_mm", "device",
+                "inference_seconds"):
+        if key in model:
+            about[{"model": "Model", "weights": "Weights", "weights_sha256": "Weights sha256",
+                   "n_networks": "Networks (ensemble)", "network_input": "Network input",
+                   "margin_mm": "Margin around brain (mm)", "device": "Device",
+                   "inference_seconds": "Inference time (s)"}[key]] = model[key]
+    for key, value in model.items():
+        if key not in ("model", "weights", "weights_sha256", "n_networks", "network_input", "margin_mm",
+                       "device", "inference_seconds"):
+            about[f"Model: {key}"] = value
+    for key, value in metadata.items():
+        if key in ("Sources", "Model", "SoftwareVersions") or (
+            isinstance(value, Mapping) and ("Description" in value or "Units" in value)
+        ):
+            continue  # column descriptions are shown with the volumes
+        about[key] = value
+    about["Report generated"] = (
+        f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} by ichseg {__version__}"
+    )
+    parts.append(_kv_table(about))
+    versions = metadata.get("SoftwareVersions")
+    if isinstance(versions, Mapping) and versions:
+        parts.append("<h3>Software versions</h3>")
+        parts.append(_kv_table(versions))
+
+    nav = [("warnings", "Warnings"), ("volumes", "Volumes"), ("qc", "QC"), ("figures", "Figures"),
+           ("about", "About")]
+    text = _page(f"ichseg: {scan_id}", nav, "\n".join(parts))
+    return atomic_write_text(out_html, text)
+
+
+# --------------------------------------------------------------------------------------------
+# Group report
+# --------------------------------------------------------------------------------------------
+
+_TRUE = frozenset({"1", "true", "yes", "y", "t"})
+_MISSING = frozenset({"", "n/a", "nan", "na", "none"})
+
+
+def _truthy(value: Any) -> bool:
+    return str(value).strip().lower() in _TRUE
+
+
+def _missing(value: Any) -> bool:
+    return value is None or str(value).strip().lower() in _MISSING
+
+
+def _plot_group_volumes(table, out: io.StringIO) -> bool:
+    """Strip plot of the volume columns of the scans with volumes; False if there are none."""
+    columns = [TOTAL_HEMORRHAGE_COLUMN] + [lab.volume_column for lab in FOREGROUND_LABELS]
+    columns = [c for c in columns if c in table.columns]
+    values = {c: table[c].to_numpy(dtype=float) for c in columns}
+    have = np.zeros(len(table), bool)
+    for v in values.values():
+        have |= np.isfinite(v)
+    if not columns or not have.any():
+        return False
+    statuses = table["status"].fillna("n/a").astype(str).to_numpy() if "status" in table else np.full(len(table), "ok")
+    flagged = table["_flagged"].to_numpy(bool)
+    palette = {"ok": "#0f766e", "failed": "#b91c1c", "missing": "#b45309"}
+    colors = {lab.volume_column: lab.color for lab in FOREGROUND_LABELS}
+    colors[TOTAL_HEMORRHAGE_COLUMN] = "#111827"
+    rng = np.random.default_rng(0)
+    n_points = int(have.sum()) * len(columns)
+    with matplotlib.rc_context(_SVG_RC):
+        fig = Figure(figsize=(8.0, 0.55 * len(columns) + 1.0), facecolor="white")
+        ax = fig.add_axes((0.2, 0.75 / (0.55 * len(columns) + 1.0), 0.76, 1 - 1.0 / (0.55 * len(columns) + 1.0)))
+        for row, column in enumerate(columns):
+            v = values[column]
+            ok = np.isfinite(v)
+            y = len(columns) - 1 - row + rng.uniform(-0.22, 0.22, ok.sum())
+            for status in sorted(set(statuses[ok])):
+                sel = statuses[ok] == status
+                ax.scatter(
+                    v[ok][sel], y[sel], s=14, alpha=0.75, linewidths=0,
+                    color=colors[column] if status == "ok" else palette.get(status, "#6b7280"),
+                    rasterized=n_points > 2000,
+                    label=None,
+                )
+            flag = ok & flagged
+            if flag.any():
+                ax.scatter(
+                    v[flag], (len(columns) - 1 - row + rng.uniform(-0.22, 0.22, flag.sum())),
+                    s=40, facecolors="none", edgecolors="#dc2626", linewidths=1.0,
+                    rasterized=n_points > 2000,
+                )
+            if ok.sum() >= 5:
+                q1, med, q3 = np.percentile(v[ok], [25, 50, 75])
+                yy = len(columns) - 1 - row
+                ax.plot([q1, q3], [yy, yy], color="#374151", lw=3, alpha=0.35, solid_capstyle="butt")
+                ax.plot([med, med], [yy - 0.3, yy + 0.3], color="#111827", lw=1.2)
+        labels = {lab.volume_column: f"{lab.abbreviation} ({lab.volume_column})" for lab in FOREGROUND_LABELS}
+        labels[TOTAL_HEMORRHAGE_COLUMN] = f"Total hemorrhage ({TOTAL_HEMORRHAGE_COLUMN})"
+        ax.set_yticks(range(len(columns)), [labels[c] for c in reversed(columns)], fontsize=8)
+        ax.set_ylim(-0.6, len(columns) - 0.4)
+        ax.set_xlabel("Volume (mL)", fontsize=8.5)
+        ax.tick_params(axis="x", labelsize=8)
+        ax.set_xlim(left=min(0.0, ax.get_xlim()[0]))
+        ax.grid(axis="x", color="#e5e7eb", lw=0.6)
+        ax.set_axisbelow(True)
+        for spine in ("top", "right", "left"):
+            ax.spines[spine].set_visible(False)
+        if flagged.any():
+            ax.scatter([], [], s=40, facecolors="none", edgecolors="#dc2626", label="flagged for QC")
+            ax.legend(loc="lower right", fontsize=7.5, frameon=False)
+        fig.savefig(out, format="svg", metadata={"Date": None})
+    return True
+
+
+def write_group_report(output_dir: str | os.PathLike) -> Path:
+    """Write ``<output_dir>/group_report.html`` from ``group_volumes.tsv``; return its path.
+
+    The page holds the group table, a strip plot of the volumes, and the scans that need a
+    look: those with a ``flag_*`` column that is true, and those that failed or are missing
+    (with their error). Each scan links to its per-scan report (a relative link, so the
+    output folder can be moved or archived). Self-contained, like the scan reports.
+
+    Raises
+    ------
+    FileNotFoundError
+        When there is no group table (run the group level first).
+    """
+    import pandas as pd
+
+    from ichseg.bids_app.group import GROUP_TABLE  # bids_app names the outputs
+    from ichseg.bids_app.naming import derivative_relpath
+
+    root = Path(output_dir).absolute()
+    table_path = root / GROUP_TABLE
+    if not table_path.is_file():
+        raise FileNotFoundError(
+            f"No group table {table_path}: run the group level (it writes {GROUP_TABLE}) first."
+        )
+    table = pd.read_csv(table_path, sep="\t", dtype=str, keep_default_na=False)
+    columns = list(table.columns)
+    for column in VOLUME_COLUMNS:
+        if column in table:
+            table[column] = pd.to_numeric(table[column].where(~table[column].map(_missing)), errors="coerce")
+    # Entity columns sit between session_id and source_file (see bids_app.group).
+    if "session_id" in columns and "source_file" in columns:
+        entity_columns = columns[columns.index("session_id") + 1 : columns.index("source_file")]
+    else:
+        entity_columns = []
+    flag_columns = [c for c in columns if c.startswith("flag_")]
+
+    scans, links, flagged, problems = [], [], [], []
+    for _, row in table.iterrows():
+        ents: dict[str, str] = {}
+        participant = str(row.get("participant_id", "")).strip()
+        if participant and not _missing(participant):
+            ents["subject"] = participant.removeprefix("sub-")
+        session = row.get("session_id")
+        if session is not None and not _missing(session):
+            ents["session"] = str(session).strip().removeprefix("ses-")
+        for name in entity_columns:
+            if not _missing(row[name]):
+                ents[name] = str(row[name]).strip()
+        try:
+            rel = derivative_relpath(ents, "report").as_posix()
+            sid = rel[: -len(".html")]
+        except ValueError:
+            rel, sid = None, participant or "unknown scan"
+        scans.append(sid)
+        links.append(rel)
+        flags = [c for c in flag_columns if _truthy(row[c])]
+        flagged.append(bool(flags))
+        status = str(row.get("status", "")).strip()
+        if flags:
+            problems.append(("flagged", sid, rel, ", ".join(flags), row.get("error", "")))
+        if status.lower() in ("failed", "missing") or (status and status.lower() != "ok"):
+            problems.append((status, sid, rel, "", row.get("error", "")))
+    table["_flagged"] = flagged
+
+    def link(sid: str, rel: str | None) -> str:
+        if rel is None:
+            return _e(sid)
+        note = "" if (root / rel).is_file() else ' <span class="muted">(no report)</span>'
+        return f'<a href="{_e(rel)}">{_e(sid)}</a>{note}'
+
+    n = len(table)
+    status_counts = table["status"].value_counts().to_dict() if "status" in table else {}
+    parts = ["<h1>Hemorrhage segmentation: group report</h1>"]
+    parts.append(
+        f'<p class="sub">{n} scan{"s" if n != 1 else ""} in <code>{_e(table_path.name)}</code>: '
+        + ", ".join(f'<span class="status-{_e(s)}">{int(c)} {_e(s)}</span>' for s, c in sorted(status_counts.items()))
+        + "</p>"
+    )
+
+    parts.append('<h2 id="attention">Scans that need a look</h2>')
+    if problems:
+        rows = []
+        for kind, sid, rel, flags, error in problems:
+            css = "status-failed" if kind == "failed" else "status-missing"
+            detail = _e(flags) if flags else ("" if _missing(error) else _e(error))
+            failure = ""
+            if kind == "failed":
+                try:
+                    log = derivative_relpath(
+                        {k: v for k, v in _entities_from_id(sid).items()}, "failure"
+                    ).as_posix()
+                    if (root / log).is_file():
+                        failure = f' <a href="{_e(log)}">failure record</a>'
+                except ValueError:
+                    pass
+            rows.append(
+                f'<tr><td>{link(sid, rel)}</td><td class="{css}">{_e(kind)}</td>'
+                f"<td>{detail}{failure}</td></tr>"
+            )
+        parts.append(
+            '<div class="box bad"><b>' + str(len({p[1] for p in problems}))
+            + " scan(s) flagged, failed or missing.</b></div>"
+            "<table><thead><tr><th>Scan</th><th>Why</th><th>Details</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>"
+        )
+    else:
+        parts.append('<div class="box ok">No scan is flagged, failed or missing.</div>')
+
+    parts.append('<h2 id="distribution">Volume distribution</h2>')
+    buffer = io.StringIO()
+    if _plot_group_volumes(table, buffer):
+        svg = _SVG_METADATA.sub("", _XML_PROLOG.sub("", buffer.getvalue(), count=1), count=1)
+        parts.append(
+            f'<figure id="figure-distribution" class="plot">{svg}<figcaption><b>Volumes of the scans '
+            "with results.</b> One dot per scan (jittered vertically); the grey bar spans the "
+            "quartiles and the black tick marks the median (5 scans or more). Red rings: scans "
+            "with a QC flag.</figcaption></figure>"
+        )
+    else:
+        parts.append('<p class="muted">No scan has volumes yet.</p>')
+
+    parts.append('<h2 id="table">Group table</h2>')
+    head = "".join(f"<th>{_e(c)}</th>" for c in ["scan", *columns])
+    body_rows = []
+    for i, (_, row) in enumerate(table.iterrows()):
+        cells = [f"<td>{link(scans[i], links[i])}</td>"]
+        for column in columns:
+            value = row[column]
+            if column in VOLUME_COLUMNS:
+                cells.append(f'<td class="num">{_e(_fmt_number(value, 2))}</td>')
+            elif column == "status":
+                cells.append(f'<td class="status-{_e(value)}">{_e(value)}</td>')
+            else:
+                cells.append(f"<td>{_e(value)}</td>")
+        body_rows.append(f"<tr>{''.join(cells)}</tr>")
+    parts.append(
+        f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body_rows)}'
+        "</tbody></table></div>"
+    )
+    parts.append(
+        f'<p class="muted">Generated {_e(datetime.now(timezone.utc).isoformat(timespec="seconds"))} '
+        f"by ichseg {_e(__version__)} from <code>{_e(GROUP_TABLE)}</code>.</p>"
+    )
+    nav = [("attention", "Needs a look"), ("distribution", "Distribution"), ("table", "Table")]
+    text = _page("ichseg: group report", nav, "\n".join(parts))
+    return atomic_write_text(root / GROUP_REPORT, text)
+
+
+def _entities_from_id(sid: str) -> dict[str, str]:
+    """Entities of a scan id (``sub-01_ses-1_run-2``) as a naming dict."""
+    from ichseg.bids_app.naming import entities_from_path
+
+    ents = entities_from_path(f"{sid}_ct.nii.gz")
+    return {k: v for k, v in ents.items() if k not in ("suffix", "extension")}
+
