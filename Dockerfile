@@ -70,17 +70,6 @@ RUN mkdir -p /opt/ichseg-data \
 
 FROM debian:bookworm-slim
 
-ARG VERSION=unknown
-ARG REVISION=unknown
-ARG CREATED=unknown
-LABEL org.opencontainers.image.title="ichseg" \
-      org.opencontainers.image.description="BIDS-App that segments intracranial hemorrhage on non-contrast head CT and reports volumes" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${REVISION}" \
-      org.opencontainers.image.created="${CREATED}" \
-      org.opencontainers.image.base.name="docker.io/library/debian:bookworm-slim"
-
 # Runtime needs only the interpreter the venv links to, and CA certificates for the asset
 # download (urllib uses the system trust store). torch, ANTsPy and SimpleITK wheels bundle
 # their native libraries (libgomp included).
@@ -131,3 +120,15 @@ RUN export HOME=/tmp/smoke \
 
 ENTRYPOINT ["ichseg"]
 CMD ["--help"]
+
+# Last, so that a new revision or date does not invalidate the cached layers above.
+ARG VERSION=unknown
+ARG REVISION=unknown
+ARG CREATED=unknown
+LABEL org.opencontainers.image.title="ichseg" \
+      org.opencontainers.image.description="BIDS-App that segments intracranial hemorrhage on non-contrast head CT and reports volumes" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.base.name="docker.io/library/debian:bookworm-slim"

@@ -312,7 +312,15 @@ def timeline(nodes: list[dict], t_launch: float, t_exit: float) -> dict:
     if not starts or not ends:
         return {}
     first, last = min(starts), max(ends)
-    return {"startup_s": first - t_launch, "nodes_span_s": last - first, "shutdown_s": t_exit - last}
+    # time inside the span when no node was running: Nipype's scheduling pauses (MultiProc
+    # looks for finished nodes every poll_sleep_duration = 2 s) and result handling
+    busy, covered_to = 0.0, first
+    for start, end in sorted((n["t_start"], n["t_end"]) for n in nodes if n.get("t_start") and n.get("t_end")):
+        if end > covered_to:
+            busy += end - max(start, covered_to)
+            covered_to = end
+    return {"startup_s": first - t_launch, "nodes_span_s": last - first,
+            "idle_in_span_s": (last - first) - busy, "shutdown_s": t_exit - last}
 
 
 def inference_info(work_dir: Path, nodes: list[dict]) -> dict:
@@ -547,7 +555,7 @@ def _git() -> dict:
 
 
 RUN_KEYS = ["wall_s", "cpu_s", "peak_rss_tree_mib", "peak_pss_tree_mib", "max_rss_single_mib",
-            "timeline.startup_s", "timeline.nodes_span_s", "timeline.shutdown_s"]
+            "timeline.startup_s", "timeline.nodes_span_s", "timeline.idle_in_span_s", "timeline.shutdown_s"]
 SINGLE_KEYS = RUN_KEYS + [f"steps.{s}.{k}" for s in [*STEPS, "other"] for k in ("wall_s", "cpu_s", "peak_rss_mib")] + [
     "inference.inference_seconds", "inference.roi_voxels", "inference.n_tiles",
     "inference.computed_voxels", "inference.roi_voxels_per_s", "inference.computed_voxels_per_s",
@@ -606,6 +614,7 @@ def benchmark(args) -> dict:
         "settings": {
             "repeats": args.repeats, "models": args.models, "scans": args.scans,
             "device": args.device, "n_procs": args.n_procs, "parallel_scans": args.parallel_scans,
+            "parallel_cts": args.parallel_cts, "skip_single": args.skip_single,
             "parallel_n_procs": args.parallel_n_procs, "parallel_model": args.parallel_model,
             "parallel_repeats": args.parallel_repeats, "instrumented": not args.no_instrument,
             "ichseg_args": args.ichseg_args,
@@ -624,14 +633,14 @@ def benchmark(args) -> dict:
         # ---- part 1: single scans
         total = len(args.scans) * len(args.models) * args.repeats
         count = 0
-        for name in args.scans:
+        for name in [] if args.skip_single else args.scans:
             bids_dir = scratch / f"bids-{name}"
             files = make_dataset(bids_dir, [name])
             for model in args.models:
                 runs = []
                 for repeat in range(1, args.repeats + 1):
                     count += 1
-                    label = f"single_{name}_{model}_r{repeat}"
+                    label = _safe(f"single_{name}_{model}_r{repeat}")
                     print(f"[{count}/{total}] {name} x {model}, repeat {repeat}/{args.repeats} ...", end=" ", flush=True)
                     run = one_run(label, bids_dir, files, scratch, args, model, args.n_procs)
                     (scan_result,) = run.pop("scans").values()
@@ -648,7 +657,7 @@ def benchmark(args) -> dict:
 
         # ---- part 2: parallel scans
         if args.parallel_scans > 0:
-            names = [args.scans[i % len(args.scans)] for i in range(args.parallel_scans)]
+            names = [args.parallel_cts[i % len(args.parallel_cts)] for i in range(args.parallel_scans)]
             bids_dir = scratch / "bids-parallel"
             files = make_dataset(bids_dir, names)
             total = len(args.parallel_n_procs) * args.parallel_repeats
@@ -657,7 +666,7 @@ def benchmark(args) -> dict:
                 runs = []
                 for repeat in range(1, args.parallel_repeats + 1):
                     count += 1
-                    label = f"parallel_{len(names)}scans_{args.parallel_model}_np{n_procs}_r{repeat}"
+                    label = _safe(f"parallel_{len(names)}scans_{args.parallel_model}_np{n_procs}_r{repeat}")
                     print(f"[parallel {count}/{total}] {len(names)} scans ({', '.join(names)}) x "
                           f"{args.parallel_model}, --n-procs {n_procs}, repeat {repeat}/{args.parallel_repeats} ...",
                           end=" ", flush=True)
@@ -681,6 +690,11 @@ def benchmark(args) -> dict:
         if not args.keep_work:
             shutil.rmtree(scratch, ignore_errors=True)
     return data
+
+
+def _safe(label: str) -> str:
+    """A file name from a run label (a model may be given as a path)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", label)[-120:]
 
 
 def _run_line(run: dict) -> str:
@@ -723,6 +737,10 @@ def _mvox(value) -> str:
     return "–" if value is None else f"{value / 1e6:.2f}"
 
 
+def _kvox(value) -> str:
+    return "–" if value is None else f"{value / 1e3:,.1f}"
+
+
 def render_markdown(data: dict) -> str:
     machine, sw, settings = data["machine"], data["software"], data["settings"]
     lines = [
@@ -734,9 +752,9 @@ def render_markdown(data: dict) -> str:
         f"(commit {str((sw.get('git') or {}).get('commit'))[:10]}"
         f"{', modified' if (sw.get('git') or {}).get('modified_files') else ''}) · device {settings['device']}",
         "",
-        f"Medians of {settings['repeats']} run(s) per row; single-scan runs use `--n-procs {settings['n_procs']}`"
-        + (f", extra arguments `{' '.join(settings['ichseg_args'])}`" if settings.get("ichseg_args") else "")
-        + ". Times in seconds, memory in GiB. See docs/benchmarks.md for the columns.",
+        "Times in seconds, memory in GiB"
+        + (f"; every run with the extra arguments `{' '.join(settings['ichseg_args'])}`" if settings.get("ichseg_args") else "")
+        + ". See docs/benchmarks.md for the columns.",
         "",
     ]
     meds = data["single"]["medians"]
@@ -745,21 +763,26 @@ def render_markdown(data: dict) -> str:
         lines += [
             "## Single scan: time per step (wall s / CPU s)",
             "",
-            "| scan | model | " + " | ".join(STEP_TITLES[s] for s in steps) + " | start-up | end-to-end wall | end-to-end CPU |",
-            "|---|---|" + "---:|" * (len(steps) + 3),
+            f"One CT per run, `--n-procs {settings['n_procs']}`; medians of {settings['repeats']} run(s) per row.",
+            "",
+            "| scan | model | " + " | ".join(STEP_TITLES[s] for s in steps) + " | start-up | idle | end-to-end wall | end-to-end CPU |",
+            "|---|---|" + "---:|" * (len(steps) + 4),
         ]
         for m in meds:
             cells = [f"{_fmt(m.get(f'steps.{s}.wall_s'))} / {_fmt(m.get(f'steps.{s}.cpu_s'))}" for s in steps]
             lines.append(f"| {m['scan']} | {m['model']} | " + " | ".join(cells)
-                         + f" | {_fmt(m.get('timeline.startup_s'))} | **{_fmt(m.get('wall_s'))}** | {_fmt(m.get('cpu_s'))} |")
+                         + f" | {_fmt(m.get('timeline.startup_s'))} | {_fmt(m.get('timeline.idle_in_span_s'))} "
+                         f"| **{_fmt(m.get('wall_s'))}** | {_fmt(m.get('cpu_s'))} |")
         lines += [
             "",
             "## Single scan: memory, inference throughput, results",
             "",
+            f"Medians of {settings['repeats']} run(s) per row.",
+            "",
             "| scan | model | runs ok | peak RSS tree | peak PSS tree | largest process | inference peak RSS "
-            "| ROI Mvox | tiles | ROI Mvox/s | computed Mvox/s | IPH mL | EAH mL | IVH mL | oedema mL | hemorrhage mL "
+            "| ROI Mvox | tiles | net inference s | ROI kvox/s | computed kvox/s | IPH mL | EAH mL | IVH mL | oedema mL | hemorrhage mL "
             "| brain mL | same volumes every run |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|",
         ]
         for m in meds:
             same = {True: "yes", False: "**no**", None: "–"}[m.get("volumes_identical")]
@@ -768,7 +791,8 @@ def render_markdown(data: dict) -> str:
                 f"| {_fmt(m.get('peak_rss_tree_mib'), 2, 1 / 1024)} | {_fmt(m.get('peak_pss_tree_mib'), 2, 1 / 1024)} "
                 f"| {_fmt(m.get('max_rss_single_mib'), 2, 1 / 1024)} | {_fmt(m.get('steps.inference.peak_rss_mib'), 2, 1 / 1024)} "
                 f"| {_mvox(m.get('inference.roi_voxels'))} | {_fmt(m.get('inference.n_tiles'), 0)} "
-                f"| {_mvox(m.get('inference.roi_voxels_per_s'))} | {_mvox(m.get('inference.computed_voxels_per_s'))} "
+                f"| {_fmt(m.get('inference.inference_seconds'))} "
+                f"| {_kvox(m.get('inference.roi_voxels_per_s'))} | {_kvox(m.get('inference.computed_voxels_per_s'))} "
                 + "".join(f"| {_fmt(m.get(f'volumes.{k}'), 2)} " for k in ("iph_ml", "eah_ml", "ivh_ml", "oed_ml", "hemorrhage_ml"))
                 + f"| {_fmt(m.get('volumes.brain_ml'), 0)} | {same} |"
             )
@@ -776,7 +800,9 @@ def render_markdown(data: dict) -> str:
     pmeds = data["parallel"]["medians"]
     if pmeds:
         lines += [
-            f"## Several scans in one run (medians of {settings['parallel_repeats']} run(s))",
+            "## Several scans in one run",
+            "",
+            f"One dataset, one `ichseg` run per row; medians of {settings['parallel_repeats']} run(s) per row.",
             "",
             "| scans | model | --n-procs | runs ok | wall | scans/hour | CPU s | CPU use | peak RSS tree | peak PSS tree | largest process |",
             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -810,7 +836,10 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--n-procs", type=int, default=2, help="--n-procs of the single-scan runs")
     parser.add_argument("--parallel-scans", type=int, default=4,
-                        help="scans in the several-scans dataset (the --scans in turn); 0 skips that part")
+                        help="scans in the several-scans dataset; 0 skips that part")
+    parser.add_argument("--skip-single", action="store_true", help="run only the several-scans part")
+    parser.add_argument("--parallel-cts", nargs="+", default=DEFAULT_SCANS,
+                        help="CTs of the several-scans dataset, taken in turn (a repeated CT is a further session)")
     parser.add_argument("--parallel-n-procs", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--parallel-model", default="blastct-v1")
     parser.add_argument("--parallel-repeats", type=int, default=None, help="default: --repeats")
@@ -840,7 +869,7 @@ def main(argv=None) -> int:
         print(target)
         return 0
     os.environ.setdefault("NIPYPE_NO_ET", "1")
-    for name in args.scans:
+    for name in {*args.scans, *(args.parallel_cts if args.parallel_scans > 0 else [])}:
         asset_ct(name)  # fail now, not after an hour, when a CT is missing
     data = benchmark(args)
     print()

@@ -99,11 +99,29 @@ def resample(
             ]
         ).reshape(3, -1)
         coords = mapping[:3, :3] @ grid + mapping[:3, 3:4]
+        _snap_to_edges(coords, channels.shape[1:])
         for c, channel in enumerate(channels):
             out[c, :, :, z0:z1] = ndimage.map_coordinates(
                 channel, coords, order=order, mode="constant", cval=cval, prefilter=False
             ).reshape(nx, ny, z1 - z0)
     return out[0] if data.ndim == 3 else out
+
+
+#: Voxel coordinates this close outside the source grid count as on its edge.
+_EDGE_TOLERANCE = 1e-4
+
+
+def _snap_to_edges(coords: np.ndarray, shape: tuple[int, ...]) -> None:
+    """Move coordinates that miss the grid's first/last voxel by rounding error onto it.
+
+    ``inv(source) @ target`` of non-diagonal affines carries ~1e-15 errors, and scipy's
+    ``mode="constant"`` treats a coordinate of -1e-15 as outside the image.
+    """
+    for axis, size in enumerate(shape):
+        c = coords[axis]
+        c[(c < 0) & (c > -_EDGE_TOLERANCE)] = 0.0
+        last = size - 1
+        c[(c > last) & (c < last + _EDGE_TOLERANCE)] = last
 
 
 def world_aligned_grid(

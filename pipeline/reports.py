@@ -34,7 +34,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import math
 import os
 import re
@@ -52,7 +51,7 @@ from matplotlib.patches import Patch
 from scipy import ndimage as ndi
 
 from . import __version__
-from .fileutils import atomic_output, atomic_write_text
+from .fileutils import atomic_write_text
 from .labels import (
     BRAIN_VOLUME_COLUMN,
     FOREGROUND_LABELS,
@@ -61,6 +60,7 @@ from .labels import (
     TOTAL_HEMORRHAGE_COLUMN,
     VOLUME_COLUMNS,
 )
+from .qc import qc_column_descriptions
 
 __all__ = [
     "BRAIN_WINDOW_HU",
@@ -85,7 +85,9 @@ TEMPLATE_OUTLINE_COLOR = "#ff3b30"
 TEMPLATE_CSF_COLOR = "#ffd60a"
 #: Largest side (pixels) of the raster of one panel, and its JPEG quality.
 MAX_PANEL_PX = 256
-JPEG_QUALITY = 88
+#: Same for the (smaller) panels of the registration check.
+MAX_REGISTRATION_PANEL_PX = 180
+JPEG_QUALITY = 85
 #: Name of the group report, at the top of the output folder.
 GROUP_REPORT = "group_report.html"
 
@@ -109,6 +111,7 @@ FIGURE_CAPTIONS = {
 
 #: Descriptions of the QC values a scan report knows by name.
 QC_DESCRIPTIONS = {
+    # Fallbacks: the descriptions of ichseg.pipeline.qc and of the volume sidecar come first.
     "similarity": "Correlation of template and registered CT intensities inside both brain "
     "masks (higher is better).",
     "mask_dice": "Dice overlap of the registered brain mask and the template brain mask "
@@ -130,25 +133,58 @@ _SVG_RC = {
 # --------------------------------------------------------------------------------------------
 
 
-def _canonical(path: str | os.PathLike) -> nib.Nifti1Image:
-    img = nib.load(str(path))
-    if len(img.shape) != 3:
-        squeezed = [n for n in img.shape if n != 1]
-        if len(squeezed) != 3:
-            raise ValueError(f"{path}: expected a 3D image, got shape {img.shape}.")
-        img = nib.Nifti1Image(np.asanyarray(img.dataobj).reshape(img.shape[:3]), img.affine)
-    return nib.as_closest_canonical(img)
+class _RASVolume:
+    """A 3D image in closest-RAS voxel order (as :func:`nibabel.as_closest_canonical`).
+
+    Only axis permutations and flips, no resampling; whole arrays are views of the file's
+    data, and :meth:`axial` reads one slice without loading the image (a thin-slice CT is
+    hundreds of MB as float32).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = str(path)
+        self.img = nib.load(self.path)
+        shape = tuple(int(n) for n in self.img.shape)
+        if len(shape) < 3 or any(n != 1 for n in shape[3:]):
+            raise ValueError(f"{self.path}: expected a 3D image, got shape {shape}.")
+        self.file_shape = shape[:3]
+        self.ornt = nib.io_orientation(self.img.affine)
+        self.affine = self.img.affine @ nib.orientations.inv_ornt_aff(self.ornt, self.file_shape)
+        canonical = [0, 0, 0]
+        for axis, (target, _) in enumerate(self.ornt):
+            canonical[int(target)] = self.file_shape[axis]
+        self.shape = tuple(canonical)
+        self._slice_axis = int(np.flatnonzero(self.ornt[:, 0] == 2)[0])
+
+    def array(self, dtype=None) -> np.ndarray:
+        data = np.asanyarray(self.img.dataobj)
+        data = data.reshape(self.file_shape)
+        if dtype is not None:
+            data = data.astype(dtype, copy=False)
+        return nib.orientations.apply_orientation(data, self.ornt)
+
+    def file_slice(self, k: int) -> int:
+        """Index in the file of canonical axial slice ``k``."""
+        return int(k) if self.ornt[self._slice_axis, 1] > 0 else self.shape[2] - 1 - int(k)
+
+    def axial(self, k: int, dtype=np.float32) -> np.ndarray:
+        """Canonical axial slice ``k``, indexed [x (R), y (A)]."""
+        index: list[Any] = [slice(None)] * 3 + [0] * (len(self.img.shape) - 3)
+        index[self._slice_axis] = self.file_slice(k)
+        plane = np.asarray(self.img.dataobj[tuple(index)], dtype=dtype)
+        rest = [a for a in range(3) if a != self._slice_axis]
+        return nib.orientations.apply_orientation(plane, self.ornt[rest])
 
 
 def _zooms(affine: np.ndarray) -> np.ndarray:
     return np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
 
 
-def _same_grid(ref: nib.Nifti1Image, other: nib.Nifti1Image, what: str, ref_name: str) -> None:
-    if ref.shape[:3] != other.shape[:3] or not np.allclose(ref.affine, other.affine, atol=1e-3):
+def _same_grid(ref: _RASVolume, other: _RASVolume, what: str, ref_name: str) -> None:
+    if ref.shape != other.shape or not np.allclose(ref.affine, other.affine, atol=1e-3):
         raise ValueError(
-            f"The {what} is not on the grid of the {ref_name} (shape {other.shape[:3]} vs "
-            f"{ref.shape[:3]}, or different affines): give images on the same grid."
+            f"The {what} is not on the grid of the {ref_name} (shape {other.shape} vs "
+            f"{ref.shape}, or different affines): give images on the same grid."
         )
 
 
@@ -180,11 +216,13 @@ def _display(plane: np.ndarray, flip_lr: bool) -> np.ndarray:
     return img[:, ::-1] if flip_lr else img
 
 
-def _display_zoom(shape_px: Sequence[int], pixel_mm: Sequence[float]) -> tuple[float, float]:
-    """Zoom factors (rows, cols) that give square display pixels, at most MAX_PANEL_PX a side."""
+def _display_zoom(
+    shape_px: Sequence[int], pixel_mm: Sequence[float], max_px: int = MAX_PANEL_PX
+) -> tuple[float, float]:
+    """Zoom factors (rows, cols) that give square display pixels, at most ``max_px`` a side."""
     height_mm = shape_px[0] * pixel_mm[0]
     width_mm = shape_px[1] * pixel_mm[1]
-    target = max(height_mm, width_mm) / MAX_PANEL_PX
+    target = max(height_mm, width_mm) / max_px
     target = max(target, min(pixel_mm))  # never finer than the finest voxel size
     return pixel_mm[0] / target, pixel_mm[1] / target
 
@@ -234,13 +272,17 @@ def _save_svg(fig: Figure, out_file: str | os.PathLike, rasters: Mapping[str, np
     fig.savefig(buffer, format="svg", facecolor=fig.get_facecolor(), metadata={"Date": None})
     text = buffer.getvalue()
     for gid, rgb in rasters.items():
-        # matplotlib writes <g id="gid"><image ... xlink:href="data:image/png;base64,..."/></g>
-        pattern = re.compile(
-            r'(<g id="' + re.escape(gid) + r'"[^>]*>\s*<image\b[^>]*?xlink:href=")data:image/png;base64,[^"]*(")'
-        )
-        text, count = pattern.subn(lambda m: m.group(1) + _jpeg_data_uri(rgb) + m.group(2), text, count=1)
-        if count != 1:  # pragma: no cover - depends on matplotlib's SVG layout
+        # matplotlib writes <image xlink:href="data:image/png;base64,..." id="gid" ... style=
+        # "image-rendering:pixelated"/>: swap in the JPEG, and let the browser smooth it.
+        tag = re.compile(r'<image\b[^>]*\bid="' + re.escape(gid) + r'"[^>]*/>', re.DOTALL)
+        match = tag.search(text)
+        if match is None:  # pragma: no cover - depends on matplotlib's SVG layout
             raise RuntimeError(f"could not find raster {gid!r} in the SVG written by matplotlib")
+        href = f'xlink:href="{_jpeg_data_uri(rgb)}"'
+        element = re.sub(r'xlink:href="data:image/png;base64,[^"]*"', lambda _, h=href: h, match.group(0))
+        element = re.sub(r'\s*style="image-rendering:[^"]*"', "", element)
+        text = text[: match.start()] + element + text[match.end() :]
+    text = _round_path_data(text)
     out = Path(out_file)
     if out.suffix.lower() != ".svg":
         raise ValueError(f"{out}: figures are written as SVG (.svg).")
@@ -248,15 +290,87 @@ def _save_svg(fig: Figure, out_file: str | os.PathLike, rasters: Mapping[str, np
     return out
 
 
-def _orientation_markers(ax, left: str, right: str, color: str = "white", size: float = 7.0):
-    style = dict(transform=ax.transAxes, color=color, fontsize=size, va="center", fontweight="bold")
-    ax.text(0.02, 0.5, left, ha="left", **style)
-    ax.text(0.98, 0.5, right, ha="right", **style)
+_TEXT_BOX = {"boxstyle": "square,pad=0.15", "facecolor": "black", "alpha": 0.55, "edgecolor": "none"}
+
+
+def _panel_text(ax, x: float, y: float, text: str, size: float = 6.5, **kwargs):
+    """White text on a dark box, readable over bone."""
+    kwargs.setdefault("ha", "left")
+    kwargs.setdefault("va", "bottom")
+    return ax.text(x, y, text, transform=ax.transAxes, color="white", fontsize=size, bbox=_TEXT_BOX, **kwargs)
+
+
+def _orientation_markers(ax, left: str, right: str, size: float = 7.0):
+    _panel_text(ax, 0.015, 0.5, left, size, va="center", fontweight="bold")
+    _panel_text(ax, 0.985, 0.5, right, size, ha="right", va="center", fontweight="bold")
 
 
 def _plain_axes(ax):
     ax.set_axis_off()
     ax.set_facecolor("black")
+
+
+def _simplify_line(points: np.ndarray, tolerance: float) -> np.ndarray:
+    """Ramer-Douglas-Peucker simplification of a polyline (keeps its first and last point)."""
+    if len(points) < 3:
+        return points
+    keep = np.zeros(len(points), bool)
+    keep[[0, -1]] = True
+    stack = [(0, len(points) - 1)]
+    while stack:
+        first, last = stack.pop()
+        if last - first < 2:
+            continue
+        start, end = points[first], points[last]
+        seg = end - start
+        norm = float(np.hypot(*seg))
+        inner = points[first + 1 : last] - start
+        if norm == 0:
+            dist = np.hypot(inner[:, 0], inner[:, 1])
+        else:
+            dist = np.abs(seg[0] * inner[:, 1] - seg[1] * inner[:, 0]) / norm
+        worst = int(np.argmax(dist))
+        if dist[worst] > tolerance:
+            mid = first + 1 + worst
+            keep[mid] = True
+            stack += [(first, mid), (mid, last)]
+    return points[keep]
+
+
+def _draw_contour(ax, field: np.ndarray, level: float, color: str, extent, linewidth: float,
+                  min_length_mm: float = 0.0, tolerance_mm: float = 0.5) -> None:
+    """Iso-line of a 2D field (image rows bottom-up), simplified to ``tolerance_mm``, as lines.
+
+    Lines shorter than ``min_length_mm`` are left out.
+    """
+    import contourpy  # a dependency of matplotlib
+
+    field = np.asarray(field, dtype=np.float64)
+    if not (field.min() < level < field.max()):
+        return
+    rows, cols = field.shape
+    dx = (extent[1] - extent[0]) / cols
+    dy = (extent[3] - extent[2]) / rows
+    for line in contourpy.contour_generator(z=field).lines(level):
+        xy = np.column_stack(
+            [extent[0] + (line[:, 0] + 0.5) * dx, extent[2] + (line[:, 1] + 0.5) * dy]
+        )
+        if min_length_mm and np.hypot(*np.diff(xy, axis=0).T).sum() < min_length_mm:
+            continue
+        xy = _simplify_line(xy, tolerance_mm)
+        ax.plot(xy[:, 0], xy[:, 1], color=color, linewidth=linewidth, solid_joinstyle="round")
+
+
+_NUMBER = re.compile(r"-?\d+\.\d{2,}")
+
+
+def _round_path_data(svg: str) -> str:
+    """Round the coordinates of SVG paths to 0.1 pt (matplotlib writes six decimals)."""
+    return re.sub(
+        r'(\sd=")([^"]*)(")',
+        lambda m: m.group(1) + _NUMBER.sub(lambda n: f"{float(n.group()):.1f}", m.group(2)) + m.group(3),
+        svg,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -265,7 +379,7 @@ def _plain_axes(ax):
 
 
 def select_slices(
-    coverage: Sequence[float], hemorrhage: Sequence[float], n_slices: int, min_fraction: float = 0.02
+    coverage: Sequence[float], hemorrhage: Sequence[float], n_slices: int, min_fraction: float = 0.1
 ) -> list[int]:
     """Pick ``n_slices`` slice indices: spread over the brain, plus the most-hemorrhage slices.
 
@@ -331,28 +445,33 @@ def plot_segmentation_mosaic(
     n_cols : int
         Panels per row.
     """
-    ct_img = _canonical(ct_file)
-    dseg_img = _canonical(dseg_file)
+    ct_img = _RASVolume(ct_file)
+    dseg_img = _RASVolume(dseg_file)
     _same_grid(ct_img, dseg_img, "label map", "CT")
-    ct = np.asanyarray(ct_img.dataobj, dtype=np.float32)
-    labels = np.rint(np.asanyarray(dseg_img.dataobj)).astype(np.int16)
+    labels = dseg_img.array()
+    if not np.issubdtype(labels.dtype, np.integer):
+        labels = np.rint(labels).astype(np.int16)
     if brain_mask_file is not None:
-        mask_img = _canonical(brain_mask_file)
+        mask_img = _RASVolume(brain_mask_file)
         _same_grid(ct_img, mask_img, "brain mask", "CT")
-        mask = np.asanyarray(mask_img.dataobj) > 0.5
+        mask = mask_img.array() > 0.5
     else:
-        mask = np.zeros(ct.shape, bool)
+        mask = np.zeros(ct_img.shape, bool)
     vox = _zooms(ct_img.affine)
 
-    region = mask if mask.any() else ct > -300  # the head when there is no mask
+    if mask.any():
+        region = mask
+    else:  # the head
+        region = np.stack([ct_img.axial(k) > -300 for k in range(ct_img.shape[2])], axis=-1)
     hem = np.isin(labels, HEMORRHAGE_INDICES)
     if not hem.any():
         hem = labels > 0  # e.g. oedema only
     slices = select_slices(
         region.sum(axis=(0, 1)), hem.sum(axis=(0, 1)), n_slices
-    ) or [ct.shape[2] // 2]
+    ) or [ct_img.shape[2] // 2]
+    del hem
 
-    margin = [int(math.ceil(8.0 / v)) for v in vox]
+    margin = [int(math.ceil(15.0 / v)) for v in vox]  # brain + skull
     box = _bbox(region | (labels > 0), margin)
     crop = (box[0], box[1])
     height_mm = (box[1].stop - box[1].start) * vox[1]
@@ -376,7 +495,7 @@ def plot_segmentation_mosaic(
                 (col * panel_w / fig_w, 1 - (row + 1) * panel_h / fig_h, panel_w / fig_w, panel_h / fig_h)
             )
             _plain_axes(ax)
-            gray = _window(_display(ct[crop + (k,)], radiological))
+            gray = _window(_display(ct_img.axial(k)[crop], radiological))
             rgb = _compose(gray, _display(labels[crop + (k,)], radiological))
             rgb = np.clip(_resample_display(rgb, zoom), 0, 1)
             extent = (0.0, width_mm, 0.0, height_mm)
@@ -385,19 +504,13 @@ def plot_segmentation_mosaic(
             rasters[gid] = rgb
             plane = _display(mask[crop + (k,)], radiological).astype(np.float32)
             if plane.any():
-                plane = np.clip(_resample_display(plane, zoom), 0, 1)
-                ax.contour(
-                    plane, levels=[0.5], colors=[MASK_COLOR], linewidths=0.6,
-                    extent=extent, origin="lower",
-                )
+                plane = _resample_display(plane, zoom)
+                _draw_contour(ax, plane, 0.5, MASK_COLOR, extent, 0.6)
             ax.set_xlim(0, width_mm)
             ax.set_ylim(0, height_mm)
             _orientation_markers(ax, left_marker, right_marker)
-            centre = ct_img.affine @ np.array([ct.shape[0] / 2, ct.shape[1] / 2, k, 1.0])
-            ax.text(
-                0.03, 0.03, f"z = {centre[2]:+.0f} mm", transform=ax.transAxes,
-                color="white", fontsize=6.5, ha="left", va="bottom",
-            )
+            centre = ct_img.affine @ np.array([ct_img.shape[0] / 2, ct_img.shape[1] / 2, k, 1.0])
+            _panel_text(ax, 0.02, 0.02, f"slice {ct_img.file_slice(k)}  z {centre[2]:+.0f} mm")
         _mosaic_legend(fig, legend_h / fig_h, volumes, vox, radiological)
         return _save_svg(fig, out_file, rasters)
 
@@ -449,7 +562,7 @@ def _mosaic_legend(fig: Figure, height: float, volumes, vox, radiological: bool)
         f"window {BRAIN_WINDOW_HU[0]:.0f}-{BRAIN_WINDOW_HU[1]:.0f} HU",
         "voxels " + " x ".join(f"{v:.2f}" for v in vox) + " mm",
     ]
-    ax.text(0.5, 0.08, "   |   ".join(parts), ha="center", va="bottom", color="#cbd5e1", fontsize=7)
+    ax.text(0.5, 0.08, "  \u00b7  ".join(parts), ha="center", va="bottom", color="#cbd5e1", fontsize=7)
 
 
 # --------------------------------------------------------------------------------------------
@@ -482,11 +595,11 @@ def plot_registration_check(
     the 15 HU iso-line of the smoothed template inside the brain (yellow: ventricles, large
     CSF spaces). Both images must be on the template grid.
     """
-    ct_img = _canonical(template_ct_file)
-    tpl_img = _canonical(template_file)
+    ct_img = _RASVolume(template_ct_file)
+    tpl_img = _RASVolume(template_file)
     _same_grid(tpl_img, ct_img, "registered CT", "template")
-    ct = np.asanyarray(ct_img.dataobj, dtype=np.float32)
-    template = np.asanyarray(tpl_img.dataobj, dtype=np.float32)
+    ct = ct_img.array(np.float32)
+    template = tpl_img.array(np.float32)
     vox = _zooms(tpl_img.affine)
     brain, csf = _template_edges(template, vox)
     margin = [int(math.ceil(6.0 / v)) for v in vox]
@@ -513,16 +626,15 @@ def plot_registration_check(
         fig = Figure(figsize=(fig_w, fig_h), facecolor="black")
         rasters = {}
         top = fig_h
-        for (name, axis, h_axis, v_axis, flip, markers), panel_h in zip(views, heights):
+        for (name, axis, h_axis, v_axis, flip, markers), panel_h in zip(views, heights, strict=True):
             top -= panel_h
             span = box[axis]
-            cuts = np.unique(
-                np.rint(np.linspace(span.start, span.stop - 1, n_cuts + 2)[1:-1]).astype(int)
-            )
+            first, last = span.start + margin[axis], span.stop - 1 - margin[axis]
+            cuts = np.unique(np.rint(first + (last - first) * np.linspace(0.15, 0.85, n_cuts)).astype(int))
             w_mm = (box[h_axis].stop - box[h_axis].start) * vox[h_axis]
             h_mm = (box[v_axis].stop - box[v_axis].start) * vox[v_axis]
             n_px = (box[v_axis].stop - box[v_axis].start, box[h_axis].stop - box[h_axis].start)
-            zoom = _display_zoom(n_px, (vox[v_axis], vox[h_axis]))
+            zoom = _display_zoom(n_px, (vox[v_axis], vox[h_axis]), MAX_REGISTRATION_PANEL_PX)
             extent = (0.0, w_mm, 0.0, h_mm)
             for col, cut in enumerate(cuts):
                 index: list[Any] = [slice(None)] * 3
@@ -531,9 +643,9 @@ def plot_registration_check(
                 index[v_axis] = box[v_axis]
                 index = tuple(index)
 
-                def plane(volume, index=index):
+                def plane(volume, index=index, transpose=h_axis > v_axis):
                     data = volume[index]
-                    return data if h_axis < v_axis else data.T
+                    return data.T if transpose else data
 
                 ax = fig.add_axes((col * panel_w / fig_w, top / fig_h, panel_w / fig_w, panel_h / fig_h))
                 _plain_axes(ax)
@@ -546,32 +658,22 @@ def plot_registration_check(
                     (_display(plane(brain).astype(np.float32), flip), 0.5, TEMPLATE_OUTLINE_COLOR),
                     (_display(plane(csf), flip), 0.0, TEMPLATE_CSF_COLOR),
                 ):
-                    field = _resample_display(field, zoom)
-                    if field.min() < level < field.max():
-                        ax.contour(
-                            field, levels=[level], colors=[color], linewidths=0.55,
-                            extent=extent, origin="lower",
-                        )
+                    _draw_contour(ax, _resample_display(field, zoom), level, color, extent, 0.55,
+                                  min_length_mm=15.0, tolerance_mm=0.7)
                 ax.set_xlim(0, w_mm)
                 ax.set_ylim(0, h_mm)
                 _orientation_markers(ax, *markers, size=6.5)
                 world = tpl_img.affine[:3, axis] * cut + tpl_img.affine[:3, 3]
                 coord = "xyz"[axis]
-                ax.text(
-                    0.03, 0.03, f"{coord} = {world[axis]:+.0f}", transform=ax.transAxes,
-                    color="white", fontsize=6, ha="left", va="bottom",
-                )
+                _panel_text(ax, 0.02, 0.02, f"{coord} = {world[axis]:+.0f}", 6)
                 if col == 0:
-                    ax.text(
-                        0.03, 0.97, name, transform=ax.transAxes, color="white", fontsize=7,
-                        ha="left", va="top", fontweight="bold",
-                    )
+                    _panel_text(ax, 0.02, 0.98, name, 7, va="top", fontweight="bold")
         convention = "radiological" if radiological else "neurological"
         fig.text(
             0.5, 0.5 * footer / fig_h,
             f"CT in template space (window {BRAIN_WINDOW_HU[0]:.0f}-{BRAIN_WINDOW_HU[1]:.0f} HU)"
-            f"   |   template brain outline (red), template CSF/ventricle edges (yellow)"
-            f"   |   {convention} convention; coordinates in template mm",
+            f"  \u00b7  template brain outline (red), template CSF/ventricle edges (yellow)"
+            f"  \u00b7  {convention} convention; coordinates in template mm",
             ha="center", va="center", color="#cbd5e1", fontsize=6.5,
         )
         return _save_svg(fig, out_file, rasters)
@@ -618,8 +720,22 @@ figcaption b { color:var(--fg); }
 .scroll { overflow-x:auto; }
 .status-ok { color:#15803d; font-weight:600; }
 .status-failed { color:#b91c1c; font-weight:600; }
-.status-missing { color:#b45309; font-weight:600; }
+.status-missing, .status-flagged { color:#b45309; font-weight:600; }
+.scroll td { white-space:nowrap; }
+.scroll td.error { white-space:normal; min-width:18rem; }
 """
+
+
+_TRUE = frozenset({"1", "true", "yes", "y", "t"})
+_MISSING = frozenset({"", "n/a", "nan", "na", "none"})
+
+
+def _truthy(value: Any) -> bool:
+    return str(value).strip().lower() in _TRUE
+
+
+def _missing(value: Any) -> bool:
+    return value is None or str(value).strip().lower() in _MISSING
 
 
 def _e(value: Any) -> str:
@@ -640,24 +756,38 @@ def _page(title: str, nav: Sequence[tuple[str, str]], body: str) -> str:
 
 _XML_PROLOG = re.compile(r"^\s*(<\?xml[^>]*\?>\s*)?(<!DOCTYPE[^>]*>\s*)?", re.IGNORECASE)
 _SVG_METADATA = re.compile(r"<metadata>.*?</metadata>\s*", re.DOTALL)
-_SVG_UNSAFE = re.compile(r"<script\b|\son[a-z]+\s*=|<foreignObject\b", re.IGNORECASE)
+_SVG_UNSAFE = re.compile(r"<script\b|<[^>]*\son[a-z]+\s*=|<foreignObject\b", re.IGNORECASE)
 
 
-def _embed_figure(path: str | os.PathLike, alt: str) -> str:
+def _inline_svg(text: str, prefix: str, where: str = "figure") -> str:
+    """SVG text ready to be inlined in HTML: no XML prolog or metadata, ids made unique.
+
+    matplotlib names elements ``figure_1``, ``axes_1``, ... in every SVG; with several SVGs in
+    one page those ids would clash, so each id (and every reference to it) gets ``prefix``.
+    """
+    text = _SVG_METADATA.sub("", _XML_PROLOG.sub("", text, count=1), count=1)
+    if _SVG_UNSAFE.search(text):
+        raise ValueError(f"{where}: SVG with scripts or event handlers cannot be embedded.")
+    text = re.sub(r'(\sid=")([^"]+")', lambda m: f"{m.group(1)}{prefix}-{m.group(2)}", text)
+    text = re.sub(r"url\(#([^)]+)\)", lambda m: f"url(#{prefix}-{m.group(1)})", text)
+    return re.sub(r'(xlink:href="#)([^"]+")', lambda m: f"{m.group(1)}{prefix}-{m.group(2)}", text)
+
+
+def _embed_figure(path: str | os.PathLike, alt: str, prefix: str = "fig") -> str:
     """Inline SVG text, or an <img> with a data URI for PNG/JPEG/GIF."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".svg":
-        text = path.read_text(encoding="utf-8")
-        text = _SVG_METADATA.sub("", _XML_PROLOG.sub("", text, count=1), count=1)
-        if _SVG_UNSAFE.search(text):
-            raise ValueError(f"{path}: SVG with scripts or event handlers cannot be embedded.")
-        return text
+        return _inline_svg(path.read_text(encoding="utf-8"), prefix, str(path))
     mime = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif"}.get(suffix)
     if mime is None:
         raise ValueError(f"{path}: figures must be SVG, PNG, JPEG or GIF.")
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     return f'<img alt="{_e(alt)}" src="data:{mime};base64,{data}">'
+
+
+def _id_prefix(name: str) -> str:
+    return "fig-" + re.sub(r"[^A-Za-z0-9_-]", "_", str(name))
 
 
 def _fmt_number(value: Any, digits: int = 2) -> str:
@@ -681,13 +811,14 @@ def _label_by_column() -> dict[str, Any]:
 def _volume_table(volumes: Mapping[str, Any], metadata: Mapping[str, Any]) -> str:
     by_column = _label_by_column()
     rows = []
-    columns = [c for c in VOLUME_COLUMNS if c in volumes] + [c for c in volumes if c not in VOLUME_COLUMNS]
+    columns = [c for c in VOLUME_COLUMNS if c in volumes]
     for column in columns:
         value = volumes[column]
         lab = by_column.get(column)
         css = ""
         if lab is not None:
-            name = f'<span class="swatch" style="background:{_e(lab.color)}"></span>{_e(lab.name)} ({_e(lab.abbreviation)})'
+            swatch = f'<span class="swatch" style="background:{_e(lab.color)}"></span>'
+            name = f"{swatch}{_e(lab.name)} ({_e(lab.abbreviation)})"
         elif column == TOTAL_HEMORRHAGE_COLUMN:
             hem = " + ".join(lab.abbreviation for lab in LABELS if lab.index in HEMORRHAGE_INDICES)
             name = f"Total hemorrhage ({_e(hem)})"
@@ -699,10 +830,11 @@ def _volume_table(volumes: Mapping[str, Any], metadata: Mapping[str, Any]) -> st
         desc = metadata.get(column, {}) if isinstance(metadata.get(column), Mapping) else {}
         unit = desc.get("Units", "mL" if column in VOLUME_COLUMNS else "")
         is_num = _is_number(value)
-        shown = _fmt_number(value, 2) if is_num else _e(value)
+        shown = _e(_fmt_number(value, 2)) if is_num else _e(value)
+        cell = '<td class="num">' if is_num else "<td>"
         rows.append(
             f"<tr{css}><td>{name}</td><td><code>{_e(column)}</code></td>"
-            f'<td class="num">{shown}</td><td>{_e(unit)}</td></tr>'
+            f"{cell}{shown}</td><td>{_e(unit)}</td></tr>"
         )
     if not rows:
         return '<p class="muted">No volumes were given.</p>'
@@ -730,14 +862,23 @@ def _kv_table(items: Mapping[str, Any], descriptions: Mapping[str, str] | None =
             shown = "<br>".join(f"<code>{_e(v)}</code>" for v in value) or "&ndash;"
         elif isinstance(value, Mapping):
             shown = "<br>".join(f"{_e(k)}: <code>{_e(v)}</code>" for k, v in value.items()) or "&ndash;"
-        elif _is_number(value) and not isinstance(value, str):
-            shown = _e(_fmt_number(value, 3))
+        elif isinstance(value, (float, np.floating)) and not float(value).is_integer():
+            shown = _e(_fmt_number(value, 3) if abs(value) < 100 else _fmt_number(value, 1))
         else:
             shown = _e(value)
         desc = descriptions.get(key)
         desc_cell = f'<td class="muted">{_e(desc)}</td>' if descriptions else ""
         rows.append(f"<tr><th>{_e(key)}</th><td>{shown}</td>{desc_cell}</tr>")
     return f"<table><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _describe(key: str, metadata: Mapping[str, Any]) -> str:
+    """Description of a table column: from the sidecar, ichseg.pipeline.qc, or QC_DESCRIPTIONS."""
+    for source in (metadata.get(key), qc_column_descriptions().get(key)):
+        if isinstance(source, Mapping) and source.get("Description"):
+            unit = source.get("Units")
+            return str(source["Description"]) + (f" ({unit})" if unit else "")
+    return QC_DESCRIPTIONS.get(key, "")
 
 
 def _source_of(metadata: Mapping[str, Any]) -> str | None:
@@ -767,14 +908,17 @@ def write_scan_report(
     scan_id : str
         Scan name shown in the title (e.g. ``sub-01_ses-1``).
     volumes : dict
-        Column -> value of the scan's volume table (mL; ``status`` and other columns too).
+        Column -> value of the scan's volume table: the volume columns (mL) go to the volume
+        table, ``status`` to the summary, every other column (QC measures, ``flag_*``,
+        ``n_warnings``) to the QC table. A true ``flag_*`` is also shown with the warnings.
     figures : dict
         Figure name -> file (SVG inlined; PNG/JPEG embedded as data URIs). Names in
         :data:`FIGURE_CAPTIONS` get their caption, others are captioned by their name.
     warnings : list of str
         Messages shown highlighted at the top ("No warnings" when empty).
     qc : dict
-        Quality-control values (e.g. ``similarity``, ``mask_dice``).
+        Quality-control values (e.g. ``registration_dice``); they win over the same columns
+        of ``volumes``. Descriptions come from ``metadata``, then :mod:`ichseg.pipeline.qc`.
     metadata : dict
         The volume table's JSON sidecar: ``Sources``, ``Model`` (model name, weights and
         their sha256), ``SoftwareVersions``, ``Registration`` and the column descriptions.
@@ -783,10 +927,13 @@ def write_scan_report(
     opens offline and can be archived or mailed as one file. All text is HTML-escaped.
     """
     warnings = [str(w) for w in (warnings or [])]
-    qc = dict(qc or {})
     metadata = dict(metadata or {})
     volumes = dict(volumes or {})
     source = _source_of(metadata)
+    # QC: the measures and flags of the volume table, then those given (which win).
+    measures = {k: v for k, v in volumes.items() if k not in VOLUME_COLUMNS and k != "status"}
+    measures.update(qc or {})
+    raised = [k for k, v in measures.items() if k.startswith("flag_") and _truthy(v)]
 
     parts = [f"<h1>Hemorrhage segmentation report: {_e(scan_id)}</h1>"]
     if source:
@@ -801,10 +948,23 @@ def write_scan_report(
         summary.append(f"total hemorrhage <b>{_e(_fmt_number(total, 1))} mL</b>")
     if model.get("model"):
         summary.append(f"model <code>{_e(model['model'])}</code>")
+    summary.append(
+        f'<b class="status-failed">{len(raised)} QC flag{"s" if len(raised) != 1 else ""}</b>'
+        if raised else "no QC flag"
+    )
+    summary.append(f"{len(warnings)} warning{'s' if len(warnings) != 1 else ''}")
     if summary:
         parts.append(f'<p class="sub">{" &middot; ".join(summary)}</p>')
 
     parts.append('<h2 id="warnings">Warnings</h2>')
+    if raised:
+        items = "".join(
+            f"<li><code>{_e(k)}</code>: {_e(_describe(k, metadata) or 'raised')}</li>" for k in raised
+        )
+        parts.append(
+            f'<div class="box bad"><b>{len(raised)} QC flag{"s" if len(raised) != 1 else ""} '
+            f'raised</b><ul class="warnings">{items}</ul></div>'
+        )
     if warnings:
         items = "".join(f"<li>{_e(w)}</li>" for w in warnings)
         parts.append(
@@ -822,8 +982,20 @@ def write_scan_report(
     )
 
     parts.append('<h2 id="qc">Quality control</h2>')
-    if qc:
-        parts.append(_kv_table(qc, {k: QC_DESCRIPTIONS.get(k, "") for k in qc}))
+    if measures:
+        rows = []
+        for key, value in measures.items():
+            if key.startswith("flag_"):
+                shown = '<b class="status-failed">yes</b>' if _truthy(value) else "no"
+            elif isinstance(value, (float, np.floating)) and math.isfinite(value) and not float(value).is_integer():
+                shown = _e(f"{float(value):.3f}" if abs(value) < 100 else f"{float(value):.1f}")
+            else:
+                shown = _e(_fmt_number(value, 3) if _is_number(value) else value)
+            rows.append(
+                f"<tr><th><code>{_e(key)}</code></th><td class=\"num\">{shown}</td>"
+                f'<td class="muted">{_e(_describe(key, metadata))}</td></tr>'
+            )
+        parts.append(f"<table><tbody>{''.join(rows)}</tbody></table>")
     else:
         parts.append('<p class="muted">No quality-control values were given.</p>')
 
@@ -835,7 +1007,7 @@ def write_scan_report(
         title, _, rest = caption.partition(". ")
         caption_html = f"<b>{_e(title)}.</b> {_e(rest)}" if rest else f"<b>{_e(caption)}</b>"
         parts.append(
-            f'<figure id="figure-{_e(name)}">{_embed_figure(path, caption)}'
+            f'<figure id="figure-{_e(name)}">{_embed_figure(path, caption, _id_prefix(name))}'
             f"<figcaption>{caption_html}</figcaption></figure>"
         )
 
@@ -855,7 +1027,7 @@ def write_scan_report(
                        "device", "inference_seconds"):
             about[f"Model: {key}"] = value
     for key, value in metadata.items():
-        if key in ("Sources", "Model", "SoftwareVersions") or (
+        if key in ("Sources", "Model", "SoftwareVersions", "Warnings") or (
             isinstance(value, Mapping) and ("Description" in value or "Units" in value)
         ):
             continue  # column descriptions are shown with the volumes
@@ -879,76 +1051,72 @@ def write_scan_report(
 # Group report
 # --------------------------------------------------------------------------------------------
 
-_TRUE = frozenset({"1", "true", "yes", "y", "t"})
-_MISSING = frozenset({"", "n/a", "nan", "na", "none"})
-
-
-def _truthy(value: Any) -> bool:
-    return str(value).strip().lower() in _TRUE
-
-
-def _missing(value: Any) -> bool:
-    return value is None or str(value).strip().lower() in _MISSING
-
-
 def _plot_group_volumes(table, out: io.StringIO) -> bool:
-    """Strip plot of the volume columns of the scans with volumes; False if there are none."""
+    """Strip plot of the volume columns of the scans with volumes; False if there are none.
+
+    One row per class (total hemorrhage first), one dot per scan; dots of scans whose status
+    is not ``ok`` are grey, scans with a QC flag get a red ring.
+    """
     columns = [TOTAL_HEMORRHAGE_COLUMN] + [lab.volume_column for lab in FOREGROUND_LABELS]
     columns = [c for c in columns if c in table.columns]
     values = {c: table[c].to_numpy(dtype=float) for c in columns}
-    have = np.zeros(len(table), bool)
-    for v in values.values():
-        have |= np.isfinite(v)
-    if not columns or not have.any():
+    if not columns or not any(np.isfinite(v).any() for v in values.values()):
         return False
-    statuses = table["status"].fillna("n/a").astype(str).to_numpy() if "status" in table else np.full(len(table), "ok")
+    if "status" in table:
+        statuses = table["status"].fillna("n/a").astype(str).str.strip().str.lower().to_numpy()
+    else:
+        statuses = np.full(len(table), "ok")
     flagged = table["_flagged"].to_numpy(bool)
-    palette = {"ok": "#0f766e", "failed": "#b91c1c", "missing": "#b45309"}
     colors = {lab.volume_column: lab.color for lab in FOREGROUND_LABELS}
     colors[TOTAL_HEMORRHAGE_COLUMN] = "#111827"
+    names = {lab.volume_column: lab.abbreviation for lab in FOREGROUND_LABELS}
+    names[TOTAL_HEMORRHAGE_COLUMN] = "Total hemorrhage"
     rng = np.random.default_rng(0)
-    n_points = int(have.sum()) * len(columns)
+    jitter = rng.uniform(-0.22, 0.22, len(table))  # the same per scan in every row
+    many = len(table) * len(columns) > 3000  # rasterize the dots of big studies
+    row_h, top, bottom = 0.55, 0.15, 0.55
+    fig_h = row_h * len(columns) + top + bottom
     with matplotlib.rc_context(_SVG_RC):
-        fig = Figure(figsize=(8.0, 0.55 * len(columns) + 1.0), facecolor="white")
-        ax = fig.add_axes((0.2, 0.75 / (0.55 * len(columns) + 1.0), 0.76, 1 - 1.0 / (0.55 * len(columns) + 1.0)))
+        fig = Figure(figsize=(8.0, fig_h), facecolor="white")
+        ax = fig.add_axes((0.2, bottom / fig_h, 0.77, row_h * len(columns) / fig_h))
         for row, column in enumerate(columns):
             v = values[column]
-            ok = np.isfinite(v)
-            y = len(columns) - 1 - row + rng.uniform(-0.22, 0.22, ok.sum())
-            for status in sorted(set(statuses[ok])):
-                sel = statuses[ok] == status
-                ax.scatter(
-                    v[ok][sel], y[sel], s=14, alpha=0.75, linewidths=0,
-                    color=colors[column] if status == "ok" else palette.get(status, "#6b7280"),
-                    rasterized=n_points > 2000,
-                    label=None,
-                )
-            flag = ok & flagged
-            if flag.any():
-                ax.scatter(
-                    v[flag], (len(columns) - 1 - row + rng.uniform(-0.22, 0.22, flag.sum())),
-                    s=40, facecolors="none", edgecolors="#dc2626", linewidths=1.0,
-                    rasterized=n_points > 2000,
-                )
+            have = np.isfinite(v)
+            yy = len(columns) - 1 - row
+            ok = have & (statuses == "ok")
+            other = have & ~ok
+            ax.scatter(v[ok], yy + jitter[ok], s=14, alpha=0.75, linewidths=0, color=colors[column],
+                       rasterized=many)
+            if other.any():
+                ax.scatter(v[other], yy + jitter[other], s=14, alpha=0.75, linewidths=0,
+                           color="#9ca3af", rasterized=many)
+            ring = have & flagged
+            if ring.any():
+                ax.scatter(v[ring], yy + jitter[ring], s=42, facecolors="none", edgecolors="#dc2626",
+                           linewidths=1.0, rasterized=many)
             if ok.sum() >= 5:
                 q1, med, q3 = np.percentile(v[ok], [25, 50, 75])
-                yy = len(columns) - 1 - row
                 ax.plot([q1, q3], [yy, yy], color="#374151", lw=3, alpha=0.35, solid_capstyle="butt")
                 ax.plot([med, med], [yy - 0.3, yy + 0.3], color="#111827", lw=1.2)
-        labels = {lab.volume_column: f"{lab.abbreviation} ({lab.volume_column})" for lab in FOREGROUND_LABELS}
-        labels[TOTAL_HEMORRHAGE_COLUMN] = f"Total hemorrhage ({TOTAL_HEMORRHAGE_COLUMN})"
-        ax.set_yticks(range(len(columns)), [labels[c] for c in reversed(columns)], fontsize=8)
+        ax.set_yticks(
+            range(len(columns)), [f"{names[c]}\n{c}" for c in reversed(columns)], fontsize=8
+        )
         ax.set_ylim(-0.6, len(columns) - 0.4)
         ax.set_xlabel("Volume (mL)", fontsize=8.5)
         ax.tick_params(axis="x", labelsize=8)
+        ax.tick_params(axis="y", length=0)
         ax.set_xlim(left=min(0.0, ax.get_xlim()[0]))
         ax.grid(axis="x", color="#e5e7eb", lw=0.6)
         ax.set_axisbelow(True)
         for spine in ("top", "right", "left"):
             ax.spines[spine].set_visible(False)
+        handles = []
+        if (statuses != "ok").any() and any((np.isfinite(v) & (statuses != "ok")).any() for v in values.values()):
+            handles.append(Line2D([], [], ls="", marker="o", color="#9ca3af", label="status not ok"))
         if flagged.any():
-            ax.scatter([], [], s=40, facecolors="none", edgecolors="#dc2626", label="flagged for QC")
-            ax.legend(loc="lower right", fontsize=7.5, frameon=False)
+            handles.append(Line2D([], [], ls="", marker="o", mfc="none", mec="#dc2626", label="QC flag"))
+        if handles:
+            ax.legend(handles=handles, loc="lower right", fontsize=7.5, frameon=False)
         fig.savefig(out, format="svg", metadata={"Date": None})
     return True
 
@@ -968,7 +1136,8 @@ def write_group_report(output_dir: str | os.PathLike) -> Path:
     """
     import pandas as pd
 
-    from ichseg.bids_app.group import GROUP_TABLE  # bids_app names the outputs
+    # bids_app names the outputs
+    from ichseg.bids_app.group import GROUP_TABLE
     from ichseg.bids_app.naming import derivative_relpath
 
     root = Path(output_dir).absolute()
@@ -990,7 +1159,7 @@ def write_group_report(output_dir: str | os.PathLike) -> Path:
     flag_columns = [c for c in columns if c.startswith("flag_")]
 
     scans, links, flagged, problems = [], [], [], []
-    for _, row in table.iterrows():
+    for _, row in table.iterrows():  # problems: (why, scan id, report link, flags, error, entities)
         ents: dict[str, str] = {}
         participant = str(row.get("participant_id", "")).strip()
         if participant and not _missing(participant):
@@ -1012,9 +1181,9 @@ def write_group_report(output_dir: str | os.PathLike) -> Path:
         flagged.append(bool(flags))
         status = str(row.get("status", "")).strip()
         if flags:
-            problems.append(("flagged", sid, rel, ", ".join(flags), row.get("error", "")))
-        if status.lower() in ("failed", "missing") or (status and status.lower() != "ok"):
-            problems.append((status, sid, rel, "", row.get("error", "")))
+            problems.append(("flagged", sid, rel, ", ".join(flags), row.get("error", ""), ents))
+        if status and status.lower() != "ok":
+            problems.append((status, sid, rel, "", row.get("error", ""), ents))
     table["_flagged"] = flagged
 
     def link(sid: str, rel: str | None) -> str:
@@ -1035,15 +1204,13 @@ def write_group_report(output_dir: str | os.PathLike) -> Path:
     parts.append('<h2 id="attention">Scans that need a look</h2>')
     if problems:
         rows = []
-        for kind, sid, rel, flags, error in problems:
-            css = "status-failed" if kind == "failed" else "status-missing"
+        for kind, sid, rel, flags, error, ents in problems:
+            css = {"failed": "status-failed", "flagged": "status-flagged"}.get(kind, "status-missing")
             detail = _e(flags) if flags else ("" if _missing(error) else _e(error))
             failure = ""
             if kind == "failed":
                 try:
-                    log = derivative_relpath(
-                        {k: v for k, v in _entities_from_id(sid).items()}, "failure"
-                    ).as_posix()
+                    log = derivative_relpath(ents, "failure").as_posix()
                     if (root / log).is_file():
                         failure = f' <a href="{_e(log)}">failure record</a>'
                 except ValueError:
@@ -1064,7 +1231,7 @@ def write_group_report(output_dir: str | os.PathLike) -> Path:
     parts.append('<h2 id="distribution">Volume distribution</h2>')
     buffer = io.StringIO()
     if _plot_group_volumes(table, buffer):
-        svg = _SVG_METADATA.sub("", _XML_PROLOG.sub("", buffer.getvalue(), count=1), count=1)
+        svg = _inline_svg(buffer.getvalue(), "distribution")
         parts.append(
             f'<figure id="figure-distribution" class="plot">{svg}<figcaption><b>Volumes of the scans '
             "with results.</b> One dot per scan (jittered vertically); the grey bar spans the "
@@ -1085,6 +1252,8 @@ def write_group_report(output_dir: str | os.PathLike) -> Path:
                 cells.append(f'<td class="num">{_e(_fmt_number(value, 2))}</td>')
             elif column == "status":
                 cells.append(f'<td class="status-{_e(value)}">{_e(value)}</td>')
+            elif column == "error":
+                cells.append(f'<td class="error">{_e(value)}</td>')
             else:
                 cells.append(f"<td>{_e(value)}</td>")
         body_rows.append(f"<tr>{''.join(cells)}</tr>")
@@ -1099,12 +1268,4 @@ def write_group_report(output_dir: str | os.PathLike) -> Path:
     nav = [("attention", "Needs a look"), ("distribution", "Distribution"), ("table", "Table")]
     text = _page("ichseg: group report", nav, "\n".join(parts))
     return atomic_write_text(root / GROUP_REPORT, text)
-
-
-def _entities_from_id(sid: str) -> dict[str, str]:
-    """Entities of a scan id (``sub-01_ses-1_run-2``) as a naming dict."""
-    from ichseg.bids_app.naming import entities_from_path
-
-    ents = entities_from_path(f"{sid}_ct.nii.gz")
-    return {k: v for k, v in ents.items() if k not in ("suffix", "extension")}
 

@@ -109,12 +109,12 @@ def test_load_ct_rejects_multiple_volumes(tmp_path, phantom):
     _expect_input_error(path, "3D", str((*phantom.data.shape, 2)))
 
 
-@pytest.mark.parametrize("shape", [(40, 50), (40, 50, 1)])
-def test_load_ct_rejects_2d(tmp_path, shape):
+@pytest.mark.parametrize(("shape", "word"), [((40, 50), "3D"), ((40, 50, 1), "slice")])
+def test_load_ct_rejects_2d(tmp_path, shape, word):
     data = np.full(shape, -1000, dtype=np.int16)
     data[10:30, 10:30] = 40
     path = _save(data, np.eye(4), tmp_path / "slice_ct.nii.gz")
-    _expect_input_error(path, "3D")
+    _expect_input_error(path, word)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
@@ -166,7 +166,9 @@ def test_conform_ct_gives_ras_and_keeps_voxels(tmp_path, codes):
     ras_data, ras_affine = _ras_volume(rng)
     data, affine = _reorient(ras_data, ras_affine, codes)
     source = _save(data, affine, tmp_path / "src_ct.nii.gz", dtype=np.int16)
-    out = conform_ct(source, tmp_path / "conformed.nii.gz")
+    out = tmp_path / "conformed.nii.gz"
+    warnings = conform_ct(source, out)
+    assert warnings == []  # 0.9-2.5 mm voxels, orthogonal grid, consistent header
     img = nib.load(str(out))
     assert nib.aff2axcodes(img.affine) == ("R", "A", "S")
     assert img.get_data_dtype() == np.float32
@@ -187,7 +189,9 @@ def test_conform_ct_keeps_a_sheared_affine(tmp_path, phantom):
     )
     assert nib.aff2axcodes(tilted.affine) == ("L", "A", "S")
     source = _save(tilted.data, tilted.affine, tmp_path / "tilt_ct.nii.gz")
-    img = nib.load(str(conform_ct(source, tmp_path / "conformed.nii.gz")))
+    warnings = conform_ct(source, tmp_path / "conformed.nii.gz")
+    assert any("tilt" in w for w in warnings)
+    img = nib.load(str(tmp_path / "conformed.nii.gz"))
     # the only change is an L->R flip of the first axis: the shear stays in the affine
     flip = np.diag([-1.0, 1.0, 1.0, 1.0])
     flip[0, 3] = tilted.data.shape[0] - 1
@@ -214,7 +218,8 @@ def test_to_source_orientation_inverts_conform(tmp_path, codes):
     ras_data, ras_affine = _ras_volume(rng, shape=(7, 10, 6))
     data, affine = _reorient(ras_data, ras_affine, codes)
     source_path = _save(data, affine, tmp_path / "src_ct.nii.gz", dtype=np.int16)
-    conformed = nib.load(str(conform_ct(source_path, tmp_path / "conformed.nii.gz")))
+    conform_ct(source_path, tmp_path / "conformed.nii.gz")
+    conformed = nib.load(str(tmp_path / "conformed.nii.gz"))
     source = nib.load(str(source_path))
     back = to_source_orientation(np.asanyarray(conformed.dataobj), conformed.affine, source)
     assert back.shape == source.shape
@@ -235,20 +240,21 @@ def test_to_source_orientation_on_sheared_grid(tmp_path):
     rng = np.random.default_rng(3)
     data = rng.integers(-1000, 100, size=(30, 40, 12)).astype(np.int16)
     data[0, 0, 0] = 60
-    # store it P-S-L-like by permuting the axes of the tilted LAS grid
-    stored, stored_affine = data.transpose(1, 2, 0)[::-1], None
-    perm = np.zeros((4, 4))
-    perm[3, 3] = 1
-    # stored voxel (a, b, c) = LAS voxel (c, 39 - a, b)
-    perm[0, 2] = 1
-    perm[1, 0] = -1
-    perm[1, 3] = 39
-    perm[2, 1] = 1
+    # store it with permuted axes: stored voxel (a, b, c) is LAS voxel (c, 39 - a, b)
+    stored = data.transpose(1, 2, 0)[::-1]
+    perm = np.array([[0, 0, 1, 0], [-1, 0, 0, 39], [0, 1, 0, 0], [0, 0, 0, 1]], dtype=float)
     stored_affine = affine @ perm
+    assert stored[5, 3, 7] == data[7, 39 - 5, 3]
     source_path = _save(stored, stored_affine, tmp_path / "src_ct.nii.gz")
-    conformed = nib.load(str(conform_ct(source_path, tmp_path / "conformed.nii.gz")))
+    conform_ct(source_path, tmp_path / "conformed.nii.gz")
+    conformed = nib.load(str(tmp_path / "conformed.nii.gz"))
     assert nib.aff2axcodes(conformed.affine) == ("R", "A", "S")
     assert shear_degrees(conformed.affine) == pytest.approx(20.0, abs=1e-3)
+    # the conformed grid is the LAS grid with its first axis flipped
+    np.testing.assert_array_equal(np.asanyarray(conformed.dataobj), data[::-1])
+    flip = np.diag([-1.0, 1.0, 1.0, 1.0])
+    flip[0, 3] = 29
+    np.testing.assert_allclose(conformed.affine, affine @ flip, atol=1e-4)
     source = nib.load(str(source_path))
     back = to_source_orientation(np.asanyarray(conformed.dataobj), conformed.affine, source)
     np.testing.assert_array_equal(back, stored)

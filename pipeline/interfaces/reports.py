@@ -1,0 +1,120 @@
+"""Interface that draws a scan's report figures and writes its HTML report."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    Str,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
+
+from ..reports import plot_registration_check, plot_segmentation_mosaic, write_scan_report
+
+
+class _ScanReportInputSpec(BaseInterfaceInputSpec):
+    source_file = Str(mandatory=True, desc="the input CT as given to the workflow (names the scan)")
+    ct_file = File(exists=True, mandatory=True, desc="the original CT (HU), on the scan's grid")
+    dseg = File(exists=True, mandatory=True, desc="label map on the scan's grid")
+    brain_mask = File(exists=True, mandatory=True, desc="brain mask on the scan's grid")
+    template_ct = File(exists=True, mandatory=True, desc="the CT resampled to the template grid")
+    template = File(exists=True, mandatory=True, desc="the CT template image (skull-stripped, HU)")
+    volumes_tsv = File(exists=True, mandatory=True, desc="one-row volume table (TabulateVolumes)")
+    volumes_json = File(exists=True, mandatory=True, desc="its sidecar: model, weights, versions")
+    qc = traits.Dict(desc="quality-control values, e.g. {'similarity': 0.8, 'mask_dice': 0.95}")
+    warnings = traits.List(
+        Str, desc="messages shown highlighted at the top; default: 'Warnings' of volumes_json"
+    )
+    scan_id = Str(desc="name of the scan in the report; default: from the BIDS name of source_file")
+    n_slices = traits.Int(12, usedefault=True, desc="axial slices of the segmentation mosaic")
+    radiological = traits.Bool(
+        True, usedefault=True, desc="show patient's right on the image left (radiological convention)"
+    )
+
+
+class _ScanReportOutputSpec(TraitedSpec):
+    out_report = File(exists=True, desc="self-contained HTML report (figures embedded)")
+    mosaic_svg = File(exists=True, desc="segmentation mosaic (SVG; figure desc 'segmentation')")
+    registration_svg = File(exists=True, desc="registration check (SVG; figure desc 'registration')")
+
+
+def _scan_id(source_file: str) -> str:
+    """``sub-01_ses-1`` from a BIDS source name; the bare file name otherwise."""
+    try:
+        from ichseg.bids_app.naming import scan_id
+
+        return scan_id(source_file)
+    except ValueError:
+        name = Path(source_file).name
+        for ext in (".nii.gz", ".nii"):
+            if name.endswith(ext):
+                return name[: -len(ext)]
+        return name
+
+
+def _read_volumes(path: str) -> dict:
+    """The single row of a per-scan volume table (``n/a`` -> NaN)."""
+    import pandas as pd
+
+    table = pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False)
+    if len(table) != 1:
+        raise ValueError(f"{path}: a per-scan volume table has one row, this one has {len(table)}.")
+    return {key: (value.item() if hasattr(value, "item") else value) for key, value in table.iloc[0].items()}
+
+
+class ScanReport(SimpleInterface):
+    """Draw the segmentation mosaic and the registration check; write the scan's HTML report.
+
+    The HTML embeds both figures, so it is complete on its own; the SVGs are outputs too, for
+    the ``figure`` derivatives (desc ``segmentation`` and ``registration``).
+    """
+
+    input_spec = _ScanReportInputSpec
+    output_spec = _ScanReportOutputSpec
+
+    def _run_interface(self, runtime):
+        volumes = _read_volumes(self.inputs.volumes_tsv)
+        with open(self.inputs.volumes_json, encoding="utf-8") as handle:
+            metadata = json.load(handle)
+        if not isinstance(metadata, dict):
+            metadata = {}
+        metadata.setdefault("Sources", [str(self.inputs.source_file)])
+        scan = self.inputs.scan_id if isdefined(self.inputs.scan_id) else _scan_id(self.inputs.source_file)
+
+        mosaic = os.path.join(runtime.cwd, "segmentation.svg")
+        registration = os.path.join(runtime.cwd, "registration.svg")
+        plot_segmentation_mosaic(
+            self.inputs.ct_file, self.inputs.dseg, self.inputs.brain_mask, mosaic,
+            n_slices=self.inputs.n_slices, volumes=volumes, radiological=self.inputs.radiological,
+        )
+        plot_registration_check(
+            self.inputs.template_ct, self.inputs.template, registration,
+            radiological=self.inputs.radiological,
+        )
+        report = os.path.join(runtime.cwd, "report.html")
+        write_scan_report(
+            report,
+            scan,
+            volumes,
+            {"segmentation": mosaic, "registration": registration},
+            warnings=self._warnings(metadata),
+            qc=dict(self.inputs.qc) if isdefined(self.inputs.qc) else {},
+            metadata=metadata,
+        )
+        self._results["out_report"] = report
+        self._results["mosaic_svg"] = mosaic
+        self._results["registration_svg"] = registration
+        return runtime
+
+    def _warnings(self, metadata: dict) -> list[str]:
+        if isdefined(self.inputs.warnings):
+            return [str(w) for w in self.inputs.warnings]
+        found = metadata.get("Warnings") or []
+        return [str(w) for w in found] if isinstance(found, list) else [str(found)]
