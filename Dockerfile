@@ -55,7 +55,7 @@ RUN pip install /src \
 
 FROM builder AS assets
 # PREFETCH_ASSETS=1 bakes the runtime assets (CT templates, BLAST-CT v1 weights and config,
-# atlas; ~40 MB) into /opt/ichseg-data, each verified against its sha256. It downloads them
+# atlas; about 50 MB) into /opt/ichseg-data, each verified against its sha256. It downloads them
 # from GitHub at build time, so it is off by default. With 0 the folder stays empty and is a
 # mount point for a data folder at run time.
 ARG PREFETCH_ASSETS=0

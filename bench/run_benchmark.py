@@ -175,6 +175,9 @@ def run_ichseg(bids_dir: Path, out_dir: Path, work_dir: Path, n_procs: int, mode
            "--device", device, *extra_args]
     env = dict(os.environ, NIPYPE_NO_ET="1", PYTHONUNBUFFERED="1")
     load_before = _loadavg()
+    import resource
+
+    own_before = resource.getrusage(resource.RUSAGE_SELF)
     with open(log_file, "w") as log:
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
@@ -196,6 +199,7 @@ def run_ichseg(bids_dir: Path, out_dir: Path, work_dir: Path, n_procs: int, mode
         if killer is not None:
             killer.cancel()
         monitor.stop()
+    own_after = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "command": cmd,
         "exit_code": proc.returncode,
@@ -211,6 +215,8 @@ def run_ichseg(bids_dir: Path, out_dir: Path, work_dir: Path, n_procs: int, mode
         "peak_pss_tree_mib": monitor.peak_pss / MIB if monitor.peak_pss else None,
         "peak_processes": monitor.peak_procs,
         "memory_samples": monitor.samples,
+        # CPU the benchmark itself spent meanwhile (mostly the memory sampling): its cost
+        "monitor_cpu_s": (own_after.ru_utime - own_before.ru_utime) + (own_after.ru_stime - own_before.ru_stime),
         "loadavg_before": load_before,
         "loadavg_after": _loadavg(),
     }
@@ -547,7 +553,26 @@ def _git() -> dict:
             return None
 
     status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": git("rev-parse", "HEAD"), "modified_files": status.splitlines() if status else []}
+    return {"commit": git("rev-parse", "HEAD"), "modified_files": status.splitlines() if status else [],
+            "code_state": code_state()}
+
+
+def code_state() -> str | None:
+    """Short hash of the checked-out code (HEAD + uncommitted changes of tracked files).
+
+    Taken before every run: each run executes the working tree as it is at its start, so a
+    change of the code during a benchmark shows as runs with different states.
+    """
+    import hashlib
+
+    try:
+        head = subprocess.run(["git", "--no-optional-locks", "-C", str(REPO), "rev-parse", "HEAD"],
+                              capture_output=True, timeout=30).stdout
+        diff = subprocess.run(["git", "--no-optional-locks", "-C", str(REPO), "diff", "HEAD", "--",
+                               ".", ":(exclude)bench", ":(exclude)docs", ":(exclude)tests"], capture_output=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return hashlib.sha1(head + diff).hexdigest()[:12] if head else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -572,10 +597,12 @@ def one_run(label: str, bids_dir: Path, bids_files: list[tuple[str, Path]], scra
     log_dir = args.out / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_file = log_dir / f"{label}.log"
+    state = code_state()
     result = run_ichseg(bids_dir, out_dir, work_dir, n_procs, model, args.device, log_file,
                         not args.no_instrument, args.ichseg_args, args.timeout)
     nodes = read_nodes(work_dir)
     result["label"] = label
+    result["code_state"] = state
     result["model"] = model
     result["n_procs"] = n_procs
     result["timeline"] = timeline(nodes, result["t_launch"], result["t_exit"])
@@ -672,7 +699,7 @@ def benchmark(args) -> dict:
                           end=" ", flush=True)
                     run = one_run(label, bids_dir, files, scratch, args, args.parallel_model, n_procs)
                     run.update(repeat=repeat, n_scans=len(names), cts=names)
-                    ok = sum(1 for s in run["scans"].values() if s["volumes"].get("status") == "ok")
+                    ok = sum(1 for s in run["scans"].values() if s["volumes"])  # a volume table = a finished scan
                     run["scans_ok"] = ok
                     run["scans_per_hour"] = ok * 3600 / run["wall_s"] if run["wall_s"] else None
                     run["cpu_utilisation"] = run["cpu_s"] / (run["wall_s"] * n_procs) if run["wall_s"] else None
@@ -816,6 +843,11 @@ def render_markdown(data: dict) -> str:
             )
         lines.append("")
     runs = data["single"]["runs"] + data["parallel"]["runs"]
+    states = {r.get("code_state") for r in runs if r.get("code_state")}
+    if len(states) > 1:
+        lines += [f"**Warning: the code changed during the benchmark ({len(states)} different states of "
+                  "the working tree, see `code_state` in benchmark.json); figures of different runs "
+                  "may not be comparable.**", ""]
     loads = [r.get("loadavg_before") for r in runs if r.get("loadavg_before")]
     if loads:
         worst = max(l[0] for l in loads)

@@ -9,7 +9,9 @@ from pathlib import Path
 
 from ichseg.pipeline import __version__
 from ichseg.pipeline.assets import AssetError
+from ichseg.pipeline.fileutils import remove_stale_temporaries
 from ichseg.pipeline.models import ModelError, resolve_model
+from ichseg.pipeline.reports import write_group_report
 
 from .bids import BIDSInputError, check_output_dir, collect_ct_images, load_bids_filter
 from .description import write_derivatives_description
@@ -92,6 +94,8 @@ def run_participant(args) -> int:
         raise UserError(str(exc)) from None
 
     output_dir.mkdir(parents=True, exist_ok=True)
+    for stale in remove_stale_temporaries(output_dir):
+        LOGGER.info("removed %s, left by an interrupted run", stale)
     write_derivatives_description(output_dir, args.bids_dir, __version__)
     progress = _Progress(images)
     started = time.time()
@@ -157,13 +161,14 @@ def run_group(args) -> int:
     output_dir, bids_filter = _check_inputs(args)
     try:
         path = write_group_table(output_dir, args.bids_dir, args.participant_label, bids_filter)
+        report = write_group_report(output_dir)
     except (GroupLevelError, BIDSInputError) as exc:
         raise UserError(str(exc)) from None
     import pandas as pd
 
     table = pd.read_csv(path, sep="\t", na_values="n/a", keep_default_na=False)
     bad = table[table["status"] != "ok"]
-    LOGGER.info("group table: %s (%d scans, %d not ok)", path, len(table), len(bad))
+    LOGGER.info("group table: %s (%d scans, %d not ok); report: %s", path, len(table), len(bad), report)
     for _, row in bad.iterrows():
         LOGGER.warning("  %s: %s %s", row["source_file"], row["status"], row.get("error", ""))
     return 1 if len(bad) else 0

@@ -16,6 +16,7 @@ from the name (nibabel: ``.nii.gz`` means gzip) write the right format.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Iterator
@@ -116,3 +117,20 @@ def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     with atomic_output(final) as tmp:
         shutil.copyfile(source, tmp)
     return final
+
+
+#: Names :func:`atomic_output` gives its temporary files (``.<stem>.tmp-<pid>-<hex><ext>``).
+_TEMPORARY_NAME = re.compile(r"^\..+\.tmp-\d+-[0-9a-f]{8}")
+
+
+def remove_stale_temporaries(root: str | os.PathLike) -> list[Path]:
+    """Delete temporary files that a killed run left under ``root``; return what was removed.
+
+    Only call this when no other ichseg process writes into ``root``.
+    """
+    removed = []
+    for path in Path(root).rglob(".*.tmp-*"):
+        if path.is_file() and _TEMPORARY_NAME.match(path.name):
+            path.unlink()
+            removed.append(path)
+    return removed

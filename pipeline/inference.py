@@ -26,10 +26,10 @@ LOGGER = logging.getLogger(__name__)
 CONTEXT_VOXELS = 80
 #: Output tiles must be multiples of this (lcm of the pathway subsampling factors 3 and 5).
 TILE_MULTIPLE = 15
-#: Default output tile edge; measured on 2 CPU cores as the best throughput (bench/).
-DEFAULT_TILE = 60
+#: Default output tile edge: the fewest multiply-adds for a brain-shaped region (docs/method.md).
+DEFAULT_TILE = 30
 #: Tiles per network call.
-DEFAULT_BATCH = 1
+DEFAULT_BATCH = 4
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,9 @@ def register_to_template(
     """
     import ants
 
+    # ANTsPy (0.6) ignores a random_seed argument; its global seed is what reaches
+    # antsRegistration (--random-seed), which makes the random metric sampling repeatable.
+    ants.config._random_seed = int(seed)
     shape, grid = world_aligned_grid(brain_mask, ct_affine, REGISTRATION_SPACING_MM)
     brain = np.where(brain_mask, np.clip(ct, 0.0, 100.0), 0.0).astype(np.float32)
     moving = _to_ants(resample(brain, ct_affine, shape, grid), grid)
@@ -67,7 +70,6 @@ def register_to_template(
             aff_iterations=(1000, 500, 250),
             aff_shrink_factors=(4, 2, 1),
             aff_smoothing_sigmas=(2, 1, 0),
-            random_seed=seed,
         )
         shutil.copyfile(result["fwdtransforms"][0], out_transform)
     finally:

@@ -22,7 +22,7 @@ import pytest
 from scipy import ndimage
 
 from ichseg.bids_app.cli import main
-from ichseg.bids_app.naming import DERIVATIVES, derivative_path
+from ichseg.bids_app.naming import DERIVATIVES, derivative_path, scan_id
 from ichseg.pipeline.labels import VOLUME_COLUMNS
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
@@ -36,7 +36,7 @@ SCANS = {
 }
 #: Kinds written for every scan (figures/reports/failure records are not in this list).
 PER_SCAN_KINDS = ["brain_mask", "dseg", "dseg_tsv", "hemorrhage_probseg", "template_ct",
-                  "template_dseg", "xfm", "volumes", "volumes_json"]
+                  "template_dseg", "xfm", "volumes", "volumes_json", "report"]
 #: Outputs that must sit exactly on the input CT's grid.
 SCAN_GRID_KINDS = ["brain_mask", "dseg", "hemorrhage_probseg"]
 
@@ -288,3 +288,23 @@ def test_rerun_is_cached_and_identical(run):
     assert second < 0.5 * first, f"re-run took {second:.0f} s after {first:.0f} s"
     again = {p: p.read_text() for p in run["out"].rglob("*_volumes.tsv")}
     assert again == run["volumes_first"]
+
+
+@pytest.mark.parametrize("relpath", list(SCANS))
+def test_scan_report(run, relpath):
+    source = run["bids"] / relpath
+    html = derivative_path(run["out"], source, "report").read_text()
+    row = _volumes(run, relpath)
+    assert scan_id(source) in html
+    for flag in [c for c in row.index if c.startswith("flag_")]:
+        assert flag in html
+    for desc in ("segmentation", "registration"):
+        figure = derivative_path(run["out"], source, "figure", desc=desc)
+        assert figure.exists() and figure.stat().st_size > 10_000
+    assert 'src="http' not in html and 'href="http' not in html  # opens offline
+
+
+def test_group_report_lists_every_scan_and_failure(run):
+    html = (run["out"] / "group_report.html").read_text()
+    for relpath in list(SCANS) + [_bad_relpath(kind) for kind in BAD_INPUTS]:
+        assert scan_id(run["bids"] / relpath) in html

@@ -12,6 +12,7 @@ from .. import assets
 from ..interfaces.ct import BrainExtraction, ConformCT, ToSourceGrid
 from ..interfaces.labels import LabelTable
 from ..interfaces.registration import RegisterToTemplate
+from ..interfaces.reports import ScanReport
 from ..interfaces.segmentation import ProbabilitiesToScan, SegmentHemorrhage
 from ..interfaces.volumes import TabulateVolumes
 from .outputs import init_ct_derivatives_wf
@@ -147,10 +148,8 @@ def init_single_ct_wf(
             template=str(assets.get_asset(assets.TEMPLATE_CT)),
             template_mask=str(assets.get_asset(assets.TEMPLATE_MASK)),
             transform_type=transform_type,
-            num_threads=omp_nthreads,
         ),
         name="register",
-        n_procs=omp_nthreads,
         mem_gb=MEM_GB["register"],
     )
     segment = pe.Node(
@@ -170,6 +169,9 @@ def init_single_ct_wf(
         mem_gb=MEM_GB["tabulate"],
     )
     label_table = pe.Node(LabelTable(), name="label_table")
+    report = pe.Node(
+        ScanReport(template=str(assets.get_asset(assets.TEMPLATE_CT))), name="scan_report", mem_gb=0.5
+    )
     qc = pe.Node(
         niu.Function(function=_merge_dicts, input_names=["first", "second"], output_names=["merged"]),
         name="merge_qc",
@@ -205,6 +207,13 @@ def init_single_ct_wf(
         (tabulate, outputnode, [("out_tsv", "volumes_tsv"), ("out_json", "volumes_json")]),
         (qc, outputnode, [("merged", "qc")]),
         (conform, outputnode, [("warnings", "warnings")]),
+        (inputnode, report, [("ct_file", "source_file"), ("ct_file", "ct_file")]),
+        (outputnode, report, [("dseg", "dseg"), ("brain_mask", "brain_mask"),
+                              ("template_ct", "template_ct"), ("volumes_tsv", "volumes_tsv"),
+                              ("volumes_json", "volumes_json"), ("qc", "qc"), ("warnings", "warnings")]),
+        (report, derivatives_wf, [("out_report", "inputnode.report"),
+                                  ("mosaic_svg", "inputnode.segmentation_figure"),
+                                  ("registration_svg", "inputnode.registration_figure")]),
         (inputnode, derivatives_wf, [("ct_file", "inputnode.source_file")]),
         (label_table, derivatives_wf, [("out_file", "inputnode.dseg_tsv")]),
         (outputnode, derivatives_wf, [

@@ -9,12 +9,22 @@ from nipype.pipeline import engine as pe
 
 from ..interfaces.derivatives import DerivativesDataSink
 
-#: Derivative kinds (see ``ichseg.bids_app.naming.DERIVATIVES``) written for every scan.
-#: The volume table comes last so that its presence means the scan's outputs are complete.
-SCAN_DERIVATIVES = (
-    "brain_mask", "dseg", "dseg_tsv", "hemorrhage_probseg", "template_ct", "template_dseg", "xfm",
-    "volumes_json",
-)
+#: Outputs written for every scan: input field -> (derivative kind of
+#: ``ichseg.bids_app.naming.DERIVATIVES``, extra entities). The volume table is not listed:
+#: it is written last, so that its presence means the scan's outputs are complete.
+SCAN_DERIVATIVES = {
+    "brain_mask": ("brain_mask", {}),
+    "dseg": ("dseg", {}),
+    "dseg_tsv": ("dseg_tsv", {}),
+    "hemorrhage_probseg": ("hemorrhage_probseg", {}),
+    "template_ct": ("template_ct", {}),
+    "template_dseg": ("template_dseg", {}),
+    "xfm": ("xfm", {}),
+    "volumes_json": ("volumes_json", {}),
+    "report": ("report", {}),
+    "segmentation_figure": ("figure", {"desc": "segmentation"}),
+    "registration_figure": ("figure", {"desc": "registration"}),
+}
 
 
 def init_ct_derivatives_wf(output_dir: str | Path, name: str = "ct_derivatives_wf"):
@@ -30,8 +40,8 @@ def init_ct_derivatives_wf(output_dir: str | Path, name: str = "ct_derivatives_w
     source_file
         The input CT (its entities name the outputs).
     brain_mask, dseg, dseg_tsv, hemorrhage_probseg, template_ct, template_dseg, xfm,
-    volumes, volumes_json
-        Files to store, one per derivative kind.
+    volumes, volumes_json, report, segmentation_figure, registration_figure
+        Files to store (see ``SCAN_DERIVATIVES``).
 
     Outputs
     -------
@@ -44,14 +54,14 @@ def init_ct_derivatives_wf(output_dir: str | Path, name: str = "ct_derivatives_w
     )
     outputnode = pe.Node(niu.IdentityInterface(fields=["volumes"]), name="outputnode")
     done = pe.Node(niu.Merge(len(SCAN_DERIVATIVES)), name="all_other_outputs_written")
-    for index, kind in enumerate(SCAN_DERIVATIVES, start=1):
+    for index, (field, (kind, entities)) in enumerate(SCAN_DERIVATIVES.items(), start=1):
         sink = pe.Node(
-            DerivativesDataSink(base_directory=str(output_dir), kind=kind),
-            name=f"ds_{kind}",
+            DerivativesDataSink(base_directory=str(output_dir), kind=kind, entities=entities),
+            name=f"ds_{field}",
             run_without_submitting=True,
         )
         workflow.connect([
-            (inputnode, sink, [("source_file", "source_file"), (kind, "in_file")]),
+            (inputnode, sink, [("source_file", "source_file"), (field, "in_file")]),
             (sink, done, [("out_file", f"in{index}")]),
         ])
     ds_volumes = pe.Node(

@@ -1,0 +1,114 @@
+"""The participant workflow with a tiny DeepMedic (random weights) on synthetic head phantoms.
+
+The tiny network keeps these runs short, so the workflow plumbing can be tested thoroughly:
+caching, a run killed midway and completed by a re-run, outputs never half-written. The real
+network on real CTs is tested in test_cli_integration.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from ichseg.bids_app.cli import main
+from ichseg.bids_app.demo import write_demo_dataset
+from ichseg.bids_app.naming import derivative_path
+from ichseg.pipeline.inference import build_network
+
+pytestmark = [pytest.mark.realdata]  # the CT template comes from the asset lookup
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, asset) -> Path:
+    """A folder with a config.json of a DeepMedic with 4 feature maps per layer and random weights."""
+    folder = tmp_path_factory.mktemp("tiny-model")
+    config = json.loads(asset("models/blastct-v1/config.json").read_text())
+    config["model"]["DeepMedic"] = {"feature_maps": [4] * 8, "fully_connected": [8, 8]}
+    (folder / "config.json").write_text(json.dumps(config))
+    torch.manual_seed(0)
+    torch.save(build_network(config).state_dict(), folder / "model_1.pt")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def demo_bids(tmp_path_factory) -> Path:
+    return write_demo_dataset(tmp_path_factory.mktemp("demo") / "bids", n_subjects=2)
+
+
+def _argv(bids, out, work, model, *extra):
+    return [str(bids), str(out), "participant", "-w", str(work), "--model", str(model),
+            "--n-procs", "2", *extra]
+
+
+def _outputs(out: Path) -> dict[str, bytes]:
+    """Every derivative's bytes, except files that record when they were made."""
+    return {
+        str(p.relative_to(out)): p.read_bytes()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and p.suffix not in {".html", ".svg"} and not p.name.endswith("_volumes.json")
+    }
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(demo_bids, tiny_model, tmp_path_factory):
+    base = tmp_path_factory.mktemp("uninterrupted")
+    code = main(_argv(demo_bids, base / "out", base / "work", tiny_model))
+    return code, base / "out"
+
+
+def test_tiny_run_writes_every_output(uninterrupted, demo_bids):
+    code, out = uninterrupted
+    assert code == 0
+    for sub in ("sub-01", "sub-02"):
+        source = demo_bids / sub / "anat" / f"{sub}_ct.nii.gz"
+        for kind in ("dseg", "volumes", "volumes_json", "brain_mask", "report", "xfm"):
+            assert derivative_path(out, source, kind).exists(), (sub, kind)
+        dseg = nib.load(derivative_path(out, source, "dseg"))
+        np.testing.assert_allclose(dseg.affine, nib.load(source).affine, atol=1e-4)
+
+
+def test_killed_run_completes_on_rerun(uninterrupted, demo_bids, tiny_model, tmp_path):
+    """Kill a run once a scan is being segmented; the re-run completes it to the same outputs."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    env = dict(os.environ, NIPYPE_NO_ET="1")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ichseg.bids_app.cli", *_argv(demo_bids, out, work, tiny_model)],
+        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 600
+    try:
+        while not list(work.glob("ichseg_wf/*/segment")) and time.time() < deadline:
+            assert process.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.2)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the whole process group: Nipype's workers too
+        process.wait()
+    assert not list(out.rglob("*_volumes.tsv")), "killed too late: a scan had already finished"
+
+    assert main(_argv(demo_bids, out, work, tiny_model)) == 0
+    # the re-run removes temporary files a killed run may have left
+    leftovers = [p for p in out.rglob("*") if ".tmp-" in p.name]
+    assert not leftovers, leftovers
+    assert _outputs(out) == _outputs(uninterrupted[1])
+
+
+def test_rerun_reuses_the_work_directory(uninterrupted, demo_bids, tiny_model):
+    code, out = uninterrupted
+    work = out.parent / "work"
+    before = _outputs(out)
+    results = sorted(work.glob("ichseg_wf/*/*/result_*.pklz"))
+    stamps = [p.stat().st_mtime_ns for p in results]
+    assert main(_argv(demo_bids, out, work, tiny_model)) == 0
+    assert _outputs(out) == before
+    # no processing step ran again (their result files are untouched)
+    assert [p.stat().st_mtime_ns for p in results] == stamps
