@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from ichseg.pipeline import __version__
+from ichseg.pipeline.segmentation import DEFAULT_MARGIN_MM
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ANTs transform to the CT template")
     method.add_argument("--network-input", choices=["head", "brain"], default="head",
                         help="the network sees the whole head or the extracted brain")
-    method.add_argument("--margin-mm", type=float, default=10.0,
+    method.add_argument("--margin-mm", type=float, default=DEFAULT_MARGIN_MM,
                         help="margin around the brain mask where the network is run")
 
     out = parser.add_argument_group("messages")

@@ -9,8 +9,14 @@ import numpy as np
 from scipy import ndimage
 
 from .geometry import voxel_sizes
-from .inference import DEFAULT_TILE, IntensityWindow, load_networks, segment
 from .models import resolve_model, weights_sha256
+
+
+#: Margin (mm) around the brain mask inside which the network runs. The ROI is the scan's own
+#: (warped) intracranial mask, which reaches the inner table of the skull, so the margin only
+#: absorbs resampling of the mask: with 5 mm, 1.1 % of mistie-0034's hemorrhage probability
+#: lay outside the brain mask, and its volumes matched a 10 mm margin within 0.5 %.
+DEFAULT_MARGIN_MM = 5.0
 
 
 def region_of_interest(brain_mask: np.ndarray, affine: np.ndarray, margin_mm: float) -> np.ndarray:
@@ -44,13 +50,17 @@ def run_model(
     model: str,
     device: str = "cpu",
     log: Callable[[str], None] | None = None,
-    tile: int = DEFAULT_TILE,
+    tile: int | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Class probabilities of a 1 mm RAS CT in HU with a registered model, and provenance.
 
     Returns ``(probabilities (C, x, y, z), info)`` where ``info`` names the model, its
     weight files and their sha256, the number of networks and the inference time.
     """
+    # torch is imported here, not at module level, so that the command line starts quickly
+    from .inference import DEFAULT_TILE, IntensityWindow, load_networks, segment
+
+    tile = DEFAULT_TILE if tile is None else tile
     resolved = resolve_model(model)
     low, high = resolved.spec.input_window_hu
     networks = load_networks(resolved.weight_paths, resolved.config, device)

@@ -18,7 +18,7 @@ from nipype.interfaces.base import (
 
 from ..labels import HEMORRHAGE_INDICES
 from ..niftiio import save_like
-from ..segmentation import crop_to_roi, region_of_interest, run_model
+from ..segmentation import DEFAULT_MARGIN_MM, crop_to_roi, region_of_interest, run_model
 from ..registration import warp_to_scan
 from ..geometry import ants_affine_to_ras, voxel_volume_ml
 from ..qc import segmentation_qc
@@ -32,7 +32,7 @@ class _SegmentInputSpec(BaseInterfaceInputSpec):
     model = traits.Str("blastct-v1", usedefault=True, desc="registered model name or weights path")
     device = traits.Str("cpu", usedefault=True, desc="torch device (cpu, cuda, cuda:1, ...)")
     num_threads = traits.Int(1, usedefault=True, desc="CPU threads for torch")
-    margin_mm = traits.Float(10.0, usedefault=True, desc="margin around the brain that is segmented")
+    margin_mm = traits.Float(DEFAULT_MARGIN_MM, usedefault=True, desc="margin around the brain that is segmented")
     network_input = traits.Enum("head", "brain", usedefault=True, desc="what the network sees")
 
 

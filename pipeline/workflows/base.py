@@ -16,6 +16,7 @@ from ..interfaces.reports import ScanReport
 from ..interfaces.segmentation import ProbabilitiesToScan, SegmentHemorrhage
 from ..interfaces.volumes import TabulateVolumes
 from .outputs import init_ct_derivatives_wf
+from ..segmentation import DEFAULT_MARGIN_MM
 
 #: Memory (GB) that each step may use at most, so that Nipype's MultiProc scheduler never
 #: runs more scans side by side than the RAM allows (figures measured in bench/).
@@ -33,7 +34,7 @@ def init_ichseg_wf(
     omp_nthreads: int = 1,
     transform_type: str = "Rigid",
     network_input: str = "head",
-    margin_mm: float = 10.0,
+    margin_mm: float = DEFAULT_MARGIN_MM,
     name: str = "ichseg_wf",
 ):
     """Build the participant-level workflow: one :func:`init_single_ct_wf` per CT image.
@@ -90,7 +91,7 @@ def init_single_ct_wf(
     omp_nthreads: int = 1,
     transform_type: str = "Rigid",
     network_input: str = "head",
-    margin_mm: float = 10.0,
+    margin_mm: float = DEFAULT_MARGIN_MM,
     name: str = "single_ct_wf",
 ):
     """Segment hemorrhage on one head CT and tabulate its volumes in the scan's own space.
