@@ -27,6 +27,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -51,11 +52,12 @@ STEPS = {
     "inference": ("segment",),
     "inverse_transform": ("probabilities_to_scan", "brain_mask_to_source"),
     "tabulation": ("tabulate_volumes",),  # + every node of ct_derivatives_wf (the ds_* sinks)
+    "report": ("scan_report",),
 }
 STEP_TITLES = {
     "loading": "load", "brain_extraction": "brain", "registration": "register",
     "inference": "inference", "inverse_transform": "to scan", "tabulation": "tabulate",
-    "other": "other",
+    "report": "report", "other": "other",
 }
 DERIVATIVES_WF = "ct_derivatives_wf"
 VOLUME_KEYS = ("iph_ml", "eah_ml", "oed_ml", "ivh_ml", "hemorrhage_ml", "brain_ml")
@@ -67,33 +69,59 @@ MIB = 2**20
 
 
 class TreeMonitor(threading.Thread):
-    """Sample the summed RSS (and PSS) of a process and all its descendants until stopped.
+    """Sample the memory of a process and all its descendants until stopped.
 
-    RSS counts pages shared between processes (forked workers share the parent's libraries)
-    once per process, so the sum over-states what the tree really holds; PSS (proportional
-    set size, ``/proc/<pid>/smaps_rollup``) splits every shared page between its users, so the
-    sum of PSS is the tree's real footprint.
+    Every ``interval`` s: the summed RSS (``VmRSS``) and anonymous memory (``RssAnon`` +
+    ``RssShmem``) of the tree, from ``/proc/<pid>/status`` (cheap). RSS counts pages shared
+    between processes (forked workers share the parent's libraries) once per process, so the
+    sum over-states what the tree really holds. PSS (proportional set size,
+    ``/proc/<pid>/smaps_rollup``) splits every shared page between its users, so the sum of PSS
+    is the tree's real footprint; but reading it costs tens of milliseconds of CPU per large
+    process, so it is read only while the RSS sum is within 5 % of its peak so far: every
+    ``pss_interval`` s, or after 1 s when the RSS sum has grown by 5 % since the last reading.
     """
 
-    def __init__(self, pid: int, interval: float = 0.2):
+    def __init__(self, pid: int, interval: float = 0.2, pss_interval: float = 10.0):
         super().__init__(name="bench-tree-monitor", daemon=True)
         self.pid = pid
         self.interval = interval
+        self.pss_interval = pss_interval
         self.peak_rss = 0
+        self.peak_anon = 0
         self.peak_pss = 0
         self.peak_procs = 0
         self.samples = 0
+        self.pss_samples = 0
+        self._last_pss = float("-inf")
+        self._rss_at_last_pss = 0
         self._stop_event = threading.Event()
-        self._page = os.sysconf("SC_PAGE_SIZE")
         self._proc = Path("/proc").is_dir()
+        self._children_files = Path(f"/proc/{os.getpid()}/task/{threading.get_native_id()}/children").exists()
         try:
-            import psutil  # noqa: F401  # only used where /proc is missing
+            import psutil  # only used where /proc is missing
 
             self._psutil = psutil
         except ImportError:
             self._psutil = None
 
+    def _children(self, pid: int) -> list[int]:
+        found = []
+        try:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/children") as fobj:
+                    found.extend(int(c) for c in fobj.read().split())
+        except OSError:
+            pass
+        return found
+
     def _tree_proc(self) -> list[int]:
+        if self._children_files:  # Linux with CONFIG_PROC_CHILDREN: read only the tree
+            tree, todo = [], [self.pid]
+            while todo:
+                pid = todo.pop()
+                tree.append(pid)
+                todo.extend(self._children(pid))
+            return tree
         children: dict[int, list[int]] = {}
         for entry in os.scandir("/proc"):
             if not entry.name.isdigit():
@@ -112,27 +140,39 @@ class TreeMonitor(threading.Thread):
             todo.extend(children.get(pid, ()))
         return tree
 
-    def _memory_proc(self, pid: int) -> tuple[int, int]:
-        rss = pss = 0
+    @staticmethod
+    def _status(pid: int) -> tuple[int, int]:
+        """(RSS, anonymous + shmem resident memory) of one process, in bytes."""
+        rss = anon = 0
         try:
-            with open(f"/proc/{pid}/statm") as fobj:
-                rss = int(fobj.read().split()[1]) * self._page
+            with open(f"/proc/{pid}/status") as fobj:
+                for line in fobj:
+                    if line.startswith("VmRSS:"):
+                        rss = int(line.split()[1]) * 1024
+                    elif line.startswith(("RssAnon:", "RssShmem:")):
+                        anon += int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            pass
+        return rss, anon
+
+    @staticmethod
+    def _pss(pid: int) -> int:
+        try:
             with open(f"/proc/{pid}/smaps_rollup") as fobj:
                 for line in fobj:
                     if line.startswith("Pss:"):
-                        pss = int(line.split()[1]) * 1024
-                        break
+                        return int(line.split()[1]) * 1024
         except (OSError, ValueError, IndexError):
             pass
-        return rss, pss
+        return 0
 
     def sample(self) -> None:
-        rss = pss = 0
+        rss = anon = 0
         if self._proc:
             tree = self._tree_proc()
             for pid in tree:
-                r, p = self._memory_proc(pid)
-                rss, pss = rss + r, pss + p
+                r, a = self._status(pid)
+                rss, anon = rss + r, anon + a
         elif self._psutil is not None:
             try:
                 root = self._psutil.Process(self.pid)
@@ -148,8 +188,16 @@ class TreeMonitor(threading.Thread):
             return
         self.samples += 1
         self.peak_rss = max(self.peak_rss, rss)
-        self.peak_pss = max(self.peak_pss, pss)
+        self.peak_anon = max(self.peak_anon, anon)
         self.peak_procs = max(self.peak_procs, len(tree))
+        now = time.monotonic()
+        since = now - self._last_pss
+        near_peak = rss >= 0.95 * self.peak_rss
+        grown = rss > 1.05 * self._rss_at_last_pss
+        if self._proc and near_peak and (since >= self.pss_interval or (grown and since >= 1.0)):
+            self._last_pss, self._rss_at_last_pss = now, rss
+            self.pss_samples += 1
+            self.peak_pss = max(self.peak_pss, sum(self._pss(pid) for pid in tree))
 
     def run(self) -> None:
         while not self._stop_event.is_set():
@@ -183,16 +231,30 @@ def run_ichseg(bids_dir: Path, out_dir: Path, work_dir: Path, n_procs: int, mode
         log.flush()
         t_launch = time.time()
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(work_dir.parent))
+        # own process group, so that a timeout or Ctrl-C stops the run's workers too
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                cwd=str(work_dir.parent), start_new_session=True)
         monitor = TreeMonitor(proc.pid)
         monitor.start()
+
+        def kill_run():
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+
         killer = None
         if timeout:
-            killer = threading.Timer(timeout, proc.kill)
+            killer = threading.Timer(timeout, kill_run)
             killer.start()
         # wait4 gives the rusage of this child alone (and of the descendants it reaped): the
         # CPU time of the whole run and the largest RSS any single process of it reached.
-        _, status, usage = os.wait4(proc.pid, 0)
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:
+            kill_run()
+            monitor.stop()
+            raise
         wall = time.perf_counter() - start
         t_exit = time.time()
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -213,6 +275,8 @@ def run_ichseg(bids_dir: Path, out_dir: Path, work_dir: Path, n_procs: int, mode
         "max_rss_single_mib": usage.ru_maxrss / (1024 if sys.platform != "darwin" else MIB),
         "peak_rss_tree_mib": monitor.peak_rss / MIB if monitor.samples else None,
         "peak_pss_tree_mib": monitor.peak_pss / MIB if monitor.peak_pss else None,
+        "peak_anon_tree_mib": monitor.peak_anon / MIB if monitor.peak_anon else None,
+        "pss_samples": monitor.pss_samples,
         "peak_processes": monitor.peak_procs,
         "memory_samples": monitor.samples,
         # CPU the benchmark itself spent meanwhile (mostly the memory sampling): its cost

@@ -58,15 +58,17 @@ def run_model(
     weight files and their sha256, the number of networks and the inference time.
     """
     # torch is imported here, not at module level, so that the command line starts quickly
-    from .inference import DEFAULT_TILE, IntensityWindow, load_networks, segment
+    from .inference import DEFAULT_BATCH, DEFAULT_TILE, IntensityWindow, load_networks, segment
 
     tile = DEFAULT_TILE if tile is None else tile
     resolved = resolve_model(model)
     low, high = resolved.spec.input_window_hu
     networks = load_networks(resolved.weight_paths, resolved.config, device)
     start = time.perf_counter()
+    tiles = {"total": 0}
 
     def progress(done: int, total: int) -> None:
+        tiles["total"] = total
         if log is not None and (done == total or done % max(1, total // 5) == 0):
             log(f"inference: {done}/{total} tiles ({time.perf_counter() - start:.0f} s)")
 
@@ -79,5 +81,7 @@ def run_model(
         "tile_voxels": tile,
         "inference_seconds": round(time.perf_counter() - start, 2),
         "roi_voxels": int(roi.sum()),
+        "n_tiles": tiles["total"],
+        "batch_size": DEFAULT_BATCH,
     }
     return probs, info
