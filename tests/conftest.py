@@ -16,6 +16,9 @@ import pytest
 # nipype reads this when it is imported, which can happen while test modules are collected,
 # before any fixture runs; so it is set here as well as in the session fixture below.
 os.environ.setdefault("NIPYPE_NO_ET", "1")
+# ITK fixes its thread count at its first use in a process; the workflow tests fork Nipype
+# workers from this process, so one ITK thread (deterministic registration) is set up front.
+os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
 
 _MARKERS = {
     "realdata": "needs the real CTs / pretrained weights from the asset lookup (ICHSEG_DATA_DIR)",

@@ -44,10 +44,6 @@ class RegisterToTemplate(SimpleInterface):
     output_spec = _RegisterOutputSpec
 
     def _run_interface(self, runtime):
-        # One ITK thread: with the fixed seed, ANTs then gives the same transform on every run
-        # (measured: two threads moved the transform by up to 1.9 mm between identical runs),
-        # and it was no slower on 2 cores. ITK reads this at each registration call.
-        os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
         ct_img = nib.load(self.inputs.in_file)
         ct = np.asanyarray(ct_img.dataobj, dtype=np.float32)
         mask = np.asanyarray(nib.load(self.inputs.brain_mask).dataobj) > 0
