@@ -28,9 +28,13 @@ MAX_EDGE_HEMORRHAGE_ML = 0.5
 MAX_OUTSIDE_BRAIN_FRACTION = 0.25
 
 
-def segmentation_qc(probabilities: np.ndarray, brain: np.ndarray, roi: np.ndarray, voxel_ml: float) -> dict:
-    """Template-space measures of a segmentation: hemorrhage at the ROI edge and outside the brain."""
-    labels = np.argmax(probabilities, axis=0)
+def segmentation_qc(
+    probabilities: np.ndarray, labels: np.ndarray, brain: np.ndarray, roi: np.ndarray, voxel_ml: float
+) -> dict:
+    """Template-space measures of a segmentation: hemorrhage at the ROI edge and outside the brain.
+
+    ``labels`` is the arg-max of ``probabilities`` (computed once by the caller).
+    """
     hemorrhage = np.isin(labels, HEMORRHAGE_INDICES)
     edge = roi & ~ndimage.binary_erosion(roi)
     mass = probabilities[list(HEMORRHAGE_INDICES)].sum(axis=0)

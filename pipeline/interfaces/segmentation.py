@@ -61,13 +61,14 @@ class SegmentHemorrhage(SimpleInterface):
             hu = np.where(brain, hu, 0.0).astype(np.float32)
         probs, info = run_model(hu, roi, self.inputs.model, self.inputs.device, LOGGER.info)
 
-        self._results["qc"] = segmentation_qc(probs, brain, roi, voxel_volume_ml(ct_img.affine))
+        labels = np.argmax(probs, axis=0).astype(np.uint8)
+        self._results["qc"] = segmentation_qc(probs, labels, brain, roi, voxel_volume_ml(ct_img.affine))
         box_probs, box_affine = crop_to_roi(probs, roi, ct_img.affine)
         self._results["probabilities"] = os.path.join(runtime.cwd, "probabilities_space-template.nii")
         # uncompressed: a 5-class float map is large and is read back at once by the next node
         save_like(np.moveaxis(box_probs, 0, -1), ct_img, self._results["probabilities"], affine=box_affine)
         self._results["template_dseg"] = os.path.join(runtime.cwd, "dseg_space-template.nii.gz")
-        save_like(np.argmax(probs, axis=0).astype(np.uint8), ct_img, self._results["template_dseg"])
+        save_like(labels, ct_img, self._results["template_dseg"])
         self._results["model_info"] = os.path.join(runtime.cwd, "model_info.json")
         info.update(network_input=self.inputs.network_input, margin_mm=self.inputs.margin_mm,
                     device=self.inputs.device)
