@@ -405,60 +405,23 @@ def inference_info(work_dir: Path, nodes: list[dict]) -> dict:
         info = json.loads(info_file.read_text())
         seconds = info.get("inference_seconds")
         roi = info.get("roi_voxels")
-        tile = info.get("tile_voxels")
         n_networks = info.get("n_networks") or 1
-        n_tiles = info.get("n_tiles")
-        if n_tiles is None:
-            n_tiles = _count_tiles(work_dir, node, info)
-        tile_edges = [int(t) for t in (tile if isinstance(tile, (list, tuple)) else [tile] * 3)] if tile else None
-        computed = n_tiles * tile_edges[0] * tile_edges[1] * tile_edges[2] if n_tiles is not None and tile_edges else None
+        computed = info.get("computed_voxels")
         rec = {
             "model": info.get("model"),
             "n_networks": n_networks,
             "inference_seconds": seconds,
             "roi_voxels": roi,
-            "tile_voxels": tile,
-            "n_tiles": n_tiles,
+            "tiling": info.get("tiling"),
+            "n_tiles": info.get("n_tiles"),
             "computed_voxels": computed,
+            "multiply_adds": info.get("multiply_adds"),
             "roi_voxels_per_s": roi / seconds if roi and seconds else None,
             # output voxels the networks produced per second, all networks together
             "computed_voxels_per_s": computed * n_networks / seconds if computed and seconds else None,
         }
         out[node["scan_node"]] = rec
     return out
-
-
-def _count_tiles(work_dir: Path, node: dict, info: dict) -> int | None:
-    """Number of tiles the segment node computed, replayed from its inputs.
-
-    ``model_info.json`` does not record it; this repeats what ``run_model`` does (region of
-    interest = brain mask + margin, tile grid from the ROI's box) with ichseg's own functions,
-    and is checked against the recorded ``roi_voxels``. None when anything does not match.
-    """
-    try:
-        import nibabel as nib
-        import numpy as np
-        from nipype.utils.filemanip import loadpkl
-
-        from ichseg.pipeline.inference import TILE_MULTIPLE, ras_to_network_axes, tile_origins
-        from ichseg.pipeline.segmentation import region_of_interest
-
-        folder = work_dir / node["folder"]
-        inputs = loadpkl(folder / "_inputs.pklz")
-        ct = nib.load(inputs["template_ct"])
-        brain = np.asanyarray(nib.load(inputs["template_brain_mask"]).dataobj) > 0
-        roi = region_of_interest(brain, ct.affine, float(info.get("margin_mm", inputs.get("margin_mm", 10.0))))
-        if info.get("roi_voxels") is not None and int(roi.sum()) != int(info["roi_voxels"]):
-            return None
-        roi = ras_to_network_axes(roi)
-        if not roi.any():
-            return 0
-        tile = info["tile_voxels"]
-        tile = tuple(int(t) for t in (tile if isinstance(tile, (list, tuple)) else [tile] * 3))
-        low = [int(i) // TILE_MULTIPLE * TILE_MULTIPLE for i in np.argwhere(roi).min(0)]
-        return len(tile_origins(roi, tile, low))
-    except Exception:  # noqa: BLE001  (internal API changed, files missing, ...)
-        return None
 
 
 def read_volumes(out_dir: Path, bids_file: Path) -> dict:
@@ -646,7 +609,7 @@ def code_state() -> str | None:
 RUN_KEYS = ["wall_s", "cpu_s", "peak_rss_tree_mib", "peak_pss_tree_mib", "max_rss_single_mib",
             "timeline.startup_s", "timeline.nodes_span_s", "timeline.idle_in_span_s", "timeline.shutdown_s"]
 SINGLE_KEYS = RUN_KEYS + [f"steps.{s}.{k}" for s in [*STEPS, "other"] for k in ("wall_s", "cpu_s", "peak_rss_mib")] + [
-    "inference.inference_seconds", "inference.roi_voxels", "inference.n_tiles",
+    "inference.inference_seconds", "inference.roi_voxels", "inference.n_tiles", "inference.multiply_adds",
     "inference.computed_voxels", "inference.roi_voxels_per_s", "inference.computed_voxels_per_s",
 ] + [f"volumes.{k}" for k in VOLUME_KEYS]
 PARALLEL_KEYS = RUN_KEYS + ["scans_per_hour", "cpu_utilisation"]
@@ -871,9 +834,9 @@ def render_markdown(data: dict) -> str:
             f"Medians of {settings['repeats']} run(s) per row.",
             "",
             "| scan | model | runs ok | peak RSS tree | peak PSS tree | largest process | inference peak RSS "
-            "| ROI Mvox | tiles | net inference s | ROI kvox/s | computed kvox/s | IPH mL | EAH mL | IVH mL | oedema mL | hemorrhage mL "
+            "| ROI Mvox | tiles | computed Mvox | TMAC per network | net inference s | ROI kvox/s | computed kvox/s | IPH mL | EAH mL | IVH mL | oedema mL | hemorrhage mL "
             "| brain mL | same volumes every run |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|",
         ]
         for m in meds:
             same = {True: "yes", False: "**no**", None: "–"}[m.get("volumes_identical")]
@@ -882,6 +845,7 @@ def render_markdown(data: dict) -> str:
                 f"| {_fmt(m.get('peak_rss_tree_mib'), 2, 1 / 1024)} | {_fmt(m.get('peak_pss_tree_mib'), 2, 1 / 1024)} "
                 f"| {_fmt(m.get('max_rss_single_mib'), 2, 1 / 1024)} | {_fmt(m.get('steps.inference.peak_rss_mib'), 2, 1 / 1024)} "
                 f"| {_mvox(m.get('inference.roi_voxels'))} | {_fmt(m.get('inference.n_tiles'), 0)} "
+                f"| {_mvox(m.get('inference.computed_voxels'))} | {_fmt(m.get('inference.multiply_adds'), 2, 1e-12)} "
                 f"| {_fmt(m.get('inference.inference_seconds'))} "
                 f"| {_kvox(m.get('inference.roi_voxels_per_s'))} | {_kvox(m.get('inference.computed_voxels_per_s'))} "
                 + "".join(f"| {_fmt(m.get(f'volumes.{k}'), 2)} " for k in ("iph_ml", "eah_ml", "ivh_ml", "oed_ml", "hemorrhage_ml"))

@@ -55,33 +55,39 @@ def run_model(
     """Class probabilities of a 1 mm RAS CT in HU with a registered model, and provenance.
 
     Returns ``(probabilities (C, x, y, z), info)`` where ``info`` names the model, its
-    weight files and their sha256, the number of networks and the inference time.
+    weight files and their sha256, the number of networks, the tiles computed and the
+    inference time. ``tile`` (voxels) asks for equal tiles on a grid instead of the default
+    tiles fitted to the ROI.
     """
     # torch is imported here, not at module level, so that the command line starts quickly
-    from .inference import DEFAULT_BATCH, DEFAULT_TILE, IntensityWindow, load_networks, segment
+    from .inference import DEFAULT_BATCH, IntensityWindow, load_networks, multiply_adds, segment
 
-    tile = DEFAULT_TILE if tile is None else tile
     resolved = resolve_model(model)
     low, high = resolved.spec.input_window_hu
     networks = load_networks(resolved.weight_paths, resolved.config, device)
     start = time.perf_counter()
-    tiles = {"total": 0}
 
     def progress(done: int, total: int) -> None:
-        tiles["total"] = total
         if log is not None and (done == total or done % max(1, total // 5) == 0):
             log(f"inference: {done}/{total} tiles ({time.perf_counter() - start:.0f} s)")
 
-    probs = segment(hu, roi, networks, IntensityWindow(low, high), tile, device, progress)
+    probs, tiles_run = segment(hu, roi, networks, IntensityWindow(low, high), tile, device, progress)
+    seconds = time.perf_counter() - start
+    computed = sum(int(np.prod(t.shape)) for t in tiles_run)
     info = {
         "model": resolved.spec.name,
         "n_networks": len(networks),
         "weights": [str(p) for p in resolved.weight_paths],
         "weights_sha256": weights_sha256(resolved),
+        "tiling": "grid" if tile is not None else "roi-fitted rows",
         "tile_voxels": tile,
-        "inference_seconds": round(time.perf_counter() - start, 2),
+        "inference_seconds": round(seconds, 2),
         "roi_voxels": int(roi.sum()),
-        "n_tiles": tiles["total"],
+        "n_tiles": len(tiles_run),
+        "computed_voxels": computed,
+        # per network; the ensemble multiplies it by n_networks
+        "multiply_adds": sum(multiply_adds(networks[0], t.shape) for t in tiles_run) if tiles_run else 0,
+        "computed_voxels_per_s": round(computed * len(networks) / seconds) if seconds > 0 else None,
         "batch_size": DEFAULT_BATCH,
     }
     return probs, info

@@ -23,9 +23,15 @@ from ichseg.pipeline.inference import (
     network_axes_to_ras,
     predict_probabilities,
     ras_to_network_axes,
+    Tile,
+    _OneDNNConv3d,
+    multiply_adds,
+    plan_tiles,
+    row_tiles,
     segment,
     tile_origins,
 )
+from ichseg.pipeline.heap import keep_freed_memory
 
 #: The model and data fields of models/blastct-v1/config.json (checked against the file
 #: in ``test_literal_config_matches_the_published_one``).
@@ -218,6 +224,103 @@ def test_tile_origins():
     assert CONTEXT_VOXELS == 80 and TILE_MULTIPLE == 15
 
 
+def _blob(shape, centre, radii):
+    grid = np.ogrid[tuple(slice(0, n) for n in shape)]
+    return sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii)) <= 1.0
+
+
+def _covered(tiles, shape):
+    covered = np.zeros(shape, dtype=np.int32)
+    for t in tiles:
+        covered[tuple(slice(o, o + s) for o, s in zip(t.origin, t.shape))] += 1
+    return covered
+
+
+@pytest.mark.parametrize("slab,row", [(15, 15), (15, 30), (30, 15), (30, 30)])
+def test_row_tiles_cover_the_roi_on_the_grid(slab, row):
+    roi = _blob((100, 120, 110), (52, 61, 50), (40, 50, 45))
+    roi[5, 100, 101] = True  # a stray voxel far from the blob
+    tiles = row_tiles(roi, slab, row, max_length=60)
+    covered = _covered(tiles, (130, 150, 140))[:100, :120, :110]
+    assert covered[roi].min() == 1  # every ROI voxel is computed, once
+    assert covered.max() == 1  # no voxel twice
+    for t in tiles:
+        assert all(o % TILE_MULTIPLE == 0 for o in t.origin)
+        assert all(s % TILE_MULTIPLE == 0 and s > 0 for s in t.shape)
+        assert t.shape[:2] == (slab, row) and t.shape[2] <= 60
+        # each row hugs the ROI: the tile touches it (no empty tiles)
+        assert roi[tuple(slice(o, o + s) for o, s in zip(t.origin, t.shape))].any()
+
+
+def test_fitted_rows_compute_less_than_cubes():
+    network = build_network(BLASTCT_CONFIG)
+    roi = _blob((181, 217, 181), (90, 110, 90), (62, 80, 70))  # a brain-sized ellipsoid
+    fitted = plan_tiles(roi, network)
+    cubes = plan_tiles(roi, network, tile=30)
+    cost = {name: sum(multiply_adds(network, t.shape) for t in plan) for name, plan in
+            (("fitted", fitted), ("cubes", cubes))}
+    assert cost["fitted"] < 0.85 * cost["cubes"]
+    # the fitted plan is the cheapest of its candidates
+    for slab in (15, 30):
+        for row in (15, 30):
+            candidate = sum(multiply_adds(network, t.shape) for t in row_tiles(roi, slab, row))
+            assert cost["fitted"] <= candidate
+    assert _covered(fitted, (195, 225, 195))[:181, :217, :181][roi].min() == 1
+
+
+def test_multiply_adds_counts_every_layer():
+    network = build_network(BLASTCT_CONFIG)
+    maps = BLASTCT_CONFIG["model"]["DeepMedic"]["feature_maps"]
+
+    def pathway(out):  # eight valid 3x3x3 convolutions, counted from the first layer
+        total, cin = 0, 1
+        for k, cout in enumerate(maps):
+            total += 27 * cin * cout * (out + 16 - 2 * (k + 1)) ** 3
+            cin = cout
+        return total
+
+    fully_connected = 30 ** 3 * (150 * 250 + 250 * 250 + 250 * 5)
+    expected = pathway(30) + pathway(10) + pathway(6) + fully_connected
+    assert multiply_adds(network, (30, 30, 30)) == expected
+    # about 670 thousand per output voxel for a 30-voxel cube
+    assert 600e3 < expected / 30 ** 3 < 700e3
+
+
+def test_fitted_rows_match_whole_image(image, networks, whole):
+    roi = _blob(SHAPE, (23, 19, 26), (14, 12, 16))
+    calls = []
+    probs = predict_probabilities(image, networks[:1], roi=roi, progress=lambda d, t: calls.append(t))
+    assert calls and calls[-1] == len(plan_tiles(roi, networks[0]))
+    np.testing.assert_allclose(probs[:, roi], whole[:, roi], atol=1e-5, rtol=0)
+
+
+def test_onednn_convolution_matches_pytorch():
+    network = build_network(NARROW_CONFIG)
+    convs = [m for m in network.modules() if isinstance(m, torch.nn.Conv3d)]
+    if torch.backends.mkldnn.is_available():
+        assert all(type(m) is _OneDNNConv3d for m in convs)
+    conv = torch.nn.Conv3d(3, 4, 3, bias=False)
+    torch.nn.init.normal_(conv.weight)
+    fast = _OneDNNConv3d(3, 4, 3, bias=False)
+    fast.load_state_dict(conv.state_dict())
+    x = torch.randn(1, 3, 9, 8, 7)  # small: PyTorch itself would use its slow reference kernel
+    with torch.inference_mode():
+        np.testing.assert_allclose(fast(x).numpy(), conv(x).numpy(), atol=1e-5, rtol=1e-5)
+
+
+def test_keep_freed_memory_restores_on_error():
+    import platform
+
+    with keep_freed_memory() as applied:
+        data = np.ones(50_000_000 // 8)  # a block above glibc's usual mmap threshold
+        del data
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert applied is True
+    with pytest.raises(RuntimeError):
+        with keep_freed_memory():
+            raise RuntimeError("the block's error goes through")
+
+
 # --------------------------------------------------------------------------- axes and window
 
 
@@ -242,7 +345,8 @@ def test_segment_works_in_ras(networks):
     hu = rng.uniform(-100, 150, size=(16, 14, 12)).astype(np.float32)
     roi = np.zeros(hu.shape, dtype=bool)
     roi[2:14, 3:11, 1:10] = True
-    probs = segment(hu, roi, networks[:1], tile=30)
+    probs, tiles = segment(hu, roi, networks[:1], tile=30)
+    assert tiles == [Tile((0, 0, 0), (30, 30, 30))]
     by_hand = network_axes_to_ras(
         predict_probabilities(ras_to_network_axes(IntensityWindow()(hu)), networks[:1], ras_to_network_axes(roi), 30)
     )
