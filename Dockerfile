@@ -91,8 +91,8 @@ COPY --from=assets /opt/ichseg-data /opt/ichseg-data
 # NIPYPE_NO_ET: nipype's start-up version check would stall on clusters without internet.
 # OMP/BLAS at 1 thread: ichseg sets the threads of torch and ANTs itself (--omp-nthreads) and
 # runs scans side by side (--n-procs), so libraries must not each spawn one thread per core.
-# USER/LOGNAME: monai calls getpass.getuser() on import, which raises for a `--user UID` that has
-# no passwd entry unless one of these is set.
+# USER/LOGNAME: getpass.getuser() (called by some libraries, e.g. torch's caches) raises for a
+# `--user UID` that has no passwd entry unless one of these is set.
 ENV PATH=/opt/venv/bin:$PATH \
     HOME=/home/ichseg \
     USER=ichseg \
@@ -114,7 +114,7 @@ WORKDIR /home/ichseg
 RUN export HOME=/tmp/smoke \
  && ichseg --version \
  && ichseg --help > /dev/null \
- && python -c "import ichseg.pipeline.workflows.base, ichseg.bids_app.run, ants, torch, blast_ct, monai, bids; print('torch', torch.__version__, 'cuda', torch.version.cuda)" \
+ && python -c "import ichseg.pipeline.workflows.base, ichseg.bids_app.run, ants, torch, blast_ct, bids; print('torch', torch.__version__, 'cuda', torch.version.cuda)" \
  && python -m ichseg.pipeline.assets --list > /dev/null \
  && rm -rf /tmp/smoke
 

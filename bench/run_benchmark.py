@@ -541,7 +541,7 @@ _SOFTWARE_PROBE = r"""
 import json, os, importlib.metadata as md
 os.environ.setdefault("NIPYPE_NO_ET", "1")
 out = {}
-for dist in ("ichseg", "torch", "nipype", "numpy", "scipy", "nibabel", "antspyx", "monai", "blast-ct", "psutil"):
+for dist in ("ichseg", "torch", "nipype", "numpy", "scipy", "nibabel", "antspyx", "blast-ct", "psutil"):
     try:
         out[dist] = md.version(dist)
     except md.PackageNotFoundError:

@@ -7,7 +7,7 @@ from importlib import metadata
 from . import __version__
 
 #: Distributions whose versions change results or their interpretation.
-_DISTRIBUTIONS = ("torch", "antspyx", "monai", "blast-ct", "nipype", "nibabel", "numpy", "scipy", "pybids")
+_DISTRIBUTIONS = ("torch", "antspyx", "blast-ct", "nipype", "nibabel", "numpy", "scipy", "pybids")
 
 
 def software_versions() -> dict[str, str]:

@@ -271,5 +271,5 @@ def test_tabulate_volumes(tmp_path):
     assert versions["ichseg"] == __version__
     assert versions["numpy"] == np.__version__
     assert versions["nibabel"] == nib.__version__
-    for name in ("torch", "antspyx", "monai", "nipype", "scipy"):
+    for name in ("torch", "antspyx", "blast-ct", "nipype", "scipy"):
         assert versions[name] and versions[name] != "not installed", name

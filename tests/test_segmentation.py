@@ -1,0 +1,41 @@
+"""Region of interest and cropping around the brain (ichseg.pipeline.segmentation)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from ichseg.pipeline.segmentation import crop_to_roi, region_of_interest
+
+
+def _reference_roi(mask, spacing, margin_mm):
+    return ndimage.distance_transform_edt(~mask, sampling=spacing) <= margin_mm
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.5, 0.8, 2.5)])
+def test_roi_is_the_mask_grown_by_the_margin(spacing):
+    rng = np.random.default_rng(3)
+    mask = np.zeros((40, 50, 30), dtype=bool)
+    mask[12:25, 20:31, 10:18] = rng.random((13, 11, 8)) > 0.3
+    mask[0, 0, 0] = mask[39, 49, 29] = True  # at the grid's corners: the box is clipped
+    affine = np.diag([*spacing, 1.0])
+    for margin in (0.0, 2.0, 5.0):
+        roi = region_of_interest(mask, affine, margin)
+        np.testing.assert_array_equal(roi, _reference_roi(mask, spacing, margin) if margin else mask)
+
+
+def test_roi_of_an_empty_mask_is_empty():
+    empty = np.zeros((10, 10, 10), dtype=bool)
+    assert not region_of_interest(empty, np.eye(4), 5.0).any()
+
+
+def test_crop_to_roi_moves_the_affine_with_the_box():
+    volume = np.arange(2 * 6 * 7 * 8, dtype=np.float32).reshape(2, 6, 7, 8)
+    roi = np.zeros((6, 7, 8), dtype=bool)
+    roi[2:4, 1:5, 3] = True
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    affine[:3, 3] = (-10, 5, 1)
+    box, box_affine = crop_to_roi(volume, roi, affine)
+    np.testing.assert_array_equal(box, volume[:, 2:4, 1:5, 3:4])
+    np.testing.assert_allclose(box_affine[:3, 3], affine[:3, :3] @ [2, 1, 3] + affine[:3, 3])
