@@ -13,8 +13,8 @@ import numpy as np
 from .geometry import LPS_TO_RAS, ants_affine_to_ras, resample, world_aligned_grid
 
 #: ANTs registration runs on one ITK thread: with a fixed seed it then gives the same transform
-#: on every run (two threads moved it by up to 1.9 mm between identical runs, and were no
-#: faster on 2 cores). ITK reads this once, at its first multithreaded call in a process, so
+#: on every run. Two threads are 2-3x faster but moved the template's brain by 0.6-4.6 mm on
+#: average between identical runs (docs/benchmarks.md). ITK reads this once, at its first multithreaded call in a process, so
 #: it is set when this module is imported, before any ANTs work.
 os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
 
