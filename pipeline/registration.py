@@ -14,8 +14,9 @@ from .geometry import LPS_TO_RAS, ants_affine_to_ras, resample, world_aligned_gr
 
 #: ANTs registration runs on one ITK thread: with a fixed seed it then gives the same transform
 #: on every run. Two threads are 2-3x faster but moved the template's brain by 0.6-4.6 mm on
-#: average between identical runs (docs/benchmarks.md). ITK reads this once, at its first multithreaded call in a process, so
-#: it is set when this module is imported, before any ANTs work.
+#: average between identical runs (docs/benchmarks.md). ITK reads this once, at its first
+#: multithreaded call in a process, so it is set when this module is imported, before any
+#: ANTs work.
 os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
 
 #: Isotropic spacing (mm) of the images handed to ANTs. The template is 1 mm, but an affine
