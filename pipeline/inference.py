@@ -12,7 +12,7 @@ which makes the tiled result identical to running the network on the whole image
 Tiles are planned by :func:`plan_tiles`. The default plan fits the tiles to the region of
 interest: the region is cut into slabs and rows (15 or 30 voxels thick, whichever the
 network's multiply-add count prefers for this region) and each row is one tile spanning only
-the region's extent along it. Against cubic tiles on a grid this computes 22-23 % fewer
+the region's extent along it. Against cubic tiles on a grid this computes 19-21 % fewer
 multiply-adds for a brain-shaped region (measured on two real brains), because fewer tiles
 straddle the region's edge and each tile's 16-voxel convolution border is paid once per row
 instead of once per cube. MONAI's sliding-window splitter, used before, cuts equal patches
@@ -195,6 +195,15 @@ def multiply_adds(network: torch.nn.Module, output_shape: Sequence[int]) -> int:
     return total
 
 
+def plan_multiply_adds(network: torch.nn.Module, tiles: Sequence[Tile]) -> int:
+    """Multiply-adds of one network over all ``tiles`` (each tile shape counted once)."""
+    per_shape: dict[tuple[int, ...], int] = {}
+    for t in tiles:
+        if t.shape not in per_shape:
+            per_shape[t.shape] = multiply_adds(network, t.shape)
+    return sum(per_shape[t.shape] for t in tiles)
+
+
 def plan_tiles(
     roi: np.ndarray, network: torch.nn.Module | None = None, tile: int | Sequence[int] | None = None
 ) -> list[Tile]:
@@ -213,17 +222,10 @@ def plan_tiles(
         return []
     if network is None:
         raise ValueError("plan_tiles needs the network to fit tiles to the region")
-    cost_of_shape: dict[tuple[int, ...], int] = {}
-
-    def cost(plan: list[Tile]) -> int:
-        for t in plan:
-            if t.shape not in cost_of_shape:
-                cost_of_shape[t.shape] = multiply_adds(network, t.shape)
-        return sum(cost_of_shape[t.shape] for t in plan)
-
     plans = [row_tiles(roi, slab, row) for slab, row in product(ROW_THICKNESSES, repeat=2)]
+    cheapest = min(plans, key=lambda plan: plan_multiply_adds(network, plan))
     # largest tiles first: later, smaller tiles reuse the heap blocks the first ones freed
-    return sorted(min(plans, key=cost), key=lambda t: -int(np.prod(t.shape)))
+    return sorted(cheapest, key=lambda t: -int(np.prod(t.shape)))
 
 
 def predict_probabilities(

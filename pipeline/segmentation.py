@@ -70,7 +70,7 @@ def run_model(
     tiles fitted to the ROI.
     """
     # torch is imported here, not at module level, so that the command line starts quickly
-    from .inference import DEFAULT_BATCH, IntensityWindow, load_networks, multiply_adds, segment
+    from .inference import DEFAULT_BATCH, IntensityWindow, load_networks, plan_multiply_adds, segment
 
     resolved = resolve_model(model)
     low, high = resolved.spec.input_window_hu
@@ -96,7 +96,7 @@ def run_model(
         "n_tiles": len(tiles_run),
         "computed_voxels": computed,
         # per network; the ensemble multiplies it by n_networks
-        "multiply_adds": sum(multiply_adds(networks[0], t.shape) for t in tiles_run) if tiles_run else 0,
+        "multiply_adds": plan_multiply_adds(networks[0], tiles_run),
         "computed_voxels_per_s": round(computed * len(networks) / seconds) if seconds > 0 else None,
         "batch_size": DEFAULT_BATCH,
     }

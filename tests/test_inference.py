@@ -26,6 +26,7 @@ from ichseg.pipeline.inference import (
     Tile,
     _OneDNNConv3d,
     multiply_adds,
+    plan_multiply_adds,
     plan_tiles,
     row_tiles,
     segment,
@@ -260,6 +261,8 @@ def test_fitted_rows_compute_less_than_cubes():
     cost = {name: sum(multiply_adds(network, t.shape) for t in plan) for name, plan in
             (("fitted", fitted), ("cubes", cubes))}
     assert cost["fitted"] < 0.85 * cost["cubes"]
+    assert plan_multiply_adds(network, fitted) == cost["fitted"]
+    assert plan_multiply_adds(network, []) == 0
     # the fitted plan is the cheapest of its candidates
     for slab in (15, 30):
         for row in (15, 30):
