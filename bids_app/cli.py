@@ -64,8 +64,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ichseg`` console script; returns the exit status."""
     os.environ.setdefault("NIPYPE_NO_ET", "1")  # nipype's version check stalls on closed networks
-    # deterministic ANTs registration in every worker process (see ichseg.pipeline.registration)
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
     args = build_parser().parse_args(argv)
     level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
