@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--omp-nthreads", type=int, default=None, metavar="N",
                      help="threads of one inference or registration step (default: --n-procs, at most 8)")
     run.add_argument("--device", default="cpu", help="torch device for inference: cpu, cuda, cuda:1, ...")
+    run.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                     help="network precision: auto = fp32 (bf16 moved some volumes by more than 1 %%, "
+                          "docs/benchmarks.md); bf16 is fast on CPUs with AMX or AVX-512-BF16 and "
+                          "on CUDA; fp16 is CUDA only")
     run.add_argument("--model", default="blastct-v1", metavar="NAME_OR_PATH",
                      help="registered model (blastct-v1, blastct-v1-ensemble) or a .pt file / folder")
 

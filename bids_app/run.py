@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ichseg.pipeline import __version__
 from ichseg.pipeline.assets import AssetError
+from ichseg.pipeline.cpu import PrecisionError, resolve_precision
 from ichseg.pipeline.fileutils import remove_stale_temporaries
 from ichseg.pipeline.models import ModelError, resolve_model
 from ichseg.pipeline.reports import write_group_report
@@ -46,7 +47,8 @@ def run_participant(args) -> int:
     try:
         images = collect_ct_images(args.bids_dir, args.participant_label, args.session_label, bids_filter)
         resolve_model(args.model)  # fail before any work when weights or config are missing
-    except (BIDSInputError, ModelError, AssetError) as exc:
+        resolve_precision(args.precision, args.device)  # e.g. fp16 on the CPU
+    except (BIDSInputError, ModelError, AssetError, PrecisionError) as exc:
         raise UserError(str(exc)) from None
 
     from nipype import config as nipype_config
@@ -89,6 +91,7 @@ def run_participant(args) -> int:
             work_dir=work_dir,
             model=args.model,
             device=args.device,
+            precision=args.precision,
             omp_nthreads=omp_nthreads,
             transform_type=args.transform.capitalize(),
             network_input=args.network_input,

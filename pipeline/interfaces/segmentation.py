@@ -34,6 +34,8 @@ class _SegmentInputSpec(BaseInterfaceInputSpec):
     num_threads = traits.Int(1, usedefault=True, desc="CPU threads for torch")
     margin_mm = traits.Float(DEFAULT_MARGIN_MM, usedefault=True, desc="margin around the brain that is segmented")
     network_input = traits.Enum("head", "brain", usedefault=True, desc="what the network sees")
+    precision = traits.Enum("auto", "fp32", "bf16", "fp16", usedefault=True,
+                            desc="network precision (auto: bf16 where the hardware has it)")
 
 
 class _SegmentOutputSpec(TraitedSpec):
@@ -50,16 +52,16 @@ class SegmentHemorrhage(SimpleInterface):
     output_spec = _SegmentOutputSpec
 
     def _run_interface(self, runtime):
-        import torch
-
-        torch.set_num_threads(max(1, self.inputs.num_threads))
         ct_img = nib.load(self.inputs.template_ct)
         hu = np.asanyarray(ct_img.dataobj, dtype=np.float32)
         brain = np.asanyarray(nib.load(self.inputs.template_brain_mask).dataobj) > 0
         roi = region_of_interest(brain, ct_img.affine, self.inputs.margin_mm)
         if self.inputs.network_input == "brain":
             hu = np.where(brain, hu, 0.0).astype(np.float32)
-        probs, info = run_model(hu, roi, self.inputs.model, self.inputs.device, LOGGER.info)
+        probs, info = run_model(
+            hu, roi, self.inputs.model, self.inputs.device, LOGGER.info,
+            precision=self.inputs.precision, num_threads=self.inputs.num_threads,
+        )
 
         labels = np.argmax(probs, axis=0).astype(np.uint8)
         self._results["qc"] = segmentation_qc(probs, labels, brain, roi, voxel_volume_ml(ct_img.affine))

@@ -31,6 +31,7 @@ def init_ichseg_wf(
     sidecars: Sequence[dict] | None = None,
     model: str = "blastct-v1",
     device: str = "cpu",
+    precision: str = "auto",
     omp_nthreads: int = 1,
     transform_type: str = "Rigid",
     network_input: str = "head",
@@ -51,7 +52,7 @@ def init_ichseg_wf(
         Root of the BIDS derivatives dataset.
     work_dir : path
         Nipype working directory; re-runs reuse what it holds.
-    model, device, omp_nthreads, transform_type, network_input, margin_mm
+    model, device, precision, omp_nthreads, transform_type, network_input, margin_mm
         Passed on to :func:`init_single_ct_wf`.
 
     Outputs
@@ -67,6 +68,7 @@ def init_ichseg_wf(
             sidecar=sidecar,
             model=model,
             device=device,
+            precision=precision,
             omp_nthreads=omp_nthreads,
             transform_type=transform_type,
             network_input=network_input,
@@ -88,6 +90,7 @@ def init_single_ct_wf(
     sidecar: dict | None = None,
     model: str = "blastct-v1",
     device: str = "cpu",
+    precision: str = "auto",
     omp_nthreads: int = 1,
     transform_type: str = "Rigid",
     network_input: str = "head",
@@ -112,6 +115,8 @@ def init_single_ct_wf(
         Registered model name (see :mod:`ichseg.pipeline.models`) or a weights path.
     device : str
         Torch device for inference (``cpu``, ``cuda``).
+    precision : {"auto", "fp32", "bf16", "fp16"}
+        Network precision (:func:`ichseg.pipeline.cpu.resolve_precision`).
     omp_nthreads : int
         Threads a single step may use (torch, ITK); Nipype reserves them per node.
     transform_type : {"Rigid", "Affine"}
@@ -155,7 +160,7 @@ def init_single_ct_wf(
     )
     segment = pe.Node(
         SegmentHemorrhage(
-            model=model, device=device, num_threads=omp_nthreads,
+            model=model, device=device, precision=precision, num_threads=omp_nthreads,
             network_input=network_input, margin_mm=margin_mm,
         ),
         name="segment",
