@@ -84,12 +84,17 @@ def resample(
         np.eye(4) if target_to_source is None else target_to_source
     ) @ target_affine
     channels = data[None] if data.ndim == 3 else data
-    out = np.empty((channels.shape[0],) + tuple(target_shape), dtype=np.float32)
-    nx, ny, nz = target_shape
+    out = np.full((channels.shape[0],) + tuple(target_shape), cval, dtype=np.float32)
+    # Only target voxels that can land on the source grid are sampled (the rest is cval):
+    # a brain-sized source warped onto a whole-head scan covers a fraction of it.
+    (x0, x1), (y0, y1), (z_lo, z_hi) = _target_box(mapping, channels.shape[1:], target_shape)
+    nx, ny = x1 - x0, y1 - y0
+    if nx <= 0 or ny <= 0 or z_hi <= z_lo:
+        return out[0] if data.ndim == 3 else out
     slab = max(1, chunk_voxels // max(1, nx * ny))
-    ii, jj = np.meshgrid(np.arange(nx), np.arange(ny), indexing="ij")
-    for z0 in range(0, nz, slab):
-        z1 = min(nz, z0 + slab)
+    ii, jj = np.meshgrid(np.arange(x0, x1), np.arange(y0, y1), indexing="ij")
+    for z0 in range(z_lo, z_hi, slab):
+        z1 = min(z_hi, z0 + slab)
         kk = np.arange(z0, z1)
         grid = np.stack(
             [
@@ -101,10 +106,26 @@ def resample(
         coords = mapping[:3, :3] @ grid + mapping[:3, 3:4]
         _snap_to_edges(coords, channels.shape[1:])
         for c, channel in enumerate(channels):
-            out[c, :, :, z0:z1] = ndimage.map_coordinates(
+            out[c, x0:x1, y0:y1, z0:z1] = ndimage.map_coordinates(
                 channel, coords, order=order, mode="constant", cval=cval, prefilter=False
             ).reshape(nx, ny, z1 - z0)
     return out[0] if data.ndim == 3 else out
+
+
+def _target_box(mapping: np.ndarray, source_shape, target_shape) -> list[tuple[int, int]]:
+    """Per axis, the [start, stop) target voxels whose points can fall on the source grid.
+
+    ``mapping`` takes target voxel indices to source voxel indices. The corners of the source
+    grid grown by one voxel are mapped back to the target; an affine map keeps every source
+    point inside their hull, so target voxels outside the box sample nothing but ``cval``.
+    """
+    corners = np.array(np.meshgrid(*[(-1.0, n) for n in source_shape], indexing="ij")).reshape(3, -1)
+    back = np.linalg.inv(mapping)
+    points = back[:3, :3] @ corners + back[:3, 3:4]
+    return [
+        (int(max(0, np.floor(points[a].min()) - 1)), int(min(target_shape[a], np.ceil(points[a].max()) + 2)))
+        for a in range(3)
+    ]
 
 
 #: Voxel coordinates this close outside the source grid count as on its edge.

@@ -5,23 +5,52 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from scipy import ndimage as ndi
 
 from .geometry import LPS_TO_RAS, ants_affine_to_ras, resample, world_aligned_grid
 
 #: ANTs registration runs on one ITK thread: with a fixed seed it then gives the same transform
-#: on every run. Two threads are 2-3x faster but moved the template's brain by 0.6-4.6 mm on
-#: average between identical runs (docs/benchmarks.md). ITK reads this once, at its first
-#: multithreaded call in a process, so it is set when this module is imported, before any
-#: ANTs work.
+#: on every run. With the earlier schedule two threads were 2-3x faster but moved the
+#: template's brain by 0.6-4.6 mm on average between identical runs; with the current one they
+#: were no faster (docs/benchmarks.md). ITK reads this once, at its first multithreaded call in
+#: a process, so it is set when this module is imported, before any ANTs work.
 os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
 
-#: Isotropic spacing (mm) of the images handed to ANTs. The template is 1 mm, but an affine
-#: fit converges to the same solution on 2 mm images in a fraction of the time.
-REGISTRATION_SPACING_MM = 2.0
+
+@dataclass(frozen=True)
+class RegistrationSettings:
+    """The ANTs schedule: grid of the images handed to ANTs and the multi-resolution levels.
+
+    ``sampling_rate`` is the share of the fixed image's voxels at which the Mattes metric is
+    evaluated (ANTs ``regular`` sampling with a seeded jitter); 1.0 is every voxel.
+    ``metric_margin_mm``: if set, the metric is evaluated only within this distance of the
+    template's brain (a fixed-image mask); the rest of the template's box is empty background.
+    """
+
+    spacing_mm: float = 3.0
+    sampling_rate: float = 0.5
+    metric_margin_mm: float | None = 6.0
+    iterations: tuple[int, ...] = (1000, 500, 40)
+    shrink_factors: tuple[int, ...] = (4, 2, 1)
+    smoothing_sigmas: tuple[float, ...] = (2, 1, 0)
+
+
+#: The schedule ichseg uses: 3 mm grids, the metric sampled at half of the voxels within 6 mm
+#: of the template's brain, at most 40 iterations at the finest level (where one iteration
+#: costs ten times as much as at the level before). Chosen by time and motion consistency on
+#: the real CTs against the earlier schedule (docs/benchmarks.md, "Registration").
+DEFAULT_REGISTRATION = RegistrationSettings()
+
+#: The earlier schedule (2 mm grids, 20 % sampling of the whole template box), kept for
+#: comparison in bench/registration_consistency.py.
+PREVIOUS_REGISTRATION = RegistrationSettings(
+    spacing_mm=2.0, sampling_rate=0.2, metric_margin_mm=None, iterations=(1000, 500, 250)
+)
 
 
 def _to_ants(data: np.ndarray, affine: np.ndarray):
@@ -48,12 +77,13 @@ def register_to_template(
     out_transform: str | Path,
     transform_type: str = "Affine",
     seed: int = 1,
+    settings: RegistrationSettings = DEFAULT_REGISTRATION,
 ) -> dict:
     """Register the brain of a CT (in HU) to a skull-stripped CT template.
 
-    The brain is cut out (outside set to 0 HU, as in the template), resampled to a
-    2 mm axis-aligned grid so that ANTs sees an orthonormal image whatever the scan's tilt,
-    and registered with ANTs (``transform_type``: ``"Rigid"`` or ``"Affine"``, Mattes
+    The brain is cut out (outside set to 0 HU, as in the template), resampled to an
+    axis-aligned grid of ``settings.spacing_mm`` so that ANTs sees an orthonormal image
+    whatever the scan's tilt, and registered with ANTs (``transform_type``: ``"Rigid"`` or ``"Affine"``, Mattes
     mutual information). Writes the ANTs transform (template -> scan points, ITK ``.mat``)
     to ``out_transform`` and returns ``{"transform": path, "template_to_scan": 4x4 RAS}``.
     """
@@ -62,11 +92,16 @@ def register_to_template(
     # ANTsPy (0.6) ignores a random_seed argument; its global seed is what reaches
     # antsRegistration (--random-seed), which makes the random metric sampling repeatable.
     ants.config._random_seed = int(seed)
-    shape, grid = world_aligned_grid(brain_mask, ct_affine, REGISTRATION_SPACING_MM)
+    spacing = float(settings.spacing_mm)
+    shape, grid = world_aligned_grid(brain_mask, ct_affine, spacing)
     brain = np.where(brain_mask, np.clip(ct, 0.0, 100.0), 0.0).astype(np.float32)
     moving = _to_ants(resample(brain, ct_affine, shape, grid), grid)
     fixed = ants.image_read(str(template_file))
-    fixed = ants.resample_image(fixed, (REGISTRATION_SPACING_MM,) * 3, use_voxels=False, interp_type=0)
+    fixed = ants.resample_image(fixed, (spacing,) * 3, use_voxels=False, interp_type=0)
+    fixed_mask = None
+    if settings.metric_margin_mm is not None:
+        inside = ndi.distance_transform_edt(fixed.numpy() <= 0, sampling=(spacing,) * 3)
+        fixed_mask = fixed.new_image_like((inside <= settings.metric_margin_mm).astype(np.float32))
     workdir = tempfile.mkdtemp(prefix="ichseg-reg-")
     try:
         result = ants.registration(
@@ -75,9 +110,11 @@ def register_to_template(
             type_of_transform=transform_type,
             outprefix=str(Path(workdir) / "reg_"),
             aff_metric="mattes",
-            aff_iterations=(1000, 500, 250),
-            aff_shrink_factors=(4, 2, 1),
-            aff_smoothing_sigmas=(2, 1, 0),
+            aff_random_sampling_rate=float(settings.sampling_rate),
+            aff_iterations=tuple(settings.iterations),
+            aff_shrink_factors=tuple(settings.shrink_factors),
+            aff_smoothing_sigmas=tuple(settings.smoothing_sigmas),
+            mask=fixed_mask,
         )
         shutil.copyfile(result["fwdtransforms"][0], out_transform)
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from ichseg.pipeline.geometry import (
     LPS_TO_RAS,
@@ -311,3 +312,25 @@ def test_world_aligned_grid_covers_the_mask():
 def test_world_aligned_grid_rejects_empty_mask():
     with pytest.raises(ValueError):
         world_aligned_grid(np.zeros((4, 4, 4), dtype=bool), np.eye(4), 2.0)
+
+
+def test_resample_onto_a_larger_grid_equals_sampling_every_voxel():
+    # resample() samples only the target box the source can reach; the result must be that of
+    # sampling every target voxel.
+    rng = np.random.default_rng(0)
+    source = rng.random((12, 10, 8)).astype(np.float32)
+    source_affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    source_affine[:3, 3] = [10.0, 14.0, 6.0]
+    target_shape, target_affine = (40, 36, 20), np.diag([1.0, 1.2, 2.0, 1.0])
+    a = np.deg2rad(20.0)
+    motion = np.eye(4)
+    motion[:2, :2] = [[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]
+    motion[:3, 3] = [3.0, -2.0, 1.0]
+    out = resample(source, source_affine, target_shape, target_affine, motion, order=1, cval=-5.0)
+    ijk = np.indices(target_shape).reshape(3, -1)
+    mapping = np.linalg.inv(source_affine) @ motion @ target_affine
+    coords = mapping[:3, :3] @ ijk + mapping[:3, 3:4]
+    expected = ndimage.map_coordinates(source, coords, order=1, mode="constant", cval=-5.0, prefilter=False)
+    inside = out != -5.0
+    assert 0.05 < inside.mean() < 0.9  # the source covers part of the target
+    np.testing.assert_allclose(out.ravel(), expected, atol=1e-4)

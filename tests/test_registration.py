@@ -92,6 +92,7 @@ def moved(asset, tmp_path_factory):
     return dict(
         template_img=template_img, template_mask=template_mask, true=true, shape=shape,
         affine=affine, scan=scan, scan_mask=scan_mask, result=result, out=out,
+        template_file=template_file,
     )
 
 
@@ -108,6 +109,16 @@ def test_register_recovers_known_motion(moved):
     assert errors.max() < MAX_ERROR_MM, errors
     # the motion is large compared with the error: the identity would be far off
     assert np.linalg.norm(_apply(np.eye(4), points) - _apply(true, points), axis=1).min() > 10
+
+
+@pytest.mark.realdata
+def test_registration_is_repeatable(moved, tmp_path):
+    # ichseg promises the same table on every run: the same input gives the same transform.
+    again = register_to_template(
+        moved["scan"], moved["affine"], moved["scan_mask"], moved["template_file"],
+        tmp_path / "again.mat", "Affine", seed=1,
+    )
+    np.testing.assert_array_equal(again["template_to_scan"], moved["result"]["template_to_scan"])
 
 
 @pytest.mark.realdata

@@ -38,7 +38,7 @@ class ConformCT(SimpleInterface):
     output_spec = _ConformCTOutputSpec
 
     def _run_interface(self, runtime):
-        out_file = os.path.join(runtime.cwd, "ct_conformed.nii.gz")
+        out_file = os.path.join(runtime.cwd, "ct_conformed.nii")  # uncompressed: read by the next nodes only
         self._results["warnings"] = conform_ct(self.inputs.in_file, out_file, self.inputs.sidecar or None)
         self._results["out_file"] = out_file
         self._results["shear_deg"] = shear_degrees(nib.load(out_file).affine)

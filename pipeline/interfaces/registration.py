@@ -54,11 +54,17 @@ class RegisterToTemplate(SimpleInterface):
         )
         template_img = nib.load(self.inputs.template)
         template_to_scan = result["template_to_scan"]
-        warped_ct = warp_to_template(ct, ct_img.affine, template_img, template_to_scan, cval=OUTSIDE_FOV_HU)
-        warped_mask = warp_to_template(mask.astype(np.float32), ct_img.affine, template_img, template_to_scan) >= 0.5
+        # CT and mask in one pass (the sample coordinates are computed once). Interpolation is
+        # linear, so warping CT - OUTSIDE_FOV_HU with fill 0 and adding it back is the CT
+        # warped with fill OUTSIDE_FOV_HU.
+        both_channels = np.stack([ct - OUTSIDE_FOV_HU, mask.astype(np.float32)])
+        warped = warp_to_template(both_channels, ct_img.affine, template_img, template_to_scan)
+        warped_ct = warped[0] + OUTSIDE_FOV_HU
+        warped_mask = warped[1] >= 0.5
         self._results["out_transform"] = transform
         self._results["template_ct"] = os.path.join(runtime.cwd, "ct_space-template.nii.gz")
-        self._results["template_brain_mask"] = os.path.join(runtime.cwd, "brain_mask_space-template.nii.gz")
+        # uncompressed: only the next node reads it
+        self._results["template_brain_mask"] = os.path.join(runtime.cwd, "brain_mask_space-template.nii")
         save_like(warped_ct.astype(np.float32), template_img, self._results["template_ct"])
         save_like(warped_mask.astype(np.uint8), template_img, self._results["template_brain_mask"])
 
