@@ -221,7 +221,13 @@ def run_ichseg(bids_dir: Path, out_dir: Path, work_dir: Path, n_procs: int, mode
     cmd = [sys.executable, *entry, str(bids_dir), str(out_dir), "participant",
            "-w", str(work_dir), "--n-procs", str(n_procs), "--model", model,
            "--device", device, *extra_args]
-    env = dict(os.environ, NIPYPE_NO_ET="1", PYTHONUNBUFFERED="1")
+    return run_measured(cmd, log_file, work_dir.parent, timeout)
+
+
+def run_measured(cmd: list[str], log_file: Path, cwd: Path, timeout: float | None,
+                 env: dict | None = None) -> dict:
+    """Run ``cmd`` in a subprocess; return exit code, wall, CPU and memory of its process tree."""
+    env = dict(os.environ, NIPYPE_NO_ET="1", PYTHONUNBUFFERED="1", **(env or {}))
     load_before = _loadavg()
     import resource
 
@@ -233,7 +239,7 @@ def run_ichseg(bids_dir: Path, out_dir: Path, work_dir: Path, n_procs: int, mode
         start = time.perf_counter()
         # own process group, so that a timeout or Ctrl-C stops the run's workers too
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                cwd=str(work_dir.parent), start_new_session=True)
+                                cwd=str(cwd), start_new_session=True)
         monitor = TreeMonitor(proc.pid)
         monitor.start()
 
@@ -291,6 +297,60 @@ def _loadavg() -> list[float] | None:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
         return None
+
+
+# --------------------------------------------------------------------------------------------
+# the peer: BLAST-CT v1's own command line, single model, on the same CT and machine
+
+#: BLAST-CT's console tool with flush-to-zero set first (before torch makes its thread pool),
+#: so that the comparison is not won by ichseg's subnormal handling alone.
+PEER_ENTRY = (
+    "import sys, torch; torch.set_flush_denormal(True); "
+    "from blast_ct.console_tool import console_tool; sys.argv[0] = 'blast-ct'; console_tool()"
+)
+
+
+def _peer_cache(scratch: Path) -> Path:
+    """A BLAST_CT_CACHE_DIR holding the same model_1 weights ichseg runs (no download)."""
+    from ichseg.pipeline.assets import get_asset
+
+    cache = scratch / "blast-ct-cache"
+    target = cache / "saved_models" / "model_1.torch_model"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(get_asset("models/blastct-v1/model_1.pt"))
+    return cache
+
+
+def peer_volumes(label_file: Path) -> dict:
+    """Volumes (mL) of BLAST-CT's label map (the same label table as ichseg's), ichseg's columns."""
+    import nibabel as nib
+    import numpy as np
+
+    from ichseg.pipeline.labels import BRAIN_VOLUME_COLUMN
+    from ichseg.pipeline.volumes import label_volumes_ml
+
+    img = nib.load(str(label_file))
+    volumes = label_volumes_ml(np.asanyarray(img.dataobj), img.affine)
+    return {k: round(v, 2) for k, v in volumes.items() if k != BRAIN_VOLUME_COLUMN}
+
+
+def run_peer(name: str, scratch: Path, args, repeat: int) -> dict:
+    """One run of BLAST-CT's CLI (single model, CPU threads as torch sets them) on a real CT."""
+    run_dir = Path(tempfile.mkdtemp(prefix="peer-", dir=scratch))
+    out_file = run_dir / "blast_ct_labels.nii.gz"
+    log_dir = args.out / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_file = log_dir / _safe(f"peer_{name}_r{repeat}.log")
+    device = "cpu" if args.device == "cpu" else args.device.split(":")[-1].replace("cuda", "0")
+    cmd = [sys.executable, "-c", PEER_ENTRY, "--input", str(asset_ct(name)), "--output", str(out_file),
+           "--device", device]
+    result = run_measured(cmd, log_file, run_dir, args.timeout,
+                          env={"BLAST_CT_CACHE_DIR": str(_peer_cache(scratch))})
+    result.update(scan=name, repeat=repeat, log=str(log_file.relative_to(args.out)))
+    result["volumes"] = peer_volumes(out_file) if result["exit_code"] == 0 and out_file.exists() else {}
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -416,6 +476,8 @@ def inference_info(work_dir: Path, nodes: list[dict]) -> dict:
             "n_tiles": info.get("n_tiles"),
             "computed_voxels": computed,
             "multiply_adds": info.get("multiply_adds"),
+            "precision": info.get("precision"),
+            "flush_denormal_verified": info.get("flush_denormal_verified"),
             "roi_voxels_per_s": roi / seconds if roi and seconds else None,
             # output voxels the networks produced per second, all networks together
             "computed_voxels_per_s": computed * n_networks / seconds if computed and seconds else None,
@@ -553,6 +615,8 @@ out["torch_mkldnn"] = torch.backends.mkldnn.is_available()
 out["torch_cuda_available"] = torch.cuda.is_available()
 if torch.cuda.is_available():
     out["cuda_device"] = torch.cuda.get_device_name(0)
+from ichseg.pipeline.cpu import machine_description
+out["cpu"] = machine_description()  # model, ISA flags (AVX2, AVX-512, AMX), torch and oneDNN
 out["torch_parallel_info"] = [l.strip() for l in torch.__config__.parallel_info().splitlines() if "OMP" in l or "MKL" in l or "threads" in l]
 print(json.dumps(out))
 """
@@ -613,6 +677,7 @@ SINGLE_KEYS = RUN_KEYS + [f"steps.{s}.{k}" for s in [*STEPS, "other"] for k in (
     "inference.computed_voxels", "inference.roi_voxels_per_s", "inference.computed_voxels_per_s",
 ] + [f"volumes.{k}" for k in VOLUME_KEYS]
 PARALLEL_KEYS = RUN_KEYS + ["scans_per_hour", "cpu_utilisation"]
+PEER_KEYS = RUN_KEYS + [f"volumes.{k}" for k in VOLUME_KEYS if k != "brain_ml"]
 
 
 def one_run(label: str, bids_dir: Path, bids_files: list[tuple[str, Path]], scratch: Path, args,
@@ -671,7 +736,7 @@ def benchmark(args) -> dict:
             "parallel_cts": args.parallel_cts, "skip_single": args.skip_single,
             "parallel_n_procs": args.parallel_n_procs, "parallel_model": args.parallel_model,
             "parallel_repeats": args.parallel_repeats, "instrumented": not args.no_instrument,
-            "ichseg_args": args.ichseg_args,
+            "ichseg_args": args.ichseg_args, "peer_repeats": args.peer_repeats,
         },
         "machine": machine_info(),
         "software": software_info(),
@@ -704,7 +769,8 @@ def benchmark(args) -> dict:
                     print(_run_line(run), flush=True)
                     save(data, args.out)
                 med = median_record(runs, SINGLE_KEYS)
-                med.update(scan=name, model=model, volumes_identical=_same_volumes(runs))
+                med.update(scan=name, model=model, volumes_identical=_same_volumes(runs),
+                           precision=_precisions(runs))
                 data["single"]["medians"].append(med)
                 save(data, args.out)
             shutil.rmtree(bids_dir, ignore_errors=True)
@@ -738,6 +804,22 @@ def benchmark(args) -> dict:
                 med.update(n_procs=n_procs, n_scans=len(names), model=args.parallel_model, cts=names)
                 data["parallel"]["medians"].append(med)
                 save(data, args.out)
+        # ---- part 3: the peer, side by side
+        if args.peer_repeats > 0:
+            data["peer"] = {"runs": [], "medians": []}
+            for name in args.scans:
+                runs = []
+                for repeat in range(1, args.peer_repeats + 1):
+                    print(f"[peer] BLAST-CT CLI on {name}, repeat {repeat}/{args.peer_repeats} ...", end=" ", flush=True)
+                    run = run_peer(name, scratch, args, repeat)
+                    runs.append(run)
+                    data["peer"]["runs"].append(run)
+                    print(_run_line(run), flush=True)
+                    save(data, args.out)
+                med = median_record(runs, PEER_KEYS)
+                med.update(scan=name, volumes_identical=_same_volumes(runs))
+                data["peer"]["medians"].append(med)
+                save(data, args.out)
     finally:
         data["finished"] = dt.datetime.now().astimezone().isoformat(timespec="seconds")
         save(data, args.out)
@@ -761,6 +843,12 @@ def _run_line(run: dict) -> str:
     if run["exit_code"] != 0:
         parts.append(f"FAILED, see {run['log']}")
     return ", ".join(parts)
+
+
+def _precisions(runs: list[dict]) -> str | None:
+    """The network precision(s) the runs used, from their model_info.json."""
+    found = sorted({r.get("inference", {}).get("precision") for r in runs} - {None})
+    return "/".join(found) if found else None
 
 
 def _same_volumes(runs: list[dict]) -> bool | None:
@@ -795,6 +883,15 @@ def _kvox(value) -> str:
     return "–" if value is None else f"{value / 1e3:,.1f}"
 
 
+def _cpu_line(cpu: dict) -> str:
+    """CPU model, ISA flags, torch and oneDNN: the facts every figure depends on."""
+    if not cpu:
+        return "CPU details not recorded."
+    isa = ", ".join(name for name, present in (cpu.get("isa") or {}).items() if present) or "none of AVX2/AVX-512/AMX"
+    return (f"CPU: {cpu.get('cpu_model')}, {cpu.get('usable_cpus')} usable cores; ISA: {isa}; "
+            f"torch {cpu.get('torch')}, oneDNN {cpu.get('onednn')}.")
+
+
 def render_markdown(data: dict) -> str:
     machine, sw, settings = data["machine"], data["software"], data["settings"]
     lines = [
@@ -805,6 +902,8 @@ def render_markdown(data: dict) -> str:
         f"({sw.get('torch_threads')} threads by default) · nipype {sw.get('nipype')} · ichseg {sw.get('ichseg')} "
         f"(commit {str((sw.get('git') or {}).get('commit'))[:10]}"
         f"{', modified' if (sw.get('git') or {}).get('modified_files') else ''}) · device {settings['device']}",
+        "",
+        _cpu_line(sw.get("cpu") or {}),
         "",
         "Times in seconds, memory in GiB"
         + (f"; every run with the extra arguments `{' '.join(settings['ichseg_args'])}`" if settings.get("ichseg_args") else "")
@@ -819,12 +918,12 @@ def render_markdown(data: dict) -> str:
             "",
             f"One CT per run, `--n-procs {settings['n_procs']}`; medians of {settings['repeats']} run(s) per row.",
             "",
-            "| scan | model | " + " | ".join(STEP_TITLES[s] for s in steps) + " | start-up | idle | end-to-end wall | end-to-end CPU |",
-            "|---|---|" + "---:|" * (len(steps) + 4),
+            "| scan | model | precision | " + " | ".join(STEP_TITLES[s] for s in steps) + " | start-up | idle | end-to-end wall | end-to-end CPU |",
+            "|---|---|---|" + "---:|" * (len(steps) + 4),
         ]
         for m in meds:
             cells = [f"{_fmt(m.get(f'steps.{s}.wall_s'))} / {_fmt(m.get(f'steps.{s}.cpu_s'))}" for s in steps]
-            lines.append(f"| {m['scan']} | {m['model']} | " + " | ".join(cells)
+            lines.append(f"| {m['scan']} | {m['model']} | {m.get('precision') or '–'} | " + " | ".join(cells)
                          + f" | {_fmt(m.get('timeline.startup_s'))} | {_fmt(m.get('timeline.idle_in_span_s'))} "
                          f"| **{_fmt(m.get('wall_s'))}** | {_fmt(m.get('cpu_s'))} |")
         lines += [
@@ -833,15 +932,15 @@ def render_markdown(data: dict) -> str:
             "",
             f"Medians of {settings['repeats']} run(s) per row.",
             "",
-            "| scan | model | runs ok | peak RSS tree | peak PSS tree | largest process | inference peak RSS "
+            "| scan | model | precision | runs ok | peak RSS tree | peak PSS tree | largest process | inference peak RSS "
             "| ROI Mvox | tiles | computed Mvox | TMAC per network | net inference s | ROI kvox/s | computed kvox/s | IPH mL | EAH mL | IVH mL | oedema mL | hemorrhage mL "
             "| brain mL | same volumes every run |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|",
         ]
         for m in meds:
             same = {True: "yes", False: "**no**", None: "–"}[m.get("volumes_identical")]
             lines.append(
-                f"| {m['scan']} | {m['model']} | {m['n_ok']}/{m['n_runs']} "
+                f"| {m['scan']} | {m['model']} | {m.get('precision') or '–'} | {m['n_ok']}/{m['n_runs']} "
                 f"| {_fmt(m.get('peak_rss_tree_mib'), 2, 1 / 1024)} | {_fmt(m.get('peak_pss_tree_mib'), 2, 1 / 1024)} "
                 f"| {_fmt(m.get('max_rss_single_mib'), 2, 1 / 1024)} | {_fmt(m.get('steps.inference.peak_rss_mib'), 2, 1 / 1024)} "
                 f"| {_mvox(m.get('inference.roi_voxels'))} | {_fmt(m.get('inference.n_tiles'), 0)} "
@@ -870,7 +969,31 @@ def render_markdown(data: dict) -> str:
                 f"| {_fmt(m.get('peak_pss_tree_mib'), 2, 1 / 1024)} | {_fmt(m.get('max_rss_single_mib'), 2, 1 / 1024)} |"
             )
         lines.append("")
-    runs = data["single"]["runs"] + data["parallel"]["runs"]
+    peer = (data.get("peer") or {}).get("medians") or []
+    if peer:
+        ours = {m["scan"]: m for m in meds if m["model"] == "blastct-v1"}
+        lines += [
+            "## The peer side by side: BLAST-CT v1's own command line",
+            "",
+            "`blast-ct --input CT --output labels --device cpu` (single model, the same `model_1` "
+            "weights, flush-to-zero set before it starts), on the same machine in the same benchmark; "
+            f"medians of {settings.get('peer_repeats')} run(s). Ratio: BLAST-CT's wall time / "
+            "ichseg's (blastct-v1, same scan).",
+            "",
+            "| scan | runs ok | BLAST-CT wall | CPU s | peak RSS tree | hemorrhage mL | ichseg wall | ichseg hemorrhage mL | ratio |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for m in peer:
+            mine = ours.get(m["scan"], {})
+            ratio = m.get("wall_s") / mine["wall_s"] if m.get("wall_s") and mine.get("wall_s") else None
+            lines.append(
+                f"| {m['scan']} | {m['n_ok']}/{m['n_runs']} | **{_fmt(m.get('wall_s'))}** | {_fmt(m.get('cpu_s'))} "
+                f"| {_fmt(m.get('peak_rss_tree_mib'), 2, 1 / 1024)} | {_fmt(m.get('volumes.hemorrhage_ml'), 2)} "
+                f"| {_fmt(mine.get('wall_s'))} | {_fmt(mine.get('volumes.hemorrhage_ml'), 2)} "
+                f"| {'**' + _fmt(ratio) + 'x**' if ratio else '–'} |"
+            )
+        lines.append("")
+    runs = data["single"]["runs"] + data["parallel"]["runs"] + (data.get("peer") or {}).get("runs", [])
     states = {r.get("code_state") for r in runs if r.get("code_state")}
     if len(states) > 1:
         lines += [f"**Warning: the code changed during the benchmark ({len(states)} different states of "
@@ -903,6 +1026,9 @@ def parse_args(argv=None):
     parser.add_argument("--parallel-n-procs", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--parallel-model", default="blastct-v1")
     parser.add_argument("--parallel-repeats", type=int, default=None, help="default: --repeats")
+    parser.add_argument("--peer-repeats", type=int, default=None,
+                        help="runs of BLAST-CT's own CLI (single model) per scan, side by side; 0 skips "
+                             "it (default: --repeats)")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--tmp-dir", type=Path, default=None, help="where datasets and work dirs go (default: system temp)")
     parser.add_argument("--keep-work", action="store_true", help="keep the work/output directories")
@@ -916,6 +1042,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.parallel_repeats is None:
         args.parallel_repeats = args.repeats
+    if args.peer_repeats is None:
+        args.peer_repeats = args.repeats
     args.out = args.out.absolute()
     return args
 
