@@ -19,6 +19,14 @@ os.environ.setdefault("NIPYPE_NO_ET", "1")
 # ITK fixes its thread count at its first use in a process; the workflow tests fork Nipype
 # workers from this process, so one ITK thread (deterministic registration) is set up front.
 os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
+# GNU OpenMP cannot be used in a process forked from one whose OpenMP pool has started: the
+# child waits for pool threads that do not exist. The workflow tests fork Nipype workers that
+# run torch on two threads, so torch work in this process stays on one thread (no pool; the
+# ichseg command line never runs torch before forking its workers). Parallel behaviour is
+# tested in subprocesses (tests/test_cpu.py).
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 _MARKERS = {
     "realdata": "needs the real CTs / pretrained weights from the asset lookup (ICHSEG_DATA_DIR)",
