@@ -569,11 +569,13 @@ def _get(record: dict, dotted: str):
 
 
 def machine_info() -> dict:
+    from ichseg.pipeline.cpu import cpu_model
+
     info = {
         "hostname": platform.node(),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "cpu_model": None,
+        "cpu_model": cpu_model(),
         "logical_cpus": os.cpu_count(),
         "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "ram_gib": None,
@@ -581,10 +583,6 @@ def machine_info() -> dict:
         "cgroup_memory_max_gib": None,
     }
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu_model"] = line.split(":", 1)[1].strip()
-                break
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal:"):
                 info["ram_gib"] = round(int(line.split()[1]) / 2**20, 2)

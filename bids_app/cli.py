@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from ichseg.pipeline import __version__
+from ichseg.pipeline.cpu import PRECISIONS
 from ichseg.pipeline.segmentation import DEFAULT_MARGIN_MM
 
 
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--omp-nthreads", type=int, default=None, metavar="N",
                      help="threads of one inference or registration step (default: --n-procs, at most 8)")
     run.add_argument("--device", default="cpu", help="torch device for inference: cpu, cuda, cuda:1, ...")
-    run.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+    run.add_argument("--precision", choices=PRECISIONS, default="auto",
                      help="network precision: auto = fp32 (bf16 moved some volumes by more than 1 %%, "
                           "docs/benchmarks.md); bf16 is fast on CPUs with AMX or AVX-512-BF16 and "
                           "on CUDA; fp16 is CUDA only")

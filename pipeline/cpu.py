@@ -149,6 +149,11 @@ def _cpuinfo() -> tuple[str, frozenset[str]]:
     return model, flags
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` reports."""
+    return _cpuinfo()[0]
+
+
 def isa_flags() -> dict[str, bool]:
     """Which of :data:`ISA_FLAGS` the CPU has: /proc/cpuinfo, else torch's own detection."""
     _, flags = _cpuinfo()
@@ -184,13 +189,12 @@ def machine_description() -> dict:
     """CPU model, ISA flags, core count and the torch/oneDNN versions: kept with every figure."""
     import torch
 
-    model, _ = _cpuinfo()
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
         usable = os.cpu_count()
     return {
-        "cpu_model": model,
+        "cpu_model": cpu_model(),
         "isa": isa_flags(),
         "logical_cpus": os.cpu_count(),
         "usable_cpus": usable,

@@ -16,6 +16,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
+from ..cpu import PRECISIONS
 from ..labels import HEMORRHAGE_INDICES
 from ..niftiio import save_like
 from ..segmentation import DEFAULT_MARGIN_MM, crop_to_roi, region_of_interest, run_model
@@ -34,8 +35,8 @@ class _SegmentInputSpec(BaseInterfaceInputSpec):
     num_threads = traits.Int(1, usedefault=True, desc="CPU threads for torch")
     margin_mm = traits.Float(DEFAULT_MARGIN_MM, usedefault=True, desc="margin around the brain that is segmented")
     network_input = traits.Enum("head", "brain", usedefault=True, desc="what the network sees")
-    precision = traits.Enum("auto", "fp32", "bf16", "fp16", usedefault=True,
-                            desc="network precision (auto: bf16 where the hardware has it)")
+    precision = traits.Enum(*PRECISIONS, usedefault=True,
+                            desc="network precision (auto: fp32; see ichseg.pipeline.cpu.resolve_precision)")
 
 
 class _SegmentOutputSpec(TraitedSpec):
