@@ -466,21 +466,18 @@ def inference_info(work_dir: Path, nodes: list[dict]) -> dict:
         seconds = info.get("inference_seconds")
         roi = info.get("roi_voxels")
         n_networks = info.get("n_networks") or 1
-        computed = info.get("computed_voxels")
+        macs = info.get("multiply_adds")
         rec = {
             "model": info.get("model"),
             "n_networks": n_networks,
             "inference_seconds": seconds,
             "roi_voxels": roi,
-            "tiling": info.get("tiling"),
-            "n_tiles": info.get("n_tiles"),
-            "computed_voxels": computed,
-            "multiply_adds": info.get("multiply_adds"),
+            "multiply_adds": macs,
             "precision": info.get("precision"),
             "flush_denormal_verified": info.get("flush_denormal_verified"),
             "roi_voxels_per_s": roi / seconds if roi and seconds else None,
-            # output voxels the networks produced per second, all networks together
-            "computed_voxels_per_s": computed * n_networks / seconds if computed and seconds else None,
+            # multiply-adds per second, all networks together: the raw speed of the network code
+            "multiply_adds_per_s": macs * n_networks / seconds if macs and seconds else None,
         }
         out[node["scan_node"]] = rec
     return out
@@ -671,8 +668,8 @@ def code_state() -> str | None:
 RUN_KEYS = ["wall_s", "cpu_s", "peak_rss_tree_mib", "peak_pss_tree_mib", "max_rss_single_mib",
             "timeline.startup_s", "timeline.nodes_span_s", "timeline.idle_in_span_s", "timeline.shutdown_s"]
 SINGLE_KEYS = RUN_KEYS + [f"steps.{s}.{k}" for s in [*STEPS, "other"] for k in ("wall_s", "cpu_s", "peak_rss_mib")] + [
-    "inference.inference_seconds", "inference.roi_voxels", "inference.n_tiles", "inference.multiply_adds",
-    "inference.computed_voxels", "inference.roi_voxels_per_s", "inference.computed_voxels_per_s",
+    "inference.inference_seconds", "inference.roi_voxels", "inference.multiply_adds",
+    "inference.roi_voxels_per_s", "inference.multiply_adds_per_s",
 ] + [f"volumes.{k}" for k in VOLUME_KEYS]
 PARALLEL_KEYS = RUN_KEYS + ["scans_per_hour", "cpu_utilisation"]
 PEER_KEYS = RUN_KEYS + [f"volumes.{k}" for k in VOLUME_KEYS if k != "brain_ml"]
@@ -931,9 +928,9 @@ def render_markdown(data: dict) -> str:
             f"Medians of {settings['repeats']} run(s) per row.",
             "",
             "| scan | model | precision | runs ok | peak RSS tree | peak PSS tree | largest process | inference peak RSS "
-            "| ROI Mvox | tiles | computed Mvox | TMAC per network | net inference s | ROI kvox/s | computed kvox/s | IPH mL | EAH mL | IVH mL | oedema mL | hemorrhage mL "
+            "| ROI Mvox | TMAC per network | net inference s | ROI kvox/s | GMAC/s | IPH mL | EAH mL | IVH mL | oedema mL | hemorrhage mL "
             "| brain mL | same volumes every run |",
-            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|",
         ]
         for m in meds:
             same = {True: "yes", False: "**no**", None: "–"}[m.get("volumes_identical")]
@@ -941,10 +938,9 @@ def render_markdown(data: dict) -> str:
                 f"| {m['scan']} | {m['model']} | {m.get('precision') or '–'} | {m['n_ok']}/{m['n_runs']} "
                 f"| {_fmt(m.get('peak_rss_tree_mib'), 2, 1 / 1024)} | {_fmt(m.get('peak_pss_tree_mib'), 2, 1 / 1024)} "
                 f"| {_fmt(m.get('max_rss_single_mib'), 2, 1 / 1024)} | {_fmt(m.get('steps.inference.peak_rss_mib'), 2, 1 / 1024)} "
-                f"| {_mvox(m.get('inference.roi_voxels'))} | {_fmt(m.get('inference.n_tiles'), 0)} "
-                f"| {_mvox(m.get('inference.computed_voxels'))} | {_fmt(m.get('inference.multiply_adds'), 2, 1e-12)} "
+                f"| {_mvox(m.get('inference.roi_voxels'))} | {_fmt(m.get('inference.multiply_adds'), 2, 1e-12)} "
                 f"| {_fmt(m.get('inference.inference_seconds'))} "
-                f"| {_kvox(m.get('inference.roi_voxels_per_s'))} | {_kvox(m.get('inference.computed_voxels_per_s'))} "
+                f"| {_kvox(m.get('inference.roi_voxels_per_s'))} | {_fmt(m.get('inference.multiply_adds_per_s'), 0, 1e-9)} "
                 + "".join(f"| {_fmt(m.get(f'volumes.{k}'), 2)} " for k in ("iph_ml", "eah_ml", "ivh_ml", "oed_ml", "hemorrhage_ml"))
                 + f"| {_fmt(m.get('volumes.brain_ml'), 0)} | {same} |"
             )

@@ -60,24 +60,22 @@ def run_model(
     model: str,
     device: str = "cpu",
     log: Callable[[str], None] | None = None,
-    tile: int | None = None,
     precision: str = "auto",
     num_threads: int | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Class probabilities of a 1 mm RAS CT in HU with a registered model, and provenance.
 
     Returns ``(probabilities (C, x, y, z), info)`` where ``info`` names the model, its
-    weight files and their sha256, the number of networks, the tiles computed, the precision,
-    the CPU and the inference time. ``tile`` (voxels) asks for equal tiles on a grid instead
-    of the default tiles fitted to the ROI. ``precision`` is ``auto``, ``fp32``, ``bf16`` or
-    ``fp16`` (:func:`ichseg.pipeline.cpu.resolve_precision`); ``num_threads`` the torch
-    threads (default: torch's current setting).
+    weight files and their sha256, the number of networks, the voxels and multiply-adds
+    computed, the precision, the CPU and the inference time. ``precision`` is ``auto``,
+    ``fp32``, ``bf16`` or ``fp16`` (:func:`ichseg.pipeline.cpu.resolve_precision`);
+    ``num_threads`` the torch threads (default: torch's current setting).
     """
     # torch is imported here, not at module level, so that the command line starts quickly
     import torch
 
     from .cpu import configure_torch, machine_description, resolve_precision
-    from .inference import DEFAULT_BATCH, IntensityWindow, load_networks, plan_multiply_adds, segment
+    from .inference import IntensityWindow, load_networks, segment
 
     torch_settings = configure_torch(num_threads or torch.get_num_threads())
     precision = resolve_precision(precision, device)
@@ -85,31 +83,27 @@ def run_model(
     low, high = resolved.spec.input_window_hu
     networks = load_networks(resolved.weight_paths, resolved.config, device)
     start = time.perf_counter()
+    reported = [-1]
 
     def progress(done: int, total: int) -> None:
-        if log is not None and (done == total or done % max(1, total // 5) == 0):
-            log(f"inference: {done}/{total} tiles ({time.perf_counter() - start:.0f} s)")
+        percent = 100 * done // max(1, total)
+        if log is not None and percent // 20 > reported[0]:
+            reported[0] = percent // 20
+            log(f"inference: {percent} % of {total} voxels ({time.perf_counter() - start:.0f} s)")
 
-    probs, tiles_run = segment(
-        hu, roi, networks, IntensityWindow(low, high), tile, device, progress, precision=precision
-    )
+    probs, macs = segment(hu, roi, networks, IntensityWindow(low, high), progress, precision=precision)
     seconds = time.perf_counter() - start
-    computed = sum(int(np.prod(t.shape)) for t in tiles_run)
+    voxels = int(roi.sum())
     info = {
         "model": resolved.spec.name,
         "n_networks": len(networks),
         "weights": [str(p) for p in resolved.weight_paths],
         "weights_sha256": weights_sha256(resolved),
-        "tiling": "grid" if tile is not None else "roi-fitted rows",
-        "tile_voxels": tile,
         "inference_seconds": round(seconds, 2),
-        "roi_voxels": int(roi.sum()),
-        "n_tiles": len(tiles_run),
-        "computed_voxels": computed,
+        "roi_voxels": voxels,
         # per network; the ensemble multiplies it by n_networks
-        "multiply_adds": plan_multiply_adds(networks[0], tiles_run),
-        "computed_voxels_per_s": round(computed * len(networks) / seconds) if seconds > 0 else None,
-        "batch_size": DEFAULT_BATCH,
+        "multiply_adds": macs,
+        "roi_voxels_per_s": round(voxels * len(networks) / seconds) if seconds > 0 else None,
         "precision": precision,
         **torch_settings,
         "machine": machine_description(),

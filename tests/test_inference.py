@@ -1,9 +1,9 @@
-"""Tiled DeepMedic inference (ichseg.pipeline.inference).
+"""DeepMedic inference (ichseg.pipeline.inference, ichseg.pipeline.streaming).
 
-The tiling tests use the real DeepMedic architecture (three pathways subsampling by 1, 3 and
-5, eight valid 3x3x3 convolutions each: the 80-voxel context and the 15-voxel period that the
-tiling relies on) with narrow layers, so that tens of tiles run in seconds on a CPU. The
-published widths are checked on fewer tiles in ``test_tiling_with_published_widths``.
+The reference is BLAST-CT's own module run on the whole image (edge-padded by the network's
+80-voxel context, each size a multiple of 15). Most tests use the real DeepMedic architecture
+(three pathways subsampling by 1, 3 and 5, eight unpadded 3x3x3 blocks each) with narrow
+layers, so that they run in seconds; the published widths are checked on a small image.
 """
 
 from __future__ import annotations
@@ -15,24 +15,23 @@ import pytest
 import torch
 
 from ichseg.pipeline.inference import (
-    CONTEXT_VOXELS,
-    TILE_MULTIPLE,
     IntensityWindow,
     build_network,
     load_networks,
     network_axes_to_ras,
     predict_probabilities,
     ras_to_network_axes,
-    Tile,
-    _OneDNNConv3d,
-    multiply_adds,
-    plan_multiply_adds,
-    plan_tiles,
-    row_tiles,
     segment,
-    tile_origins,
 )
 from ichseg.pipeline.heap import keep_freed_memory
+from ichseg.pipeline.streaming import (
+    DEFAULT_BAND,
+    DEFAULT_CHUNK,
+    context_and_period,
+    pathways,
+    region_probabilities,
+    stream_pathway,
+)
 
 #: The model and data fields of models/blastct-v1/config.json (checked against the file
 #: in ``test_literal_config_matches_the_published_one``).
@@ -45,7 +44,7 @@ NARROW_CONFIG = {
     "model": {"DeepMedic": {"fully_connected": [6, 6], "feature_maps": [2, 2, 3, 3, 3, 3, 4, 4]}},
     "data": {"input_channels": 1, "num_classes": 5},
 }
-SHAPE = (47, 38, 52)
+SHAPE = (45, 30, 60)
 
 
 def _network(config, seed, kaiming=True):
@@ -64,8 +63,22 @@ def _network(config, seed, kaiming=True):
             elif isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                 module.running_mean.uniform_(-0.2, 0.2)
                 module.running_var.uniform_(0.5, 1.5)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+            elif isinstance(module, torch.nn.PReLU):
+                module.weight.uniform_(0.1, 0.4)
         network.fully_connected[-1].conv.weight.mul_(3.0)
     return network
+
+
+def whole_image_reference(image: np.ndarray, network) -> np.ndarray:
+    """Softmax of BLAST-CT's module on the whole image: (C, *image.shape)."""
+    context, period = context_and_period(network)
+    assert all(n % period == 0 for n in image.shape), "the reference needs sizes on the tile period"
+    padded = torch.from_numpy(np.pad(image, context // 2, mode="edge"))[None, None]
+    with torch.inference_mode():
+        logits, _ = network(padded)
+    return torch.softmax(logits, dim=1)[0].numpy()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -90,139 +103,10 @@ def image():
 
 @pytest.fixture(scope="module")
 def whole(image, networks):
-    """Whole-image inference: one output tile covers the image."""
-    calls = []
-    probs = predict_probabilities(image, networks[:1], tile=(60, 45, 60), progress=lambda d, t: calls.append(t))
-    assert calls == [1]
-    return probs
-
-
-@pytest.fixture(scope="module")
-def tiled(image, networks):
-    calls = []
-    probs = predict_probabilities(image, networks[:1], tile=15, progress=lambda d, t: calls.append((d, t)))
-    return probs, calls
-
-
-def test_whole_image_is_one_tile(image, networks):
-    calls = []
-    predict_probabilities(image[:20, :14, :29], networks[:1], tile=30, progress=lambda d, t: calls.append((d, t)))
-    assert calls == [(1, 1)]
-
-
-def test_tiles_reassemble_to_whole_image(whole, tiled):
-    probs, calls = tiled
-    assert probs.shape == whole.shape == (5, *SHAPE)
-    assert probs.dtype == np.float32
-    # 4 x 3 x 4 tiles of 15 voxels, each reported once
-    assert len(calls) == 48 and calls[-1] == (48, 48)
-    assert [d for d, _ in calls] == list(range(1, 49))
-    np.testing.assert_allclose(probs, whole, atol=1e-5, rtol=0)
+    reference = whole_image_reference(image, networks[0])
     # the random network does not give a trivial answer: every class varies in space
-    assert whole.std(axis=(1, 2, 3)).min() > 0.02
-
-
-def test_batched_tiles_equal_one_at_a_time(image, networks, tiled):
-    calls = []
-    probs = predict_probabilities(
-        image, networks[:1], tile=15, batch_size=5, progress=lambda d, t: calls.append((d, t))
-    )
-    # 48 tiles: nine batches of 5 and a last one of 3
-    assert calls == [(d, 48) for d in (5, 10, 15, 20, 25, 30, 35, 40, 45, 48)]
-    np.testing.assert_allclose(probs, tiled[0], atol=1e-5, rtol=0)
-
-
-def test_probabilities_sum_to_one(whole, tiled):
-    for probs in (whole, tiled[0]):
-        np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-5)
-        assert probs.min() >= 0.0 and probs.max() <= 1.0
-
-
-def test_roi_restricts_computation(image, networks, whole):
-    roi = np.zeros(SHAPE, dtype=bool)
-    roi[20:28, 16:22, 31:40] = True
-    calls = []
-    probs = predict_probabilities(image, networks[:1], roi=roi, tile=15, progress=lambda d, t: calls.append(t))
-    # tiles on a 15-voxel grid: x 15-29, y 15-29, z 30-44 -> one tile
-    assert calls == [1]
-    computed = np.zeros(SHAPE, dtype=bool)
-    computed[15:30, 15:30, 30:45] = True
-    np.testing.assert_allclose(probs[:, computed], whole[:, computed], atol=1e-5, rtol=0)
-    assert (probs[0, ~computed] == 1.0).all()
-    assert (probs[1:, ~computed] == 0.0).all()
-    # the ROI voxels are not background by construction of the random network
-    assert (probs[0, roi] < 1.0).all()
-
-
-def test_roi_off_the_tile_grid_matches_whole_image(image, networks, whole):
-    """An ROI that starts between tile boundaries: the tile grid starts at a multiple of 15
-    below it, so a 30-voxel tile grid that differs from whole-image tiling still agrees."""
-    roi = np.zeros(SHAPE, dtype=bool)
-    roi[16:47, 2:5, 17:19] = True
-    roi[40, 30, 50] = True
-    calls = []
-    probs = predict_probabilities(
-        image, networks[:1], roi=roi, tile=30, batch_size=2, progress=lambda d, t: calls.append((d, t))
-    )
-    np.testing.assert_allclose(probs[:, roi], whole[:, roi], atol=1e-5, rtol=0)
-    # tiles from (15, 0, 15): two along x for the box, one more for the lone voxel; in
-    # batches of two
-    assert calls == [(2, 3), (3, 3)]
-    # far from the ROI (x < 15) nothing was computed
-    assert (probs[0, :15] == 1.0).all()
-
-
-def test_empty_roi_is_all_background(image, networks):
-    probs = predict_probabilities(image, networks[:1], roi=np.zeros(SHAPE, dtype=bool), tile=15)
-    assert (probs[0] == 1.0).all()
-    assert probs.shape[0] == 1 or (probs[1:] == 0.0).all()
-
-
-@pytest.mark.parametrize("tile", [20, 16, (15, 15, 20), 7])
-def test_tile_must_be_a_multiple_of_15(image, networks, tile):
-    with pytest.raises(ValueError, match="multiple"):
-        predict_probabilities(image, networks[:1], tile=tile)
-
-
-def test_anisotropic_tiles(image, networks, whole):
-    probs = predict_probabilities(image, networks[:1], tile=(45, 15, 30))
-    np.testing.assert_allclose(probs, whole, atol=1e-5, rtol=0)
-
-
-def test_ensemble_is_the_mean_of_softmaxes(networks):
-    rng = np.random.default_rng(5)
-    small = rng.uniform(-1, 1, size=(20, 17, 23)).astype(np.float32)
-    first = predict_probabilities(small, networks[:1], tile=30)
-    second = predict_probabilities(small, networks[1:], tile=30)
-    both = predict_probabilities(small, networks, tile=30)
-    assert np.abs(first - second).max() > 1e-2  # two different networks
-    np.testing.assert_allclose(both, (first + second) / 2, atol=1e-6)
-
-
-def test_tiling_with_published_widths():
-    """The published layer widths, tile 15 (4 tiles) against one tile, on a small image."""
-    # default initialisation: the wide network's softmaxes vary enough, while Kaiming's
-    # saturate them (logits in the hundreds, float32 rounding then shows at 1e-5)
-    network = _network(BLASTCT_CONFIG, seed=3, kaiming=False)
-    rng = np.random.default_rng(9)
-    small = rng.uniform(-1, 1, size=(20, 14, 18)).astype(np.float32)
-    tiled = predict_probabilities(small, [network], tile=15)
-    single = predict_probabilities(small, [network], tile=(30, 15, 30))
-    np.testing.assert_allclose(tiled, single, atol=1e-5, rtol=0)
-    np.testing.assert_allclose(tiled.sum(axis=0), 1.0, atol=1e-5)
-    assert single.std(axis=(1, 2, 3)).min() > 1e-3
-
-
-def test_tile_origins():
-    roi = np.zeros((40, 40, 40), dtype=bool)
-    roi[16, 2, 35] = True
-    roi[31, 2, 35] = True
-    assert sorted(tile_origins(roi, (15, 15, 15))) == [(15, 0, 30), (30, 0, 30)]
-    # from (15, 0, 15) in steps of 30 both voxels fall in the first tile
-    assert tile_origins(roi, (30, 30, 30), start=(15, 0, 15)) == [(15, 0, 15)]
-    assert sorted(tile_origins(roi, (15, 30, 30), start=(15, 0, 15))) == [(15, 0, 15), (30, 0, 15)]
-    assert tile_origins(np.zeros((10, 10, 10), dtype=bool), (15, 15, 15)) == []
-    assert CONTEXT_VOXELS == 80 and TILE_MULTIPLE == 15
+    assert reference.std(axis=(1, 2, 3)).min() > 0.02
+    return reference
 
 
 def _blob(shape, centre, radii):
@@ -230,85 +114,125 @@ def _blob(shape, centre, radii):
     return sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii)) <= 1.0
 
 
-def _covered(tiles, shape):
-    covered = np.zeros(shape, dtype=np.int32)
-    for t in tiles:
-        covered[tuple(slice(o, o + s) for o, s in zip(t.origin, t.shape))] += 1
-    return covered
+def test_geometry_of_the_published_architecture(networks):
+    assert context_and_period(networks[0]) == (80, 15)
+    # pathway order is the order of the fully connected input; offsets follow from
+    # blast_ct's crop_center and DownSample for tiles on the 15-voxel grid
+    assert [(p.scale, p.offset, p.radius) for p in pathways(networks[0])] == [(5, 2, 8), (3, 1, 8), (1, 0, 8)]
 
 
-@pytest.mark.parametrize("slab,row", [(15, 15), (15, 30), (30, 15), (30, 30)])
-def test_row_tiles_cover_the_roi_on_the_grid(slab, row):
-    roi = _blob((100, 120, 110), (52, 61, 50), (40, 50, 45))
-    roi[5, 100, 101] = True  # a stray voxel far from the blob
-    tiles = row_tiles(roi, slab, row, max_length=60)
-    covered = _covered(tiles, (130, 150, 140))[:100, :120, :110]
-    assert covered[roi].min() == 1  # every ROI voxel is computed, once
-    assert covered.max() == 1  # no voxel twice
-    for t in tiles:
-        assert all(o % TILE_MULTIPLE == 0 for o in t.origin)
-        assert all(s % TILE_MULTIPLE == 0 and s > 0 for s in t.shape)
-        assert t.shape[:2] == (slab, row) and t.shape[2] <= 60
-        # each row hugs the ROI: the tile touches it (no empty tiles)
-        assert roi[tuple(slice(o, o + s) for o, s in zip(t.origin, t.shape))].any()
+def test_whole_region_equals_whole_image(image, networks, whole):
+    calls = []
+    probs, macs = predict_probabilities(image, networks[:1], progress=lambda d, t: calls.append((d, t)))
+    assert probs.shape == whole.shape and probs.dtype == np.float32
+    np.testing.assert_allclose(probs, whole, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-5)
+    assert calls and calls[-1] == (image.size, image.size)
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+    assert macs > 0
 
 
-def test_fitted_rows_compute_less_than_cubes():
-    network = build_network(BLASTCT_CONFIG)
-    roi = _blob((181, 217, 181), (90, 110, 90), (62, 80, 70))  # a brain-sized ellipsoid
-    fitted = plan_tiles(roi, network)
-    cubes = plan_tiles(roi, network, tile=30)
-    cost = {name: sum(multiply_adds(network, t.shape) for t in plan) for name, plan in
-            (("fitted", fitted), ("cubes", cubes))}
-    assert cost["fitted"] < 0.85 * cost["cubes"]
-    assert plan_multiply_adds(network, fitted) == cost["fitted"]
-    assert plan_multiply_adds(network, []) == 0
-    # the fitted plan is the cheapest of its candidates
-    for slab in (15, 30):
-        for row in (15, 30):
-            candidate = sum(multiply_adds(network, t.shape) for t in row_tiles(roi, slab, row))
-            assert cost["fitted"] <= candidate
-    assert _covered(fitted, (195, 225, 195))[:181, :217, :181][roi].min() == 1
+@pytest.mark.parametrize("seed", range(6))
+def test_random_sparse_regions_equal_whole_image(image, networks, whole, seed):
+    """Scattered blobs and voxels, gaps of empty planes and rows, any chunk and band."""
+    rng = np.random.default_rng(seed)
+    roi = np.zeros(SHAPE, dtype=bool)
+    for _ in range(rng.integers(1, 4)):
+        roi |= _blob(SHAPE, rng.uniform(0, SHAPE), rng.uniform(2, 9, size=3))
+    roi[tuple(rng.integers(0, SHAPE, size=(rng.integers(1, 6), 3)).T)] = True
+    chunk, band = int(rng.integers(1, 20)), int(rng.integers(1, 20))
+    with torch.inference_mode():
+        probs, _ = region_probabilities(image, networks[0], roi, chunk=chunk, band=band)
+    np.testing.assert_allclose(probs.numpy(), whole[:, roi].T, atol=1e-5, rtol=0)
 
 
-def test_multiply_adds_counts_every_layer():
+@pytest.mark.parametrize("chunk,band", [(1, 1), (3, 2), (5, 7), (DEFAULT_CHUNK, DEFAULT_BAND), (64, 64)])
+def test_region_equals_whole_image_for_any_chunk_and_band(image, networks, whole, chunk, band):
+    """A region with a hole, a stray voxel and voxels on the image's edges."""
+    roi = _blob(SHAPE, (22, 15, 30), (16, 12, 22)) & ~_blob(SHAPE, (22, 15, 30), (5, 4, 6))
+    roi[0, 0, 0] = roi[44, 29, 59] = roi[3, 27, 2] = True
+    with torch.inference_mode():
+        probs, _ = region_probabilities(image, networks[0], roi, chunk=chunk, band=band)
+    np.testing.assert_allclose(probs.numpy(), whole[:, roi].T, atol=1e-5, rtol=0)
+
+
+def test_stale_buffer_values_never_reach_needed_outputs(image, networks, whole, monkeypatch):
+    """Voxels that no band computed hold whatever the buffer held: fill new buffers with NaN
+    and the region's probabilities are still exact."""
+    real_empty = torch.empty
+
+    def poisoned(*args, **kwargs):
+        return real_empty(*args, **kwargs).fill_(float("nan"))
+
+    monkeypatch.setattr("ichseg.pipeline.streaming.torch.empty", poisoned)
+    roi = _blob(SHAPE, (20, 14, 33), (15, 11, 20))
+    with torch.inference_mode():
+        probs, _ = region_probabilities(image, networks[0], roi, chunk=4, band=3)
+    assert torch.isfinite(probs).all()
+    np.testing.assert_allclose(probs.numpy(), whole[:, roi].T, atol=1e-5, rtol=0)
+
+
+def test_outside_the_region_is_background(image, networks, whole):
+    roi = np.zeros(SHAPE, dtype=bool)
+    roi[20:28, 16:22, 31:40] = True
+    probs, _ = predict_probabilities(image, networks[:1], roi=roi)
+    np.testing.assert_allclose(probs[:, roi], whole[:, roi], atol=1e-5, rtol=0)
+    assert (probs[0, ~roi] == 1.0).all() and (probs[1:, ~roi] == 0.0).all()
+    # the ROI voxels are not background by construction of the random network
+    assert (probs[0, roi] < 1.0).all()
+
+
+def test_empty_region_is_all_background(image, networks):
+    probs, macs = predict_probabilities(image, networks[:1], roi=np.zeros(SHAPE, dtype=bool))
+    assert probs.shape == (5, *SHAPE) and macs == 0
+    assert (probs[0] == 1.0).all() and (probs[1:] == 0.0).all()
+
+
+def test_ensemble_is_the_mean_of_softmaxes(networks):
+    rng = np.random.default_rng(5)
+    small = rng.uniform(-1, 1, size=(20, 17, 23)).astype(np.float32)
+    first, _ = predict_probabilities(small, networks[:1])
+    second, _ = predict_probabilities(small, networks[1:])
+    both, _ = predict_probabilities(small, networks)
+    assert np.abs(first - second).max() > 1e-2  # two different networks
+    np.testing.assert_allclose(both, (first + second) / 2, atol=1e-6)
+
+
+def test_published_widths_equal_whole_image():
+    # default initialisation: the wide network's softmaxes vary enough, while Kaiming's
+    # saturate them (logits in the hundreds, float32 rounding then shows at 1e-5)
+    network = _network(BLASTCT_CONFIG, seed=3, kaiming=False)
+    rng = np.random.default_rng(9)
+    small = rng.uniform(-1, 1, size=(30, 15, 15)).astype(np.float32)
+    reference = whole_image_reference(small, network)
+    roi = _blob(small.shape, (14, 7, 7), (12, 6, 7))
+    probs, _ = predict_probabilities(small, [network], roi=roi)
+    np.testing.assert_allclose(probs[:, roi], reference[:, roi], atol=1e-5, rtol=0)
+    assert reference.std(axis=(1, 2, 3)).min() > 1e-3
+
+
+def test_streaming_computes_little_more_than_the_region(monkeypatch):
+    """Multiply-adds of the full-resolution pathway (published widths) on a brain-sized
+    ellipsoid: at most 1.6x the ideal (every layer once, only on the region's voxels),
+    against 1.9x for the ellipsoid's box. The convolutions are replaced by zeros of the
+    right shape: only the plan is counted."""
+
+    def shapes_only(block, inputs, residual, compute_dtype):
+        n, _, d, h, w = inputs.shape
+        return torch.zeros((n, block.out_channels, d - 2, h - 2, w - 2))
+
+    monkeypatch.setattr("ichseg.pipeline.streaming._convolve", shapes_only)
     network = build_network(BLASTCT_CONFIG)
     maps = BLASTCT_CONFIG["model"]["DeepMedic"]["feature_maps"]
-
-    def pathway(out):  # eight valid 3x3x3 convolutions, counted from the first layer
-        total, cin = 0, 1
-        for k, cout in enumerate(maps):
-            total += 27 * cin * cout * (out + 16 - 2 * (k + 1)) ** 3
-            cin = cout
-        return total
-
-    fully_connected = 30 ** 3 * (150 * 250 + 250 * 250 + 250 * 5)
-    expected = pathway(30) + pathway(10) + pathway(6) + fully_connected
-    assert multiply_adds(network, (30, 30, 30)) == expected
-    # about 670 thousand per output voxel for a 30-voxel cube
-    assert 600e3 < expected / 30 ** 3 < 700e3
-
-
-def test_fitted_rows_match_whole_image(image, networks, whole):
-    roi = _blob(SHAPE, (23, 19, 26), (14, 12, 16))
-    calls = []
-    probs = predict_probabilities(image, networks[:1], roi=roi, progress=lambda d, t: calls.append(t))
-    assert calls and calls[-1] == len(plan_tiles(roi, networks[0]))
-    np.testing.assert_allclose(probs[:, roi], whole[:, roi], atol=1e-5, rtol=0)
-
-
-def test_onednn_convolution_matches_pytorch():
-    network = build_network(NARROW_CONFIG)
-    convs = [m for m in network.modules() if isinstance(m, torch.nn.Conv3d)]
-    if torch.backends.mkldnn.is_available():
-        assert all(type(m) is _OneDNNConv3d for m in convs)
-    conv = torch.nn.Conv3d(3, 4, 3, bias=False)
-    torch.nn.init.normal_(conv.weight)
-    fast = _OneDNNConv3d(3, 4, 3, bias=False)
-    fast.load_state_dict(conv.state_dict())
-    x = torch.randn(1, 3, 9, 8, 7)  # small: PyTorch itself would use its slow reference kernel
-    with torch.inference_mode():
-        np.testing.assert_allclose(fast(x).numpy(), conv(x).numpy(), atol=1e-5, rtol=1e-5)
+    per_voxel = 27 * sum(a * b for a, b in zip([1, *maps[:-1]], maps))
+    roi = _blob((150, 180, 150), (75, 90, 75), (60, 78, 66))
+    source = torch.zeros((1, 1, *(n + 16 for n in roi.shape)))
+    planes = []
+    macs = stream_pathway(pathways(network)[-1].blocks, source, roi, lambda first, box, out: planes.append(first))
+    ideal = per_voxel * roi.sum()
+    assert ideal < macs < 1.6 * ideal
+    assert roi.size / roi.sum() > 1.9
+    assert planes == sorted(planes)  # the last layer's planes arrive in order
 
 
 def test_keep_freed_memory_restores_on_error():
@@ -348,15 +272,14 @@ def test_segment_works_in_ras(networks):
     hu = rng.uniform(-100, 150, size=(16, 14, 12)).astype(np.float32)
     roi = np.zeros(hu.shape, dtype=bool)
     roi[2:14, 3:11, 1:10] = True
-    probs, tiles = segment(hu, roi, networks[:1], tile=30)
-    assert tiles == [Tile((0, 0, 0), (30, 30, 30))]
-    by_hand = network_axes_to_ras(
-        predict_probabilities(ras_to_network_axes(IntensityWindow()(hu)), networks[:1], ras_to_network_axes(roi), 30)
+    probs, macs = segment(hu, roi, networks[:1])
+    by_hand, by_hand_macs = predict_probabilities(
+        ras_to_network_axes(IntensityWindow()(hu)), networks[:1], ras_to_network_axes(roi)
     )
-    assert probs.shape == (5, 16, 14, 12)
-    np.testing.assert_array_equal(probs, by_hand)
+    assert probs.shape == (5, 16, 14, 12) and macs == by_hand_macs
+    np.testing.assert_array_equal(probs, network_axes_to_ras(by_hand))
     # without reordering the answer would differ (the network is not flip-invariant)
-    plain = predict_probabilities(IntensityWindow()(hu), networks[:1], roi, 30)
+    plain, _ = predict_probabilities(IntensityWindow()(hu), networks[:1], roi)
     assert np.abs(plain - probs).max() > 1e-3
 
 
@@ -402,10 +325,10 @@ def test_load_networks_with_published_weights(asset):
     # deterministic (eval mode: no dropout, fixed BatchNorm), and the two networks differ
     rng = np.random.default_rng(8)
     image = IntensityWindow()(rng.normal(30.0, 15.0, size=(15, 15, 15))).astype(np.float32)
-    first = predict_probabilities(image, networks[:1], tile=15)
-    again = predict_probabilities(image, networks[:1], tile=15)
+    first, _ = predict_probabilities(image, networks[:1])
+    again, _ = predict_probabilities(image, networks[:1])
     np.testing.assert_array_equal(first, again)
-    other = predict_probabilities(image, networks[1:], tile=15)
+    other, _ = predict_probabilities(image, networks[1:])
     assert np.abs(first - other).max() > 1e-4
     np.testing.assert_allclose(first.sum(axis=0), 1.0, atol=1e-5)
 
@@ -413,12 +336,12 @@ def test_load_networks_with_published_weights(asset):
 # --------------------------------------------------------------------------- precision
 
 
-def test_bf16_autocast_is_close_to_float32(image, networks):
+def test_bf16_is_close_to_float32(image, networks):
     # bf16 keeps 8 bits of mantissa: probabilities move by about 1e-2 at most, and the most
     # likely class stays the same almost everywhere (the real network on real CTs is compared
     # in bench/compare_precision.py).
-    fp32 = predict_probabilities(image, networks[:1], tile=30)
-    bf16 = predict_probabilities(image, networks[:1], tile=30, precision="bf16")
+    fp32, _ = predict_probabilities(image, networks[:1])
+    bf16, _ = predict_probabilities(image, networks[:1], precision="bf16")
     assert bf16.dtype == np.float32
     np.testing.assert_allclose(bf16.sum(axis=0), 1.0, atol=1e-5)
     assert np.abs(bf16 - fp32).max() < 0.05
@@ -428,4 +351,16 @@ def test_bf16_autocast_is_close_to_float32(image, networks):
 
 def test_unknown_precision_is_refused(image, networks):
     with pytest.raises(ValueError, match="precision"):
-        predict_probabilities(image, networks[:1], tile=30, precision="int8")
+        predict_probabilities(image, networks[:1], precision="int8")
+
+
+def test_pointwise_layers_equal_a_matrix_product():
+    from ichseg.pipeline.streaming import _pointwise
+
+    torch.manual_seed(0)
+    features = torch.randn(1000, 150)
+    for out in (250, 5):
+        weight = torch.randn(out, 150, 1, 1, 1)
+        result = _pointwise(features, weight)
+        assert result.shape == (1000, out) and result.is_contiguous()
+        np.testing.assert_allclose(result.numpy(), (features @ weight.flatten(1).T).numpy(), atol=1e-4, rtol=1e-5)
