@@ -15,6 +15,7 @@ from the name (nibabel: ``.nii.gz`` means gzip) write the right format.
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
 import secrets
@@ -116,6 +117,22 @@ def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
         raise FileNotFoundError(f"Cannot copy {source}: it does not exist or is not a file.")
     with atomic_output(final) as tmp:
         shutil.copyfile(source, tmp)
+    return final
+
+
+def atomic_gzip(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Write the bytes of ``src`` gzip-compressed to ``dst`` atomically and return ``dst``.
+
+    The gzip header carries no time or name, so the same input gives the same bytes. Level 1,
+    as nibabel writes ``.nii.gz``: CT volumes compress little better at higher levels, and
+    several times slower.
+    """
+    source, final = Path(src), Path(dst)
+    if not source.is_file():
+        raise FileNotFoundError(f"Cannot compress {source}: it does not exist or is not a file.")
+    with atomic_output(final) as tmp, open(source, "rb") as fin, open(tmp, "wb") as raw:
+        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=1) as fout:
+            shutil.copyfileobj(fin, fout, length=1 << 20)
     return final
 
 

@@ -48,13 +48,21 @@ def ants_affine_to_ras(transform_file: str | Path) -> np.ndarray:
 
     ANTs registration writes the transform that maps points of the *fixed* (template)
     space to the *moving* (scan) space, in LPS coordinates, as ``A (x - c) + t + c``.
-    The returned matrix maps template RAS points to scan RAS points.
+    The returned matrix maps template RAS points to scan RAS points. The file is ITK's
+    MATLAB v4 format (``AffineTransform_<type>_3_3``: the 9 matrix entries row by row, then
+    the translation; ``fixed``: the centre), read with SciPy: importing ANTsPy only to
+    read 15 numbers cost the step that maps results back seconds.
     """
-    import ants  # local import: antspyx is heavy and only needed here
+    from scipy.io import loadmat
 
-    transform = ants.read_transform(str(transform_file))
-    params = np.asarray(transform.parameters, dtype=float)
-    center = np.asarray(transform.fixed_parameters, dtype=float)
+    variables = loadmat(str(transform_file))
+    names = [k for k in variables if k.startswith(("AffineTransform_", "MatrixOffsetTransformBase_"))]
+    if len(names) != 1 or "fixed" not in variables:
+        raise ValueError(f"{transform_file}: not an ITK affine transform file (variables: {sorted(variables)})")
+    params = np.asarray(variables[names[0]], dtype=float).ravel()
+    center = np.asarray(variables["fixed"], dtype=float).ravel()
+    if params.size != 12 or center.size != 3:
+        raise ValueError(f"{transform_file}: expected a 3D affine transform (12 parameters and a 3D centre)")
     matrix = params[:9].reshape(3, 3)
     translation = params[9:12]
     lps = np.eye(4)
@@ -71,15 +79,16 @@ def resample(
     target_to_source: np.ndarray | None = None,
     order: int = 1,
     cval: float = 0.0,
-    chunk_voxels: int = 4_000_000,
 ) -> np.ndarray:
     """Sample ``data`` (3D, or 4D with channels first) on the voxel centres of a target grid.
 
     ``target_to_source`` maps target-space RAS points to source-space RAS points (identity
     when both grids live in the same world space). Points outside the source grid get
-    ``cval``. The work is done in chunks of target voxels to bound memory: full-size
-    coordinate arrays of a 512x512x40 grid would take about 250 MB.
+    ``cval``; points that miss its first or last voxel by rounding error count as on it.
+    ``order`` is 0 (nearest neighbour) or 1 (linear).
     """
+    if order not in (0, 1):
+        raise ValueError(f"resample supports interpolation order 0 or 1, not {order}")
     mapping = np.linalg.inv(source_affine) @ (
         np.eye(4) if target_to_source is None else target_to_source
     ) @ target_affine
@@ -87,29 +96,49 @@ def resample(
     out = np.full((channels.shape[0],) + tuple(target_shape), cval, dtype=np.float32)
     # Only target voxels that can land on the source grid are sampled (the rest is cval):
     # a brain-sized source warped onto a whole-head scan covers a fraction of it.
-    (x0, x1), (y0, y1), (z_lo, z_hi) = _target_box(mapping, channels.shape[1:], target_shape)
-    nx, ny = x1 - x0, y1 - y0
-    if nx <= 0 or ny <= 0 or z_hi <= z_lo:
+    box = _target_box(mapping, channels.shape[1:], target_shape)
+    shape = tuple(hi - lo for lo, hi in box)
+    if min(shape) <= 0:
         return out[0] if data.ndim == 3 else out
-    slab = max(1, chunk_voxels // max(1, nx * ny))
-    ii, jj = np.meshgrid(np.arange(x0, x1), np.arange(y0, y1), indexing="ij")
-    for z0 in range(z_lo, z_hi, slab):
-        z1 = min(z_hi, z0 + slab)
-        kk = np.arange(z0, z1)
-        grid = np.stack(
-            [
-                np.broadcast_to(ii[..., None], (nx, ny, z1 - z0)),
-                np.broadcast_to(jj[..., None], (nx, ny, z1 - z0)),
-                np.broadcast_to(kk[None, None, :], (nx, ny, z1 - z0)),
-            ]
-        ).reshape(3, -1)
-        coords = mapping[:3, :3] @ grid + mapping[:3, 3:4]
-        _snap_to_edges(coords, channels.shape[1:])
-        for c, channel in enumerate(channels):
-            out[c, x0:x1, y0:y1, z0:z1] = ndimage.map_coordinates(
-                channel, coords, order=order, mode="constant", cval=cval, prefilter=False
-            ).reshape(nx, ny, z1 - z0)
+    corner = np.array([lo for lo, _ in box], dtype=float)
+    matrix, offset = mapping[:3, :3], mapping[:3, 3] + mapping[:3, :3] @ corner
+    inside = _inside_source(matrix, offset, shape, channels.shape[1:])
+    region = tuple(slice(lo, hi) for lo, hi in box)
+    for c, channel in enumerate(channels):
+        # "nearest" extends the edge values, so that a point a rounding error outside the
+        # grid takes the edge's value; points really outside are set to cval below.
+        sampled = ndimage.affine_transform(
+            channel, matrix, offset, output_shape=shape, order=order, mode="nearest", prefilter=False,
+            output=np.float32,
+        )
+        sampled[~inside] = cval
+        out[(c,) + region] = sampled
     return out[0] if data.ndim == 3 else out
+
+
+def _inside_source(matrix: np.ndarray, offset: np.ndarray, shape, source_shape) -> np.ndarray:
+    """Which target voxels (of a box of ``shape``) map into the source grid, within
+    rounding: source index ``matrix @ ijk + offset`` in [0, n - 1] on every axis.
+
+    Along the last target axis the source index is linear, so each (i, j) row is inside on
+    one interval of k, solved per row instead of mapping every voxel.
+    """
+    nx, ny, nz = shape
+    ii, jj = np.meshgrid(np.arange(nx), np.arange(ny), indexing="ij")
+    first = np.full((nx, ny), -np.inf)
+    last = np.full((nx, ny), np.inf)
+    for axis, size in enumerate(source_shape):
+        base = matrix[axis, 0] * ii + matrix[axis, 1] * jj + offset[axis]
+        low, high = -_EDGE_TOLERANCE, size - 1 + _EDGE_TOLERANCE
+        slope = matrix[axis, 2]
+        if abs(slope) < 1e-12:
+            first[(base < low) | (base > high)] = np.inf
+            continue
+        a, b = (low - base) / slope, (high - base) / slope
+        first = np.maximum(first, np.minimum(a, b))
+        last = np.minimum(last, np.maximum(a, b))
+    k = np.arange(nz)
+    return (k >= first[..., None]) & (k <= last[..., None])
 
 
 def _target_box(mapping: np.ndarray, source_shape, target_shape) -> list[tuple[int, int]]:
@@ -130,19 +159,6 @@ def _target_box(mapping: np.ndarray, source_shape, target_shape) -> list[tuple[i
 
 #: Voxel coordinates this close outside the source grid count as on its edge.
 _EDGE_TOLERANCE = 1e-4
-
-
-def _snap_to_edges(coords: np.ndarray, shape: tuple[int, ...]) -> None:
-    """Move coordinates that miss the grid's first/last voxel by rounding error onto it.
-
-    ``inv(source) @ target`` of non-diagonal affines carries ~1e-15 errors, and scipy's
-    ``mode="constant"`` treats a coordinate of -1e-15 as outside the image.
-    """
-    for axis, size in enumerate(shape):
-        c = coords[axis]
-        c[(c < 0) & (c > -_EDGE_TOLERANCE)] = 0.0
-        last = size - 1
-        c[(c > last) & (c < last + _EDGE_TOLERANCE)] = last
 
 
 def world_aligned_grid(

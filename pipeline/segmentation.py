@@ -103,7 +103,7 @@ def run_model(
         "roi_voxels": voxels,
         # per network; the ensemble multiplies it by n_networks
         "multiply_adds": macs,
-        "roi_voxels_per_s": round(voxels * len(networks) / seconds) if seconds > 0 else None,
+        "roi_voxels_per_s": round(voxels / seconds) if seconds > 0 else None,
         "precision": precision,
         **torch_settings,
         "machine": machine_description(),

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import stat
+from pathlib import Path
 
 import nibabel as nb
 import numpy as np
@@ -150,14 +151,36 @@ def test_datasink_errors(tmp_path):
     )
     with pytest.raises(ValueError, match="unknown kind 'labels'; choose one of: brain_mask"):
         sink.run()
-    plain = tmp_path / "labels.nii"
-    plain.write_bytes(b"")
+    table = tmp_path / "labels.tsv"
+    table.write_text("index\tname\n")
     sink = DerivativesDataSink(
-        base_directory=str(tmp_path / "out"), source_file=SOURCE, in_file=str(plain), kind="dseg"
+        base_directory=str(tmp_path / "out"), source_file=SOURCE, in_file=str(table), kind="dseg"
     )
-    with pytest.raises(ValueError, match="end with '.nii.gz'.*never converts"):
+    with pytest.raises(ValueError, match="end with '.nii.gz'.*only gzips an uncompressed .nii"):
         sink.run()
     assert not (tmp_path / "out" / "sub-01" / "ses-1" / "anat").exists()
+
+
+def test_datasink_compresses_uncompressed_nifti(tmp_path):
+    """A step's .nii is stored gzip-compressed under the .nii.gz name, same image, same
+    bytes on every run."""
+    import nibabel as nib
+
+    plain = tmp_path / "labels.nii"
+    data = np.arange(60, dtype=np.uint8).reshape(3, 4, 5)
+    nib.save(nib.Nifti1Image(data, np.diag([0.5, 0.5, 4.0, 1.0])), plain)
+    outputs = []
+    for run in range(2):
+        sink = DerivativesDataSink(
+            base_directory=str(tmp_path / f"out{run}"), source_file=SOURCE, in_file=str(plain), kind="dseg"
+        )
+        outputs.append(Path(sink.run().outputs.out_file))
+    assert outputs[0].name.endswith("_dseg.nii.gz")
+    assert outputs[0].read_bytes()[:2] == b"\x1f\x8b"  # gzip
+    stored = nib.load(str(outputs[0]))
+    np.testing.assert_array_equal(np.asanyarray(stored.dataobj), data)
+    np.testing.assert_array_equal(stored.affine, np.diag([0.5, 0.5, 4.0, 1.0]))
+    assert outputs[0].read_bytes() == outputs[1].read_bytes()
 
 
 def test_datasink_in_a_workflow_reruns(tmp_path):

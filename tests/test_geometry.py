@@ -193,16 +193,42 @@ def test_resample_multichannel_matches_per_channel(rng, order):
     assert not np.allclose(out[0], out[1])
 
 
-@pytest.mark.parametrize("chunk_voxels", [1, 7, 150, 333])
-def test_resample_chunking_is_invisible(rng, chunk_voxels):
-    data = rng.normal(size=(2, 11, 12, 13)).astype(np.float32)
-    source = _tilted(voxel=(1.0, 1.0, 2.0), tilt_deg=15.0, offset=(0.0, 0.0, 0.0))
-    target = _affine(np.diag([0.8, 0.8, 0.9]), (-8.0, 0.5, 1.5))
-    shape = (10, 15, 17)  # 150 voxels per slice: chunks of 0, 1 and 2 slices, odd remainders
-    whole = resample(data, source, shape, target, order=1, chunk_voxels=10**9)
-    chunked = resample(data, source, shape, target, order=1, chunk_voxels=chunk_voxels)
-    np.testing.assert_array_equal(chunked, whole)
-    assert np.count_nonzero(whole) > whole.size // 4
+def _reference_resample(data, source, shape, target, target_to_source, order, cval):
+    """Map every target voxel and interpolate, snapping rounding errors at the grid's edges."""
+    mapping = np.linalg.inv(source) @ target_to_source @ target
+    ijk = np.indices(shape).reshape(3, -1)
+    coords = mapping[:3, :3] @ ijk + mapping[:3, 3:4]
+    for axis, size in enumerate(data.shape):
+        c = coords[axis]
+        c[(c < 0) & (c > -1e-4)] = 0.0
+        c[(c > size - 1) & (c < size - 1 + 1e-4)] = size - 1
+    out = ndimage.map_coordinates(data, coords, order=order, mode="constant", cval=cval, prefilter=False)
+    return out.reshape(shape)
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("order", [0, 1])
+def test_resample_equals_mapping_every_voxel(seed, order):
+    """Random tilted, anisotropic grids and rigid motions, and grids that share their
+    edges exactly (where rounding decides inside or outside)."""
+    rng = np.random.default_rng(seed)
+    data = rng.normal(size=(11, 12, 13)).astype(np.float32)
+    source = _tilted(voxel=tuple(rng.uniform(0.5, 3.0, 3)), tilt_deg=rng.uniform(-20, 20),
+                     offset=tuple(rng.uniform(-5, 5, 3)))
+    motion = np.eye(4)
+    if seed % 2:
+        angle = rng.uniform(-0.4, 0.4)
+        motion[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+        motion[:3, 3] = rng.uniform(-3, 3, 3)
+        # a finer grid over about the same field of view, shifted by a few voxels
+        target = source @ _affine(np.diag(rng.uniform(0.5, 0.7, 3)), tuple(rng.uniform(-2, 0, 3)))
+        shape = (20, 18, 25)
+    else:
+        target, shape = source, data.shape  # the same grid: every edge voxel on an edge
+    out = resample(data, source, shape, target, motion, order=order, cval=-7.0)
+    expected = _reference_resample(data, source, shape, target, motion, order, -7.0)
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    assert (out != -7.0).mean() > 0.05
 
 
 # --------------------------------------------------------------------------- ANTs transforms
@@ -253,6 +279,18 @@ def test_ants_affine_to_ras_identity_and_translation(tmp_path):
     expected = np.eye(4)
     expected[:3, 3] = (-5.0, -2.0, 3.0)
     np.testing.assert_allclose(ants_affine_to_ras(tmp_path / "t.mat"), expected, atol=1e-6)
+
+
+def test_ants_affine_to_ras_refuses_other_files(tmp_path):
+    from scipy.io import savemat
+
+    savemat(tmp_path / "other.mat", {"something": np.zeros(3)}, format="4")
+    with pytest.raises(ValueError, match="not an ITK affine transform"):
+        ants_affine_to_ras(tmp_path / "other.mat")
+    savemat(tmp_path / "2d.mat", {"AffineTransform_double_2_2": np.zeros((6, 1)), "fixed": np.zeros((2, 1))},
+            format="4")
+    with pytest.raises(ValueError, match="3D affine"):
+        ants_affine_to_ras(tmp_path / "2d.mat")
 
 
 # --------------------------------------------------------------------------- grid measures
@@ -334,3 +372,8 @@ def test_resample_onto_a_larger_grid_equals_sampling_every_voxel():
     inside = out != -5.0
     assert 0.05 < inside.mean() < 0.9  # the source covers part of the target
     np.testing.assert_allclose(out.ravel(), expected, atol=1e-4)
+
+
+def test_resample_refuses_orders_above_linear():
+    with pytest.raises(ValueError, match="order"):
+        resample(np.zeros((4, 4, 4), np.float32), np.eye(4), (4, 4, 4), np.eye(4), order=3)

@@ -4,7 +4,9 @@ A small cousin of niworkflows' ``DerivativesDataSink``: the name comes from
 :func:`ichseg.bids_app.naming.derivative_path` (the one place that names outputs) for one
 ``kind`` of :data:`ichseg.bids_app.naming.DERIVATIVES`, and the file is copied byte for byte
 (no re-encoding, no header edits) with an atomic rename, so an output is either absent or
-complete.
+complete. An uncompressed ``.nii`` for a ``.nii.gz`` kind is gzip-compressed on the way:
+steps write uncompressed NIfTI, which the next step reads at once, and the compression
+runs here, beside the steps that follow.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from nipype.interfaces.base import (
 )
 
 from ichseg.bids_app.naming import DERIVATIVES, derivative_path
-from ichseg.pipeline.fileutils import atomic_copy
+from ichseg.pipeline.fileutils import atomic_copy, atomic_gzip
 
 
 class _DerivativesDataSinkInputSpec(BaseInterfaceInputSpec):
@@ -74,14 +76,16 @@ class DerivativesDataSink(SimpleInterface):
             self.inputs.base_directory, self.inputs.source_file, kind, **entities
         )
         extension = DERIVATIVES[kind].extension
-        if not str(self.inputs.in_file).endswith(extension):
-            # Bytes are copied as they are: a .nii given for a .nii.gz kind would produce an
-            # uncompressed file under a gzip name, which nibabel then cannot read.
+        in_file = str(self.inputs.in_file)
+        if extension.endswith(".nii.gz") and in_file.endswith(".nii"):
+            atomic_gzip(in_file, out_file)
+        elif in_file.endswith(extension):
+            atomic_copy(in_file, out_file)
+        else:
             raise ValueError(
-                f"DerivativesDataSink: {self.inputs.in_file} cannot be stored as {kind!r}, whose "
-                f"files end with {extension!r}. Write the file in that format upstream "
-                "(the sink copies bytes and never converts)."
+                f"DerivativesDataSink: {in_file} cannot be stored as {kind!r}, whose files end "
+                f"with {extension!r}. Write the file in that format upstream (the sink copies "
+                "bytes, and only gzips an uncompressed .nii)."
             )
-        atomic_copy(self.inputs.in_file, out_file)
         self._results["out_file"] = str(out_file)
         return runtime

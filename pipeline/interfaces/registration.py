@@ -62,8 +62,8 @@ class RegisterToTemplate(SimpleInterface):
         warped_ct = warped[0] + OUTSIDE_FOV_HU
         warped_mask = warped[1] >= 0.5
         self._results["out_transform"] = transform
-        self._results["template_ct"] = os.path.join(runtime.cwd, "ct_space-template.nii.gz")
-        # uncompressed: only the next node reads it
+        # uncompressed: the next steps read them at once; the derivative sink compresses
+        self._results["template_ct"] = os.path.join(runtime.cwd, "ct_space-template.nii")
         self._results["template_brain_mask"] = os.path.join(runtime.cwd, "brain_mask_space-template.nii")
         save_like(warped_ct.astype(np.float32), template_img, self._results["template_ct"])
         save_like(warped_mask.astype(np.uint8), template_img, self._results["template_brain_mask"])

@@ -70,7 +70,7 @@ class SegmentHemorrhage(SimpleInterface):
         self._results["probabilities"] = os.path.join(runtime.cwd, "probabilities_space-template.nii")
         # uncompressed: a 5-class float map is large and is read back at once by the next node
         save_like(np.moveaxis(box_probs, 0, -1), ct_img, self._results["probabilities"], affine=box_affine)
-        self._results["template_dseg"] = os.path.join(runtime.cwd, "dseg_space-template.nii.gz")
+        self._results["template_dseg"] = os.path.join(runtime.cwd, "dseg_space-template.nii")
         save_like(labels, ct_img, self._results["template_dseg"])
         self._results["model_info"] = os.path.join(runtime.cwd, "model_info.json")
         info.update(network_input=self.inputs.network_input, margin_mm=self.inputs.margin_mm,
@@ -109,8 +109,9 @@ class ProbabilitiesToScan(SimpleInterface):
         scan_probs[0] += np.clip(1.0 - scan_probs.sum(axis=0), 0.0, 1.0)
         labels = np.argmax(scan_probs, axis=0).astype(np.uint8)
         hemorrhage = scan_probs[list(HEMORRHAGE_INDICES)].sum(axis=0)
-        self._results["dseg"] = os.path.join(runtime.cwd, "dseg.nii.gz")
-        self._results["hemorrhage_probseg"] = os.path.join(runtime.cwd, "hemorrhage_probseg.nii.gz")
+        # uncompressed: the next steps read them at once; the derivative sinks compress
+        self._results["dseg"] = os.path.join(runtime.cwd, "dseg.nii")
+        self._results["hemorrhage_probseg"] = os.path.join(runtime.cwd, "hemorrhage_probseg.nii")
         save_like(labels, source, self._results["dseg"])
         save_like(np.clip(hemorrhage, 0, 1).astype(np.float32), source, self._results["hemorrhage_probseg"])
         return runtime
