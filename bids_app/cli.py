@@ -22,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
             "brain extraction and registration to a CT template) and report volumes in mL."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Other commands: 'ichseg evaluate DERIVATIVES REFERENCES' compares the label maps "
+               "with reference segmentations (ichseg evaluate --help).",
     )
     parser.add_argument("bids_dir", type=Path, help="root of the input BIDS dataset (read only)")
     parser.add_argument("output_dir", type=Path, help="where the BIDS derivatives are written")
@@ -66,9 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: ``ichseg <command> ...`` besides the BIDS-App's ``ichseg BIDS_DIR OUTPUT_DIR LEVEL``.
+COMMANDS = {"evaluate": "ichseg.bids_app.evaluate:run_evaluate"}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ichseg`` console script; returns the exit status."""
     os.environ.setdefault("NIPYPE_NO_ET", "1")  # nipype's version check stalls on closed networks
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in COMMANDS:
+        from importlib import import_module
+
+        module, function = COMMANDS[argv[0]].split(":")
+        return getattr(import_module(module), function)(argv[1:])
     args = build_parser().parse_args(argv)
     level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")

@@ -209,6 +209,20 @@ _TABLE: tuple[Asset, ...] = (
             "https://github.com/neurolabusc/dcm_qa_ct (In/GE); place it in ICHSEG_DATA_DIR"
         ),
     ),
+    Asset(
+        "lesion-shapes/HemSeg-500.zip",
+        "53482652862b26e6926a8b4b251269107eb9c22faf6ad0644a462fa7e47d723c",
+        None,
+        "none stated; test use only",
+        "testdata",
+        "525 real hemorrhage masks (HemSeg-500: RSNA head CT grids, train/val/test splits), "
+        "the shapes of the truth set (bench/make_truthset.py)",
+        note=(
+            "no per-file download URL: the labels of the HemSeg-500 set of "
+            "https://github.com/songchangwei/3DCT-SD-IVH-ICH (commit 7b7db5f2), zipped; place it "
+            "in ICHSEG_DATA_DIR"
+        ),
+    ),
 )
 
 #: The registry, keyed by the path relative to a data folder (the MANIFEST.tsv ``path``).

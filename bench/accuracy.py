@@ -1,0 +1,175 @@
+#!/usr/bin/env python
+"""Accuracy of ichseg on a truth set, for one or several settings (the levers of issue 11).
+
+    python bench/accuracy.py TRUTHSET_SPLIT_DIR OUT [--setting NAME "ICHSEG ARGS" ...]
+        [--relabel] [--n-procs N]
+
+``TRUTHSET_SPLIT_DIR`` is one split written by ``bench/make_truthset.py`` (``bids/``,
+``reference/``, ``phantoms.tsv``). Each setting runs ``ichseg BIDS OUT/<name> participant``
+with its arguments (default: one setting, ``default``, with no extra arguments), then
+``ichseg evaluate`` against the reference, and prints the dataset figures. ``--relabel``
+also scores the ways of turning the same class probabilities into a label map (argmax, a
+threshold on the total hemorrhage probability, the CT-density refinement) without running
+the network again: it reads the template-space probabilities and transform from the work
+directory.
+
+Writes ``OUT/accuracy.json`` and ``OUT/accuracy.md`` (one row per setting and labelling:
+the figures of the DeepBleed paper and the issue's targets), and ``OUT/<name>/evaluation/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from ichseg.bids_app.evaluate import evaluate, find_references
+from ichseg.bids_app.naming import find_derivatives, scan_id
+from ichseg.pipeline.metrics import HEMORRHAGE, agreement, compare_labels
+
+TARGETS = "mean Dice ≥ 0.91, r ≥ 0.99, |mean difference| ≤ 1 mL, RMSE ≤ 3 mL, no lesion > 15 mL off by > 8 %"
+
+
+def run_setting(split_dir: Path, out: Path, name: str, args: str, n_procs: int) -> Path:
+    derivatives = out / name
+    cmd = [sys.executable, "-m", "ichseg.bids_app.cli", str(split_dir / "bids"), str(derivatives), "participant",
+           "-w", str(out / f"work-{name}"), "--n-procs", str(n_procs), "-q", *shlex.split(args)]
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=False)
+    return derivatives
+
+
+def summarise(rows: list[dict], phantoms: dict[str, dict]) -> dict:
+    ok = [r for r in rows if r.get("status", "ok") == "ok"]
+    stats = agreement([r[f"{HEMORRHAGE}_ml"] for r in ok], [r[f"{HEMORRHAGE}_ref_ml"] for r in ok],
+                      [r[f"{HEMORRHAGE}_dice"] for r in ok])
+    large = [r for r in ok if r[f"{HEMORRHAGE}_ref_ml"] > 15.0]
+    worst = max((abs(r[f"{HEMORRHAGE}_diff_ml"]) / r[f"{HEMORRHAGE}_ref_ml"] for r in large), default=float("nan"))
+    stats["worst_relative_error_over_15ml"] = worst
+    hosts = {}
+    for r in ok:
+        host = phantoms.get(r["scan"], {}).get("host", "?")
+        hosts.setdefault(host, []).append(r[f"{HEMORRHAGE}_dice"])
+    stats["dice_by_host"] = {h: float(np.nanmean(v)) for h, v in sorted(hosts.items())}
+    small = [r for r in ok if r[f"{HEMORRHAGE}_ref_ml"] <= 15.0]
+    stats["mean_difference_small_ml"] = float(np.mean([r[f"{HEMORRHAGE}_diff_ml"] for r in small])) if small else None
+    stats["mean_relative_difference_large"] = (
+        float(np.mean([r[f"{HEMORRHAGE}_diff_ml"] / r[f"{HEMORRHAGE}_ref_ml"] for r in large])) if large else None)
+    return stats
+
+
+def relabel(probabilities: np.ndarray, hu: np.ndarray, method: str, threshold: float = 0.5) -> np.ndarray:
+    """Label map from class probabilities (C, ...) on the scan grid."""
+    from ichseg.pipeline.labels import HEMORRHAGE_INDICES
+
+    if method == "argmax":
+        return np.argmax(probabilities, axis=0).astype(np.uint8)
+    hemorrhage = probabilities[list(HEMORRHAGE_INDICES)].sum(axis=0)
+    other = np.argmax(probabilities[[0, 3]], axis=0)
+    best_blood = np.asarray(HEMORRHAGE_INDICES)[np.argmax(probabilities[list(HEMORRHAGE_INDICES)], axis=0)]
+    if method == "threshold":
+        return np.where(hemorrhage >= threshold, best_blood, np.where(other == 1, 3, 0)).astype(np.uint8)
+    raise ValueError(method)
+
+
+def relabel_scores(split_dir: Path, out: Path, name: str, phantoms: dict, thresholds) -> dict:
+    """Score labellings of the same probabilities (no new network run)."""
+    from ichseg.pipeline.geometry import ants_affine_to_ras
+    from ichseg.pipeline.registration import warp_to_scan
+
+    from ichseg.pipeline.refine import refine_hemorrhage
+
+    references = find_references(split_dir / "reference")
+    brains = {scan_id(e): p for e, p in find_derivatives(out / name, "brain_mask")}
+    work = out / f"work-{name}" / "ichseg_wf"
+    results: dict[str, list[dict]] = {}
+    for entities, dseg in find_derivatives(out / name, "dseg"):
+        sid = scan_id(entities)
+        if sid not in references:
+            continue
+        node = work / f"ct_{sid.replace('-', '_')}"
+        prob_img = nib.load(str(node / "segment" / "probabilities_space-template.nii"))
+        probs = np.moveaxis(np.asanyarray(prob_img.dataobj, dtype=np.float32), -1, 0)
+        source = nib.load(str(split_dir / "bids" / f"sub-{entities['subject']}" / "anat"
+                              / f"sub-{entities['subject']}_ct.nii.gz"))
+        transform = ants_affine_to_ras(str(node / "register" / "template_to_ct.mat"))
+        scan = warp_to_scan(probs, prob_img.affine, source.shape[:3], source.affine, transform)
+        scan[0] += np.clip(1.0 - scan.sum(axis=0), 0.0, 1.0)
+        hu = np.asanyarray(source.dataobj, dtype=np.float32)
+        brain = np.asanyarray(nib.load(str(brains[sid])).dataobj) > 0
+        reference = references[sid]
+        ref = np.asanyarray(nib.load(str(reference.path)).dataobj).astype(np.int16)
+        ignore = (np.asanyarray(nib.load(str(reference.ignore)).dataobj) > 0) if reference.ignore else None
+        variants = {"argmax": relabel(scan, hu, "argmax")}
+        for t in thresholds:
+            variants[f"threshold {t:g}"] = relabel(scan, hu, "threshold", t)
+        for label in list(variants):
+            variants[f"{label} + density edge"] = refine_hemorrhage(variants[label], hu, brain, source.affine)
+        for label, labels in variants.items():
+            row = compare_labels(labels.astype(np.int16), ref, source.affine, ignore, classes=[HEMORRHAGE])
+            results.setdefault(label, []).append({"scan": sid, **row})
+    return {label: summarise(rows, phantoms) for label, rows in results.items()}
+
+
+def _fmt(value, digits=3):
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "–"
+    return f"{value:.{digits}f}"
+
+
+def render(summary: dict) -> str:
+    lines = ["# Accuracy on the truth set", "", f"Targets (issue 11): {TARGETS}.", "",
+             "| setting | scans | mean / median Dice | r | ICC | mean diff mL | RMSE mL | limits of agreement mL "
+             "| worst error > 15 mL | mean diff ≤ 15 mL | mean rel. diff > 15 mL | Dice by host |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for name, s in summary.items():
+        loa = s["limits_of_agreement_ml"]
+        hosts = ", ".join(f"{h} {_fmt(d)}" for h, d in s["dice_by_host"].items())
+        lines.append(
+            f"| {name} | {s['n_scans']} | {_fmt(s['dice_mean'])} / {_fmt(s['dice_median'])} "
+            f"| {_fmt(s['volume_pearson_r'])} | {_fmt(s['volume_icc'])} | {_fmt(s['mean_difference_ml'], 2)} "
+            f"| {_fmt(s['rmse_ml'], 2)} | {_fmt(loa[0], 1)} to {_fmt(loa[1], 1)} "
+            f"| {_fmt(100 * s['worst_relative_error_over_15ml'], 0)} % | {_fmt(s['mean_difference_small_ml'], 2)} "
+            f"| {_fmt(100 * s['mean_relative_difference_large'] if s['mean_relative_difference_large'] is not None else None, 1)} % "
+            f"| {hosts} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("split_dir", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--setting", nargs=2, action="append", metavar=("NAME", "ARGS"),
+                        help="a named setting and its ichseg arguments (repeatable)")
+    parser.add_argument("--relabel", action="store_true", help="also score labellings of the same probabilities")
+    parser.add_argument("--thresholds", nargs="+", type=float, default=[0.3, 0.4, 0.5])
+    parser.add_argument("--n-procs", type=int, default=2)
+    args = parser.parse_args(argv)
+    settings = args.setting or [("default", "")]
+    lines = (args.split_dir / "phantoms.tsv").read_text().splitlines()
+    header = lines[0].split("\t")
+    phantoms = {row.split("\t")[0]: dict(zip(header, row.split("\t"))) for row in lines[1:]}
+    summary = {}
+    for name, extra in settings:
+        derivatives = run_setting(args.split_dir, args.out, name, extra, args.n_procs)
+        result = evaluate(derivatives, args.split_dir / "reference")
+        summary[name] = summarise(result["scans"], phantoms)
+        print(render({name: summary[name]}), flush=True)
+        if args.relabel:
+            for label, stats in relabel_scores(args.split_dir, args.out, name, phantoms, args.thresholds).items():
+                summary[f"{name}, {label}"] = stats
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "accuracy.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    (args.out / "accuracy.md").write_text(render(summary))
+    print(render(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+#!/usr/bin/env python
+"""Write the truth set: real hemorrhage shapes painted into real head CTs, with their truth.
+
+    python bench/make_truthset.py OUT [--split heldout|tuning] [--n N] [--seed S]
+        [--hosts ge-head mistie-0034 deepbleed-brain]
+
+The shapes are the HemSeg-500 masks (asset ``lesion-shapes/HemSeg-500.zip``): the *tuning*
+set draws from its ``train`` and ``val`` splits, the *held-out* set from ``test`` only. Never
+tune a method on the held-out set. Phantom ``i`` of a set puts shape ``i`` (in a seeded order)
+into the hosts in turn, each with its own seeded appearance (clot density, texture, oedema
+rim; :mod:`ichseg.pipeline.lesion_insertion`); a shape that finds no room in a host tries the
+next. The same arguments give the same files.
+
+Writes, under ``OUT/<split>/``:
+
+* ``bids/``: a BIDS dataset, ``sub-<h|t><NNN>/anat/sub-<...>_ct.nii.gz`` (and the host's
+  JSON sidecar);
+* ``reference/``: a BIDS derivatives dataset of the truth, ``..._dseg.nii.gz`` (1 IPH where
+  the lesion covers at least half a voxel, 3 the oedema rim) and, where the host has dense
+  tissue of its own (mistie-0034's hematoma), ``..._desc-ignore_mask.nii.gz``: the input of
+  ``ichseg evaluate``;
+* ``phantoms.tsv``: per phantom, the shape, host, true volume (sum of the partial-volume
+  fractions) and appearance.
+
+The real CTs and shapes are test data: keep the truth set out of the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from ichseg.bids_app.naming import write_dseg_tsv
+from ichseg.pipeline.assets import get_asset
+from ichseg.pipeline.geometry import voxel_volume_ml
+from ichseg.pipeline.lesion_insertion import IPH, NoRoom, insert_lesion, prepare_host, read_shapes
+
+SPLITS = {"heldout": ("test",), "tuning": ("train", "val")}
+DEFAULT_HOSTS = ["ge-head", "mistie-0034", "deepbleed-brain"]
+
+
+def _save(data: np.ndarray, host_header: nib.Nifti1Header, affine: np.ndarray, path: Path, dtype) -> None:
+    header = host_header.copy()
+    header.set_data_dtype(dtype)
+    img = nib.Nifti1Image(np.asarray(data).astype(dtype), affine, header)
+    img.set_sform(affine, code=1)
+    img.set_qform(affine, code=1)
+    img.header.set_slope_inter(1.0, 0.0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(img, str(path))
+
+
+def _description(path: Path, name: str, derivative: bool) -> None:
+    text = {"Name": name, "BIDSVersion": "1.9.0"}
+    if derivative:
+        text.update(DatasetType="derivative",
+                    GeneratedBy=[{"Name": "ichseg bench/make_truthset.py",
+                                  "Description": "hemorrhage shapes painted into real head CTs"}])
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "dataset_description.json").write_text(json.dumps(text, indent=2) + "\n")
+
+
+def make_truthset(out: Path, split: str, n: int | None, seed: int, hosts: list[str]) -> list[dict]:
+    archive = get_asset("lesion-shapes/HemSeg-500.zip")
+    shapes = [s for part in SPLITS[split] for s in read_shapes(archive, part)]
+    order = np.random.default_rng([seed, 0]).permutation(len(shapes))
+    prepared = []
+    for name in hosts:
+        ct = get_asset(f"ct/{name}_ct.nii.gz")
+        sidecar = ct.with_name(ct.name.replace(".nii.gz", ".json"))
+        prepared.append((prepare_host(name, nib.load(str(ct))), sidecar if sidecar.is_file() else None))
+    root = out / split
+    bids, reference = root / "bids", root / "reference"
+    _description(bids, f"ichseg truth set ({split})", derivative=False)
+    _description(reference, f"ichseg truth set ({split}): reference segmentations", derivative=True)
+    write_dseg_tsv(reference / "dseg.tsv")
+    rows, prefix = [], split[0]
+    target = len(shapes) if n is None else min(n, len(shapes))
+    for position in order:
+        if len(rows) == target:
+            break
+        shape, index = shapes[position], len(rows)
+        rng = np.random.default_rng([seed, 1, int(position)])
+        inserted = None
+        for k in range(len(prepared)):
+            host, sidecar = prepared[(index + k) % len(prepared)]
+            try:
+                inserted = insert_lesion(host, shape, rng)
+                break
+            except NoRoom as exc:
+                print(f"  {exc}", flush=True)
+        if inserted is None:
+            continue
+        label = f"{prefix}{index + 1:03d}"
+        anat = f"sub-{label}/anat/sub-{label}"
+        _save(np.round(inserted.hu), host.header, host.affine, bids / f"{anat}_ct.nii.gz", np.int16)
+        if sidecar is not None:
+            shutil.copyfile(sidecar, bids / f"{anat}_ct.json")
+        _save(inserted.labels, host.header, host.affine, reference / f"{anat}_dseg.nii.gz", np.uint8)
+        if host.ignore.any():
+            _save(host.ignore, host.header, host.affine, reference / f"{anat}_desc-ignore_mask.nii.gz", np.uint8)
+        row = {"participant_id": f"sub-{label}", "shape": shape.name, "shape_ml": round(shape.volume_ml, 3),
+               "host": host.name,
+               "iph_reference_ml": round(float((inserted.labels == IPH).sum()) * voxel_volume_ml(host.affine), 3),
+               **inserted.record()}
+        rows.append(row)
+        print(f"sub-{label}: {shape.name} in {host.name}, {inserted.volume_ml:.1f} mL", flush=True)
+    columns = list(rows[0]) if rows else ["participant_id"]
+    lines = ["\t".join(columns)] + ["\t".join(str(r[c]) for c in columns) for r in rows]
+    (root / "phantoms.tsv").write_text("\n".join(lines) + "\n")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--split", choices=sorted(SPLITS), default="heldout")
+    parser.add_argument("--n", type=int, default=None, help="number of phantoms (default: every shape)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hosts", nargs="+", default=DEFAULT_HOSTS)
+    args = parser.parse_args(argv)
+    rows = make_truthset(args.out, args.split, args.n, args.seed, args.hosts)
+    print(f"{len(rows)} phantoms in {args.out / args.split}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

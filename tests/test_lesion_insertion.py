@@ -1,0 +1,88 @@
+"""Lesions of known volume painted into a head CT (ichseg.pipeline.lesion_insertion)."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from ichseg.pipeline.geometry import voxel_volume_ml
+from ichseg.pipeline.lesion_insertion import (
+    IPH,
+    OEDEMA,
+    Appearance,
+    NoRoom,
+    Shape,
+    insert_lesion,
+    prepare_host,
+    read_shapes,
+)
+from ichseg.pipeline.phantom import make_head_phantom
+
+
+@pytest.fixture(scope="module")
+def host():
+    head = make_head_phantom(voxel_size=(0.9, 0.9, 5.0), shape=(200, 220, 28), hemorrhage_ml=0.0, seed=3)
+    return prepare_host("phantom", nib.Nifti1Image(head.data, head.affine))
+
+
+def _ellipsoid_shape(semi_axes_mm, voxel=(0.45, 0.45, 5.0), name="ellipsoid"):
+    n = [int(2 * a / v) + 6 for a, v in zip(semi_axes_mm, voxel)]
+    grid = np.indices(n).astype(float)
+    centre = [(k - 1) / 2 for k in n]
+    q = sum(((g - c) * v / a) ** 2 for g, c, v, a in zip(grid, centre, voxel, semi_axes_mm))
+    return Shape(name, q <= 1.0, np.diag([*voxel, 1.0]))
+
+
+def test_true_volume_equals_the_shape_volume(host):
+    shape = _ellipsoid_shape((14.0, 11.0, 12.0))
+    analytic = 4 / 3 * np.pi * 14 * 11 * 12 / 1000
+    assert shape.volume_ml == pytest.approx(analytic, rel=0.08)  # 5 mm slices: a coarse staircase
+    inserted = insert_lesion(host, shape, np.random.default_rng(0))
+    # partial-volume fractions sum to the volume of the continuous shape
+    assert inserted.volume_ml == pytest.approx(analytic, rel=0.05)
+    voxel_ml = voxel_volume_ml(host.affine)
+    # the label map (voxels at least half covered) is the truth a tracing would give
+    assert (inserted.labels == IPH).sum() * voxel_ml == pytest.approx(inserted.volume_ml, rel=0.1)
+    touched = inserted.fraction > 0
+    assert host.brain[touched].all() and not host.ignore[touched].any()
+    # the clot is dense where it covers whole voxels, the rest of the head is untouched
+    core = inserted.fraction == 1.0
+    assert abs(np.median(inserted.hu[core]) - inserted.appearance.clot_hu) < 6.0
+    far = ~np.isin(inserted.labels, (IPH, OEDEMA)) & (inserted.fraction == 0)
+    changed = np.abs(inserted.hu - host.hu) > 1e-3
+    assert changed[far].mean() < 0.01  # only the oedema rim and its fade change outside
+
+
+def test_same_seed_same_phantom_other_seed_other_place(host):
+    shape = _ellipsoid_shape((8.0, 6.0, 7.0))
+    a = insert_lesion(host, shape, np.random.default_rng(5))
+    b = insert_lesion(host, shape, np.random.default_rng(5))
+    c = insert_lesion(host, shape, np.random.default_rng(6))
+    np.testing.assert_array_equal(a.hu, b.hu)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert a.centre_ras != c.centre_ras
+
+
+def test_oedema_rim_is_darker_and_labelled(host):
+    shape = _ellipsoid_shape((10.0, 9.0, 10.0))
+    look = Appearance(clot_hu=65.0, texture_hu=3.0, texture_mm=2.0, rim_mm=4.0, rim_drop_hu=10.0)
+    inserted = insert_lesion(host, shape, np.random.default_rng(1), look)
+    rim = inserted.labels == OEDEMA
+    assert rim.sum() > 0.2 * (inserted.labels == IPH).sum()
+    assert np.median((host.hu - inserted.hu)[rim]) > 5.0
+
+
+def test_a_shape_too_large_finds_no_room(host):
+    with pytest.raises(NoRoom, match="no room"):
+        insert_lesion(host, _ellipsoid_shape((60.0, 70.0, 50.0)), np.random.default_rng(0), tries=5)
+
+
+@pytest.mark.realdata
+def test_real_shapes_split_as_published(asset):
+    archive = asset("lesion-shapes/HemSeg-500.zip")
+    test = read_shapes(archive, "test")
+    assert 90 <= len(test) <= 110
+    assert all(s.mask.any() and s.volume_ml > 0 for s in test)
+    names = {s.name for s in test}
+    assert not names & {s.name for s in read_shapes(archive, "val")}
