@@ -78,42 +78,74 @@ def relabel(probabilities: np.ndarray, hu: np.ndarray, method: str, threshold: f
     raise ValueError(method)
 
 
-def relabel_scores(split_dir: Path, out: Path, name: str, phantoms: dict, thresholds) -> dict:
-    """Score labellings of the same probabilities (no new network run)."""
-    from ichseg.pipeline.geometry import ants_affine_to_ras
-    from ichseg.pipeline.registration import warp_to_scan
+def _recomputed(node: Path, source: str, cache: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Template-space probabilities (C, ...) and affine of another way of running the network
+    on the registered CT of the work directory: ``flip`` (mean with the left-right mirror) or
+    ``ensemble`` (the 12 BLAST-CT networks)."""
+    from ichseg.pipeline.inference import IntensityWindow, load_networks, segment
+    from ichseg.pipeline.models import resolve_model
+    from ichseg.pipeline.segmentation import DEFAULT_MARGIN_MM, region_of_interest
 
+    ct_img = nib.load(str(node / "register" / "ct_space-template.nii"))
+    hu = np.asanyarray(ct_img.dataobj, dtype=np.float32)
+    brain = np.asanyarray(nib.load(str(node / "register" / "brain_mask_space-template.nii")).dataobj) > 0
+    roi = region_of_interest(brain, ct_img.affine, DEFAULT_MARGIN_MM)
+    model = "blastct-v1-ensemble" if source == "ensemble" else "blastct-v1"
+    if model not in cache:
+        resolved = resolve_model(model)
+        cache[model] = load_networks(resolved.weight_paths, resolved.config)
+    networks = cache[model]
+    probs, _ = segment(hu, roi, networks, IntensityWindow())
+    if source == "flip":
+        mirrored, _ = segment(hu[::-1].copy(), roi[::-1].copy(), networks, IntensityWindow())
+        probs = (probs + mirrored[:, ::-1]) / 2
+    return probs, ct_img.affine
+
+
+def relabel_scores(split_dir: Path, out: Path, name: str, phantoms: dict, thresholds,
+                   sources=("network",)) -> dict:
+    """Score labellings of the setting's probabilities, and of probabilities recomputed from
+    its registered CTs (``sources``: ``network``, ``flip``, ``ensemble``)."""
+    from ichseg.pipeline.geometry import ants_affine_to_ras
     from ichseg.pipeline.refine import refine_hemorrhage
+    from ichseg.pipeline.registration import warp_to_scan
 
     references = find_references(split_dir / "reference")
     brains = {scan_id(e): p for e, p in find_derivatives(out / name, "brain_mask")}
     work = out / f"work-{name}" / "ichseg_wf"
     results: dict[str, list[dict]] = {}
+    networks: dict = {}
     for entities, dseg in find_derivatives(out / name, "dseg"):
         sid = scan_id(entities)
         if sid not in references:
             continue
         node = work / f"ct_{sid.replace('-', '_')}"
-        prob_img = nib.load(str(node / "segment" / "probabilities_space-template.nii"))
-        probs = np.moveaxis(np.asanyarray(prob_img.dataobj, dtype=np.float32), -1, 0)
         source = nib.load(str(split_dir / "bids" / f"sub-{entities['subject']}" / "anat"
                               / f"sub-{entities['subject']}_ct.nii.gz"))
         transform = ants_affine_to_ras(str(node / "register" / "template_to_ct.mat"))
-        scan = warp_to_scan(probs, prob_img.affine, source.shape[:3], source.affine, transform)
-        scan[0] += np.clip(1.0 - scan.sum(axis=0), 0.0, 1.0)
         hu = np.asanyarray(source.dataobj, dtype=np.float32)
         brain = np.asanyarray(nib.load(str(brains[sid])).dataobj) > 0
         reference = references[sid]
         ref = np.asanyarray(nib.load(str(reference.path)).dataobj).astype(np.int16)
         ignore = (np.asanyarray(nib.load(str(reference.ignore)).dataobj) > 0) if reference.ignore else None
-        variants = {"argmax": relabel(scan, hu, "argmax")}
-        for t in thresholds:
-            variants[f"threshold {t:g}"] = relabel(scan, hu, "threshold", t)
-        for label in list(variants):
-            variants[f"{label} + density edge"] = refine_hemorrhage(variants[label], hu, brain, source.affine)
-        for label, labels in variants.items():
-            row = compare_labels(labels.astype(np.int16), ref, source.affine, ignore, classes=[HEMORRHAGE])
-            results.setdefault(label, []).append({"scan": sid, **row})
+        for kind in sources:
+            if kind == "network":
+                prob_img = nib.load(str(node / "segment" / "probabilities_space-template.nii"))
+                probs = np.moveaxis(np.asanyarray(prob_img.dataobj, dtype=np.float32), -1, 0)
+                affine = prob_img.affine
+            else:
+                probs, affine = _recomputed(node, kind, networks)
+            scan = warp_to_scan(probs, affine, source.shape[:3], source.affine, transform)
+            scan[0] += np.clip(1.0 - scan.sum(axis=0), 0.0, 1.0)
+            variants = {"argmax": relabel(scan, hu, "argmax")}
+            for t in thresholds:
+                variants[f"threshold {t:g}"] = relabel(scan, hu, "threshold", t)
+            for label in list(variants):
+                variants[f"{label} + density edge"] = refine_hemorrhage(variants[label], hu, brain, source.affine)
+            for label, labels in variants.items():
+                row = compare_labels(labels.astype(np.int16), ref, source.affine, ignore, classes=[HEMORRHAGE])
+                results.setdefault(f"{kind}, {label}", []).append({"scan": sid, **row})
+        print(f"  relabelled {sid}", flush=True)
     return {label: summarise(rows, phantoms) for label, rows in results.items()}
 
 
@@ -149,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="a named setting and its ichseg arguments (repeatable)")
     parser.add_argument("--relabel", action="store_true", help="also score labellings of the same probabilities")
     parser.add_argument("--thresholds", nargs="+", type=float, default=[0.3, 0.4, 0.5])
+    parser.add_argument("--sources", nargs="+", default=["network"], choices=["network", "flip", "ensemble"],
+                        help="with --relabel: probabilities of the run, or recomputed with flips or the ensemble")
     parser.add_argument("--n-procs", type=int, default=2)
     args = parser.parse_args(argv)
     settings = args.setting or [("default", "")]
@@ -162,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         summary[name] = summarise(result["scans"], phantoms)
         print(render({name: summary[name]}), flush=True)
         if args.relabel:
-            for label, stats in relabel_scores(args.split_dir, args.out, name, phantoms, args.thresholds).items():
+            for label, stats in relabel_scores(args.split_dir, args.out, name, phantoms, args.thresholds,
+                                               args.sources).items():
                 summary[f"{name}, {label}"] = stats
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "accuracy.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")

@@ -6,8 +6,9 @@
 
 The shapes are the HemSeg-500 masks (asset ``lesion-shapes/HemSeg-500.zip``): the *tuning*
 set draws from its ``train`` and ``val`` splits, the *held-out* set from ``test`` only. Never
-tune a method on the held-out set. Phantom ``i`` of a set puts shape ``i`` (in a seeded order)
-into the hosts in turn, each with its own seeded appearance (clot density, texture, oedema
+tune a method on the held-out set. ``--n`` shapes are chosen to spread over the range of
+volumes (one from each of ``n`` equal-count volume bins, seeded); phantom ``i`` puts shape
+``i`` into the hosts in turn, each with its own seeded appearance (clot density, texture, oedema
 rim; :mod:`ichseg.pipeline.lesion_insertion`); a shape that finds no room in a host tries the
 next. The same arguments give the same files.
 
@@ -66,10 +67,23 @@ def _description(path: Path, name: str, derivative: bool) -> None:
     (path / "dataset_description.json").write_text(json.dumps(text, indent=2) + "\n")
 
 
+def _size_spread(shapes, n: int | None, rng: np.random.Generator) -> list[int]:
+    """Shape indices to use in turn: ``n`` shapes spread over the range of volumes (one at
+    random from each of ``n`` equal-count volume bins), then the rest in random order as
+    spares for shapes that find no room."""
+    by_volume = np.argsort([s.volume_ml for s in shapes], kind="stable")
+    if n is None or n >= len(shapes):
+        return [int(i) for i in rng.permutation(len(shapes))]
+    bins = np.array_split(by_volume, n)
+    chosen = [int(b[rng.integers(len(b))]) for b in bins]
+    rest = [int(i) for i in rng.permutation(len(shapes)) if int(i) not in set(chosen)]
+    return [chosen[i] for i in rng.permutation(len(chosen))] + rest
+
+
 def make_truthset(out: Path, split: str, n: int | None, seed: int, hosts: list[str]) -> list[dict]:
     archive = get_asset("lesion-shapes/HemSeg-500.zip")
     shapes = [s for part in SPLITS[split] for s in read_shapes(archive, part)]
-    order = np.random.default_rng([seed, 0]).permutation(len(shapes))
+    order = _size_spread(shapes, n, np.random.default_rng([seed, 0]))
     prepared = []
     for name in hosts:
         ct = get_asset(f"ct/{name}_ct.nii.gz")

@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="Other commands: 'ichseg evaluate DERIVATIVES REFERENCES' compares the label maps "
-               "with reference segmentations (ichseg evaluate --help).",
+               "with reference segmentations; 'ichseg train BIDS_DIR REFERENCES MODEL_DIR' fine-tunes "
+               "a network on them (ichseg evaluate --help, ichseg train --help).",
     )
     parser.add_argument("bids_dir", type=Path, help="root of the input BIDS dataset (read only)")
     parser.add_argument("output_dir", type=Path, help="where the BIDS derivatives are written")
@@ -69,7 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: ``ichseg <command> ...`` besides the BIDS-App's ``ichseg BIDS_DIR OUTPUT_DIR LEVEL``.
-COMMANDS = {"evaluate": "ichseg.bids_app.evaluate:run_evaluate"}
+COMMANDS = {
+    "evaluate": "ichseg.bids_app.evaluate:run_evaluate",
+    "train": "ichseg.bids_app.train:run_train",
+}
 
 
 def main(argv: list[str] | None = None) -> int:

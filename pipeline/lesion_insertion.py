@@ -41,6 +41,10 @@ DENSE_HU = 55.0
 #: Distance (mm) a lesion keeps from the edge of the intracranial mask and from dense voxels.
 EDGE_MARGIN_MM = 4.0
 DENSE_MARGIN_MM = 15.0
+#: Shares of a lesion's volume that must lie in the allowed region, and on brain tissue
+#: (the rest may be CSF).
+MIN_ALLOWED = 0.9
+MIN_PARENCHYMA = 0.6
 IPH = next(lab.index for lab in LABELS if lab.abbreviation == "IPH")
 OEDEMA = next(lab.index for lab in LABELS if lab.abbreviation == "OED")
 
@@ -93,8 +97,10 @@ class Host:
     hu: np.ndarray  # float32
     affine: np.ndarray
     brain: np.ndarray  # intracranial mask
-    allowed: np.ndarray  # where a lesion may lie: normal parenchyma, away from edges and dense voxels
+    allowed: np.ndarray  # where a lesion may lie: inside the brain, away from its edge and dense voxels
+    parenchyma: np.ndarray  # brain tissue by density (not CSF), within ``allowed``
     ignore: np.ndarray  # dense regions already in the host (a clot, calcifications): not scored
+    depth: np.ndarray = field(repr=False, default=None)  # mm from the edge of ``allowed``
     header: nib.Nifti1Header = field(repr=False, default=None)
 
 
@@ -119,9 +125,10 @@ def prepare_host(name: str, image: nib.Nifti1Image) -> Host:
         dense = np.isin(labels, 1 + np.flatnonzero(sizes >= 0.05))
     far = ndi.distance_transform_edt(~dense, sampling=spacing)
     ignore = brain & (far <= 5.0)
-    parenchyma = inner & (smooth > PARENCHYMA_HU[0]) & (smooth < PARENCHYMA_HU[1])
-    allowed = parenchyma & (far > DENSE_MARGIN_MM)
-    return Host(name, hu, canonical.affine, brain, allowed, ignore, canonical.header)
+    allowed = inner & (far > DENSE_MARGIN_MM)
+    parenchyma = allowed & (smooth > PARENCHYMA_HU[0]) & (smooth < PARENCHYMA_HU[1])
+    depth = ndi.distance_transform_edt(allowed, sampling=spacing).astype(np.float32)
+    return Host(name, hu, canonical.affine, brain, allowed, parenchyma, ignore, depth, canonical.header)
 
 
 @dataclass(frozen=True)
@@ -214,16 +221,38 @@ def _occupancy(shape: Shape, world_to_shape: np.ndarray, host_affine: np.ndarray
     return fraction, box
 
 
+def _roughly_fits(host: Host, shape: Shape, world_to_shape: np.ndarray, slack: float = 0.05) -> bool:
+    """The fit of :func:`insert_lesion`, tested on the shape's own voxel centres (at most a few
+    thousand): cheap, and it turns away most places before the partial volumes are computed."""
+    ijk = np.argwhere(shape.mask)
+    if len(ijk) > 5000:
+        ijk = ijk[:: len(ijk) // 5000 + 1]
+    to_host = np.linalg.inv(host.affine) @ np.linalg.inv(world_to_shape)
+    points = np.rint(to_host[:3, :3] @ ijk.T + to_host[:3, 3:4]).astype(int)
+    inside = np.all((points >= 0) & (points < np.array(host.hu.shape)[:, None]), axis=0)
+    if not inside.all():
+        return False
+    at = tuple(points)
+    if not host.brain[at].all() or host.ignore[at].any():
+        return False
+    return host.allowed[at].mean() >= MIN_ALLOWED - slack and host.parenchyma[at].mean() >= MIN_PARENCHYMA - slack
+
+
 def insert_lesion(
-    host: Host, shape: Shape, rng: np.random.Generator, appearance: Appearance | None = None, tries: int = 40,
+    host: Host, shape: Shape, rng: np.random.Generator, appearance: Appearance | None = None, tries: int = 200,
 ) -> Inserted:
     """Paint ``shape`` into ``host`` at a random place where it fits; raises :class:`NoRoom`.
 
-    The lesion fits when every voxel it touches lies in the intracranial mask, none in
-    ``host.ignore``, and at least 85 % of its volume lies in ``host.allowed``.
+    The lesion fits when every voxel it touches lies in the brain and none in ``host.ignore``,
+    at least :data:`MIN_ALLOWED` of its volume lies in ``host.allowed`` (away from the brain's
+    edge and from dense tissue), and at least :data:`MIN_PARENCHYMA` on brain tissue rather
+    than CSF: a hematoma grows in the parenchyma and may cross into sulci and ventricles.
     """
     appearance = appearance or Appearance.draw(rng)
-    candidates = np.argwhere(host.allowed)
+    # centres deep enough in the allowed region for a ball of the lesion's volume to half fit
+    radius = (3 * shape.volume_ml * 1000 / (4 * np.pi)) ** (1 / 3)
+    deep = host.depth >= min(0.5 * radius, 0.8 * float(host.depth.max()))
+    candidates = np.argwhere(host.allowed & deep)
     if candidates.size == 0:
         raise NoRoom(f"{host.name}: no normal tissue to place a lesion in")
     spacing = voxel_sizes(host.affine)
@@ -232,13 +261,19 @@ def insert_lesion(
         # anywhere within a voxel: a fixed phase against the slices would bias the label map
         ijk = candidates[rng.integers(len(candidates))] + rng.uniform(-0.5, 0.5, 3)
         centre = host.affine[:3, :3] @ ijk + host.affine[:3, 3]
-        fraction, box = _occupancy(shape, _placement(shape, rotation, mirrored, centre), host.affine, host.hu.shape)
+        placement = _placement(shape, rotation, mirrored, centre)
+        if not _roughly_fits(host, shape, placement):
+            continue
+        fraction, box = _occupancy(shape, placement, host.affine, host.hu.shape)
         if fraction is None or fraction.sum() == 0:
             continue
         touched = fraction > 0
         if not host.brain[box][touched].all() or host.ignore[box][touched].any():
             continue
-        if (fraction * host.allowed[box]).sum() < 0.85 * fraction.sum():
+        total = fraction.sum()
+        if (fraction * host.allowed[box]).sum() < MIN_ALLOWED * total:
+            continue
+        if (fraction * host.parenchyma[box]).sum() < MIN_PARENCHYMA * total:
             continue
         return _paint(host, fraction, box, spacing, centre, rotation, mirrored, appearance, rng)
     raise NoRoom(f"{shape.name} ({shape.volume_ml:.1f} mL) found no room in {host.name} in {tries} tries")

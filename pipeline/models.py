@@ -268,6 +268,16 @@ def resolve_model(name_or_path: str | os.PathLike) -> ResolvedModel:
         else:
             config, config_path = _registry_config()
         kind = f"ensemble of {len(weights)} networks" if len(weights) > 1 else "single network"
+        provenance = {"license": "user-supplied (unknown)", "url": ""}
+        card = path / "model_card.json"
+        if card.is_file():  # written by `ichseg train`: the base model's license and citation
+            try:
+                base_card = json.loads(card.read_text(encoding="utf-8"))["base"]
+                provenance = {"license": base_card["license"], "url": base_card["url"],
+                              "citation": base_card["citation"]}
+                kind = f"{kind} fine-tuned by ichseg train from {base_card['name']}"
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise ModelError(f"{card} is not a readable model card ({exc}); fix or remove it") from None
         spec = replace(
             base,
             name=str(path.resolve()),
@@ -276,8 +286,7 @@ def resolve_model(name_or_path: str | os.PathLike) -> ResolvedModel:
             ),
             weight_files=tuple(str(w) for w in weights),
             config_file=str(config_path),
-            license="user-supplied (unknown)",
-            url="",
+            **provenance,
             **_window_and_resolution(config, base),
         )
         return ResolvedModel(spec, weights, config, config_path)

@@ -46,6 +46,7 @@ def test_true_volume_equals_the_shape_volume(host):
     assert (inserted.labels == IPH).sum() * voxel_ml == pytest.approx(inserted.volume_ml, rel=0.1)
     touched = inserted.fraction > 0
     assert host.brain[touched].all() and not host.ignore[touched].any()
+    assert (inserted.fraction * host.allowed).sum() >= 0.9 * inserted.fraction.sum()
     # the clot is dense where it covers whole voxels, the rest of the head is untouched
     core = inserted.fraction == 1.0
     assert abs(np.median(inserted.hu[core]) - inserted.appearance.clot_hu) < 6.0
@@ -75,7 +76,7 @@ def test_oedema_rim_is_darker_and_labelled(host):
 
 def test_a_shape_too_large_finds_no_room(host):
     with pytest.raises(NoRoom, match="no room"):
-        insert_lesion(host, _ellipsoid_shape((60.0, 70.0, 50.0)), np.random.default_rng(0), tries=5)
+        insert_lesion(host, _ellipsoid_shape((90.0, 100.0, 70.0)), np.random.default_rng(0), tries=5)
 
 
 @pytest.mark.realdata

@@ -1,0 +1,189 @@
+"""``ichseg train``: fine-tune a network on a BIDS dataset with reference segmentations.
+
+    ichseg train BIDS_DIR REFERENCE_DIR MODEL_DIR [--base blastct-v1] [--epochs N] ...
+
+``REFERENCE_DIR`` holds reference label maps as ``ichseg evaluate`` reads them (``_dseg`` with
+ichseg's labels, on each CT's grid). Subjects are split into training and validation; every
+scan is prepared as ichseg runs it (brain extraction, rigid registration to the CT template)
+and cached in the work directory, and the network is fine-tuned from the base weights
+(:mod:`ichseg.pipeline.training`). ``MODEL_DIR`` receives ``model_1.pt`` (the best weights),
+``config.json``, ``checkpoint.pt`` (``--resume`` continues from it) and a model card
+(``model_card.json``, ``README.md``) naming the data, the settings, the validation history
+and the license of the base weights. Run it with ``ichseg ... --model MODEL_DIR``, after
+measuring it on scans it has not seen (``ichseg evaluate``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from ichseg.pipeline import __version__
+
+LOGGER = logging.getLogger("ichseg")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ichseg.pipeline.training import TrainingSettings
+
+    d = TrainingSettings()
+    p = argparse.ArgumentParser(prog="ichseg train", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("bids_dir", type=Path, help="BIDS dataset of head CTs")
+    p.add_argument("reference_dir", type=Path, help="BIDS derivatives with a reference _dseg per CT")
+    p.add_argument("model_dir", type=Path, help="where the fine-tuned model is written")
+    p.add_argument("--base", default="blastct-v1", help="model to start from (one network)")
+    p.add_argument("--participant-label", nargs="+", metavar="LABEL", help="subjects to use (default: all)")
+    p.add_argument("--validation-fraction", type=float, default=0.2, help="share of subjects for validation")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--iterations", type=int, default=d.iterations, help="optimiser steps per epoch")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--output-patch", type=int, default=d.output_patch,
+                   help="output voxels per patch side (the input adds the network's 80-voxel context)")
+    p.add_argument("--learning-rate", type=float, default=d.learning_rate)
+    p.add_argument("--patience", type=int, default=d.patience, help="epochs without improvement before stopping")
+    p.add_argument("--validation-patches", type=int, default=d.validation_patches, help="per validation scan")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--resume", action="store_true", help="continue from MODEL_DIR/checkpoint.pt")
+    p.add_argument("-w", "--work-dir", type=Path, default=None,
+                   help="where prepared scans are cached (default: MODEL_DIR/prepared)")
+    return p
+
+
+def split_subjects(subjects: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Training and validation subjects: a seeded shuffle, at least one of each when possible."""
+    subjects = sorted(set(subjects))
+    order = [subjects[i] for i in np.random.default_rng(seed).permutation(len(subjects))]
+    n_val = min(len(subjects) - 1, max(1, math.ceil(fraction * len(subjects)))) if len(subjects) > 1 else 0
+    return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+def write_model_card(model_dir: Path, card: dict) -> None:
+    (model_dir / "model_card.json").write_text(json.dumps(card, indent=2, default=str) + "\n")
+    history = card["history"]["epochs"]
+    rows = "\n".join(f"| {h['epoch']} | {h['loss']:.4f} | {h['validation_dice']:.4f} |" for h in history)
+    text = f"""# {card['name']}
+
+Fine-tuned by `ichseg train` (ichseg {card['ichseg_version']}, {card['date']}) from **{card['base']['name']}**.
+
+## Base model
+
+{card['base']['description']}
+
+- Citation: {card['base']['citation']}
+- License of the base weights: {card['base']['license']} ({card['base']['url']}); these
+  weights are derived from them and keep that license.
+
+## Data it saw
+
+- CTs: `{card['data']['bids_dir']}`; references: `{card['data']['reference_dir']}`
+- Training: {len(card['data']['training_scans'])} scans of {len(card['data']['training_subjects'])} subjects: {', '.join(card['data']['training_subjects'])}
+- Validation: {len(card['data']['validation_scans'])} scans of {len(card['data']['validation_subjects'])} subjects: {', '.join(card['data']['validation_subjects'])}
+
+## Training
+
+Settings: `{json.dumps(card['settings'])}`
+
+| epoch | loss | validation hemorrhage Dice (patches) |
+|---:|---:|---:|
+{rows}
+
+Best epoch: {card['history']['best_epoch']}. The validation Dice is measured on fixed patches
+of the validation scans, not on whole scans: measure the model on scans it has never seen
+with `ichseg evaluate` before using it.
+"""
+    (model_dir / "README.md").write_text(text)
+
+
+def run_train(argv: list[str] | None = None) -> int:
+    """``ichseg train``: returns the exit status."""
+    from ichseg.pipeline.assets import AssetError
+
+    from .bids import BIDSInputError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        return _train(args)
+    except (ValueError, FileNotFoundError, BIDSInputError, AssetError) as exc:
+        print(f"ichseg train: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _train(args) -> int:
+    from ichseg.pipeline import assets
+    from ichseg.pipeline.inference import IntensityWindow, load_networks
+    from ichseg.pipeline.models import resolve_model
+    from ichseg.pipeline.training import (
+        TrainingSettings,
+        load_prepared,
+        prepare_scan,
+        save_prepared,
+        train,
+    )
+
+    from .bids import collect_ct_images
+    from .evaluate import find_references
+
+    base = resolve_model(args.base)
+    if len(base.weight_paths) != 1:
+        raise ValueError(f"--base {args.base} has {len(base.weight_paths)} networks: start from one (blastct-v1)")
+    images = collect_ct_images(args.bids_dir, args.participant_label)
+    references = find_references(args.reference_dir)
+    pairs = [(img, references[img.scan_id]) for img in images if img.scan_id in references]
+    if not pairs:
+        raise ValueError(f"{args.reference_dir}: no reference _dseg matches a CT of {args.bids_dir}")
+    if any(ref.is_mask for _, ref in pairs):
+        raise ValueError("training needs label maps (_dseg with ichseg's labels), not hemorrhage masks")
+    unpaired = sorted({img.scan_id for img in images} - {img.scan_id for img, _ in pairs})
+    if unpaired:
+        LOGGER.info("no reference for %d scan(s), not used: %s", len(unpaired), ", ".join(unpaired))
+    train_subjects, val_subjects = split_subjects([img.subject for img, _ in pairs], args.validation_fraction,
+                                                  args.seed)
+    work = args.work_dir or args.model_dir / "prepared"
+    work.mkdir(parents=True, exist_ok=True)
+    template = assets.get_asset(assets.TEMPLATE_CT)
+    prepared = {}
+    for img, ref in pairs:
+        cache = work / f"{img.scan_id}.npz"
+        if cache.is_file():
+            prepared[img.scan_id] = load_prepared(img.scan_id, cache)
+            continue
+        LOGGER.info("preparing %s", img.scan_id)
+        scan = prepare_scan(img.scan_id, img.path, ref.path, template, work)
+        save_prepared(scan, cache)
+        prepared[img.scan_id] = load_prepared(img.scan_id, cache)
+    training = [prepared[img.scan_id] for img, _ in pairs if img.subject in train_subjects]
+    validation = [prepared[img.scan_id] for img, _ in pairs if img.subject in val_subjects]
+    settings = TrainingSettings(epochs=args.epochs, iterations=args.iterations, batch_size=args.batch_size,
+                                output_patch=args.output_patch, learning_rate=args.learning_rate,
+                                patience=args.patience, validation_patches=args.validation_patches,
+                                seed=args.seed, precision=args.precision, device=args.device)
+    network = load_networks(base.weight_paths, base.config, args.device)[0]
+    low, high = base.spec.input_window_hu
+    history = train(network, base.config, IntensityWindow(low, high), training, validation, args.model_dir,
+                    settings, resume=args.resume)
+    card = {
+        "name": args.model_dir.name, "ichseg_version": __version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "base": {"name": base.spec.name, "description": base.spec.description, "citation": base.spec.citation,
+                 "license": base.spec.license, "url": base.spec.url},
+        "data": {"bids_dir": str(args.bids_dir.absolute()), "reference_dir": str(args.reference_dir.absolute()),
+                 "training_subjects": train_subjects, "validation_subjects": val_subjects,
+                 "training_scans": [s.name for s in training], "validation_scans": [s.name for s in validation]},
+        "settings": asdict(settings), "history": asdict(history),
+    }
+    write_model_card(args.model_dir, card)
+    print(f"best validation hemorrhage Dice {history.best_score:.4f} at epoch {history.best_epoch}; "
+          f"model in {args.model_dir} (run it with --model {args.model_dir})")
+    return 0

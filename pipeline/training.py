@@ -1,0 +1,277 @@
+"""Fine-tuning a DeepMedic network on CTs with reference segmentations.
+
+Each training CT is prepared as ichseg runs it: checked and reoriented, brain-extracted,
+registered to the CT template (rigid), and resampled onto the template grid together with
+its reference labels (nearest neighbour) and brain mask; the network then learns on patches
+of that grid, as it will later be run. Patches are drawn around voxels of a class chosen
+with BLAST-CT's class probabilities (background 0.3, each other class 0.175, among the
+classes the scan has), mirrored left-right at random. Batch norm keeps the statistics of the
+base model (batches of a few patches are too small to estimate them); dropout stays on.
+
+Validation uses a fixed set of patches of the validation scans, drawn once from the seed:
+the score is the hemorrhage Dice over them. Training stops after ``patience`` epochs without
+a better score; the best weights are kept. A checkpoint after every epoch (model, optimiser,
+random state, history) lets an interrupted run resume where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import nibabel as nib
+import numpy as np
+
+from .brain import extract_brain
+from .geometry import voxel_sizes
+from .image import load_ct
+from .labels import HEMORRHAGE_INDICES, LABELS
+from .registration import register_to_template, warp_to_template
+from .segmentation import DEFAULT_MARGIN_MM, region_of_interest
+
+LOGGER = logging.getLogger(__name__)
+
+#: BLAST-CT's patch sampling: probability of centring a patch on each class.
+CLASS_PROBABILITIES = (0.3, 0.175, 0.175, 0.175, 0.175)
+#: HU given to template voxels outside the scan's field of view.
+OUTSIDE_FOV_HU = -1000.0
+
+
+@dataclass
+class PreparedScan:
+    """A training CT on the template grid, in the network's axes."""
+
+    name: str
+    hu: np.ndarray  # float32
+    labels: np.ndarray  # uint8
+    roi: np.ndarray  # bool: brain + margin, where patches are centred
+
+
+def prepare_scan(name: str, ct_path: Path, labels_path: Path, template: Path, workdir: Path,
+                 margin_mm: float = DEFAULT_MARGIN_MM) -> PreparedScan:
+    """CT and reference labels on the template grid, as ichseg's pipeline would see them."""
+    from .inference import ras_to_network_axes
+
+    ct = nib.as_closest_canonical(load_ct(ct_path))
+    reference = nib.as_closest_canonical(nib.load(str(labels_path)))
+    if reference.shape[:3] != ct.shape[:3] or not np.allclose(reference.affine, ct.affine, atol=1e-3):
+        raise ValueError(f"{labels_path} is not on the grid of {ct_path}: resample it onto the CT")
+    hu = np.asanyarray(ct.dataobj, dtype=np.float32)
+    brain = extract_brain(hu, voxel_sizes(ct.affine))
+    template_img = nib.load(str(template))
+    transform = workdir / f"{name}_template_to_ct.mat"
+    result = register_to_template(hu, ct.affine, brain, template, transform, "Rigid")
+    to_scan = result["template_to_scan"]
+    warped = warp_to_template(np.stack([hu - OUTSIDE_FOV_HU, brain.astype(np.float32)]), ct.affine, template_img,
+                              to_scan)
+    labels = warp_to_template(np.asanyarray(reference.dataobj).astype(np.float32), ct.affine, template_img, to_scan,
+                              order=0)
+    brain_t = warped[1] >= 0.5
+    roi = region_of_interest(brain_t, template_img.affine, margin_mm)
+    return PreparedScan(
+        name,
+        ras_to_network_axes(warped[0] + OUTSIDE_FOV_HU).astype(np.float32),
+        ras_to_network_axes(np.rint(labels).astype(np.uint8)),
+        ras_to_network_axes(roi),
+    )
+
+
+def save_prepared(scan: PreparedScan, path: Path) -> None:
+    np.savez_compressed(path, hu=scan.hu.astype(np.float16), labels=scan.labels, roi=scan.roi)
+
+
+def load_prepared(name: str, path: Path) -> PreparedScan:
+    with np.load(path) as data:
+        return PreparedScan(name, data["hu"].astype(np.float32), data["labels"], data["roi"])
+
+
+# --------------------------------------------------------------------------- patches
+
+
+def _centre(scan: PreparedScan, rng: np.random.Generator) -> np.ndarray:
+    present = [c for c in range(len(CLASS_PROBABILITIES)) if c == 0 or (scan.labels[scan.roi] == c).any()]
+    weights = np.array([CLASS_PROBABILITIES[c] for c in present])
+    cls = present[rng.choice(len(present), p=weights / weights.sum())]
+    where = scan.roi if cls == 0 else (scan.labels == cls) & scan.roi
+    voxels = np.flatnonzero(where)
+    return np.array(np.unravel_index(voxels[rng.integers(len(voxels))], where.shape))
+
+
+def extract_patch(volume: np.ndarray, centre: np.ndarray, size: int, fill: float) -> np.ndarray:
+    """A cube of ``size`` voxels around ``centre`` (padded with ``fill`` beyond the volume)."""
+    low = centre - size // 2
+    out = np.full((size,) * 3, fill, dtype=volume.dtype)
+    src = tuple(slice(max(0, lo), min(n, lo + size)) for lo, n in zip(low, volume.shape))
+    dst = tuple(slice(s.start - lo, s.stop - lo) for s, lo in zip(src, low))
+    out[dst] = volume[src]
+    return out
+
+
+def sample_patches(scans: Sequence[PreparedScan], n: int, output: int, context: int, window,
+                   rng: np.random.Generator, mirror: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` training pairs: windowed inputs (n, 1, s, s, s), s = output + context, and
+    labels (n, output, output, output)."""
+    size = output + context
+    inputs = np.empty((n, 1, size, size, size), dtype=np.float32)
+    targets = np.empty((n, output, output, output), dtype=np.int64)
+    for i in range(n):
+        scan = scans[rng.integers(len(scans))]
+        centre = _centre(scan, rng)
+        x = window(extract_patch(scan.hu, centre, size, OUTSIDE_FOV_HU))
+        y = extract_patch(scan.labels, centre, output, 0)
+        if mirror and rng.random() < 0.5:  # left-right: the last network axis
+            x, y = x[..., ::-1], y[..., ::-1]
+        inputs[i, 0], targets[i] = x, y
+    return inputs, targets
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclass
+class TrainingSettings:
+    epochs: int = 20
+    iterations: int = 50  # optimiser steps per epoch
+    batch_size: int = 2
+    output_patch: int = 30  # output voxels per patch side (input: + the network's context)
+    learning_rate: float = 1e-4
+    patience: int = 4  # epochs without a better validation score before stopping
+    validation_patches: int = 8  # per validation scan
+    seed: int = 0
+    precision: str = "fp32"  # fp32, or bf16 (CPU with AMX/AVX-512-BF16, CUDA), fp16 (CUDA)
+    device: str = "cpu"
+
+
+@dataclass
+class History:
+    epochs: list[dict] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_score: float = -math.inf
+
+
+def hemorrhage_dice(logits, targets) -> tuple[int, int]:
+    """Numerator and denominator of the hemorrhage Dice of a batch (summed over patches)."""
+    import torch
+
+    blood = torch.tensor(HEMORRHAGE_INDICES, device=logits.device)
+    predicted = torch.isin(logits.argmax(dim=1), blood)
+    truth = torch.isin(targets, blood)
+    return int(2 * (predicted & truth).sum()), int(predicted.sum() + truth.sum())
+
+
+def _set_batch_norm_eval(network) -> None:
+    import torch
+
+    for module in network.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
+def train(network, config: dict, window, training: Sequence[PreparedScan], validation: Sequence[PreparedScan],
+          out_dir: Path, settings: TrainingSettings, resume: bool = False,
+          progress: Callable[[str], None] | None = None) -> History:
+    """Fine-tune ``network`` in place; writes ``checkpoint.pt`` and the best ``model_1.pt``
+    into ``out_dir`` and returns the history."""
+    import torch
+
+    from .cpu import configure_torch
+    from .inference import COMPUTE_DTYPES
+    from .streaming import context_and_period
+
+    say = progress or LOGGER.info
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if settings.device == "cpu":
+        configure_torch(torch.get_num_threads())
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    context, _ = context_and_period(network)
+    network.to(settings.device)
+    optimizer = torch.optim.Adam(network.parameters(), lr=settings.learning_rate)
+    history = History()
+    checkpoint = out_dir / "checkpoint.pt"
+    start = 0
+    if resume and checkpoint.is_file():
+        state = torch.load(str(checkpoint), map_location=settings.device, weights_only=False)
+        network.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        history = History(**state["history"])
+        start = state["epoch"] + 1
+        say(f"resumed after epoch {start} (best validation Dice {history.best_score:.4f})")
+    # fixed validation patches, drawn from their own seed
+    val_inputs, val_targets = sample_patches(validation, settings.validation_patches * len(validation),
+                                             settings.output_patch, context, window,
+                                             np.random.default_rng([settings.seed, 1]), mirror=False) \
+        if validation else (None, None)
+    dtype = COMPUTE_DTYPES[settings.precision]
+    autocast = torch.autocast(torch.device(settings.device).type, dtype=dtype, enabled=settings.precision != "fp32")
+    loss_fn = torch.nn.CrossEntropyLoss()
+    for epoch in range(start, settings.epochs):
+        began = time.time()
+        network.train()
+        _set_batch_norm_eval(network)
+        losses = []
+        for _ in range(settings.iterations):
+            x, y = sample_patches(training, settings.batch_size, settings.output_patch, context, window, rng)
+            x = torch.from_numpy(x).to(settings.device)
+            y = torch.from_numpy(y).to(settings.device)
+            with autocast:
+                logits, _ = network(x)
+                loss = loss_fn(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        score = float("nan")
+        if val_inputs is not None:
+            network.eval()
+            numerator = denominator = 0
+            with torch.inference_mode(), autocast:
+                for i in range(0, len(val_inputs), settings.batch_size):
+                    logits, _ = network(torch.from_numpy(val_inputs[i:i + settings.batch_size]).to(settings.device))
+                    a, b = hemorrhage_dice(logits.float(), torch.from_numpy(val_targets[i:i + settings.batch_size]).to(settings.device))
+                    numerator, denominator = numerator + a, denominator + b
+            score = numerator / denominator if denominator else float("nan")
+        record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "validation_dice": score,
+                  "seconds": round(time.time() - began, 1)}
+        history.epochs.append(record)
+        improved = math.isnan(score) or score > history.best_score
+        if improved:
+            history.best_score = score if not math.isnan(score) else history.best_score
+            history.best_epoch = epoch + 1
+            _atomic_torch_save({k: v.detach().cpu() for k, v in network.state_dict().items()}, out_dir / "model_1.pt")
+        say(f"epoch {epoch + 1}/{settings.epochs}: loss {record['loss']:.4f}, validation hemorrhage Dice "
+            f"{score:.4f}{' (best)' if improved else ''}, {record['seconds']} s")
+        _atomic_torch_save({"epoch": epoch, "model": network.state_dict(), "optimizer": optimizer.state_dict(),
+                            "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                            "history": asdict(history), "settings": asdict(settings)}, checkpoint)
+        if history.best_epoch is not None and epoch + 1 - history.best_epoch >= settings.patience:
+            say(f"no better validation score for {settings.patience} epochs: stopping")
+            break
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return history
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    import torch
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def label_names() -> dict[int, str]:
+    return {lab.index: lab.name for lab in LABELS}

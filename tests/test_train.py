@@ -1,0 +1,107 @@
+"""``ichseg train`` end to end on a tiny phantom set, with a narrow network (fast)."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from ichseg.bids_app.cli import main
+from ichseg.bids_app.train import split_subjects
+from ichseg.pipeline.inference import build_network
+from ichseg.pipeline.phantom import make_head_phantom
+from ichseg.pipeline.training import extract_patch
+
+NARROW = {
+    "model": {"DeepMedic": {"fully_connected": [6, 6], "feature_maps": [2, 2, 3, 3, 3, 3, 4, 4]}},
+    "data": {"input_channels": 1, "num_classes": 5},
+}
+
+
+def test_split_subjects_is_seeded_and_keeps_one_of_each():
+    train, val = split_subjects(["a", "b", "c", "d", "e"], 0.2, seed=0)
+    assert len(val) == 1 and len(train) == 4 and not set(train) & set(val)
+    assert split_subjects(["a", "b", "c", "d", "e"], 0.2, seed=0) == (train, val)
+    assert split_subjects(["a", "b"], 0.9, seed=1)[0]  # never an empty training set
+    assert split_subjects(["a"], 0.2, seed=0) == (["a"], [])
+
+
+def test_extract_patch_pads_beyond_the_volume():
+    volume = np.arange(27, dtype=np.float32).reshape(3, 3, 3)
+    patch = extract_patch(volume, np.array([0, 0, 0]), 3, -1.0)
+    assert patch[1, 1, 1] == volume[0, 0, 0]
+    assert patch[0, 0, 0] == -1.0
+    np.testing.assert_array_equal(extract_patch(volume, np.array([1, 1, 1]), 3, -1.0), volume)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    bids, ref = root / "bids", root / "ref"
+    (bids).mkdir()
+    (bids / "dataset_description.json").write_text(json.dumps({"Name": "tiny", "BIDSVersion": "1.9.0"}))
+    for i, ml in enumerate((12.0, 20.0, 8.0), start=1):
+        head = make_head_phantom(voxel_size=(0.9, 0.9, 5.0), shape=(200, 220, 28), hemorrhage_ml=ml, seed=i)
+        for folder, data, name in ((bids, head.data, "ct"), (ref, head.hemorrhage_mask.astype(np.uint8), "dseg")):
+            path = folder / f"sub-{i:02d}/anat/sub-{i:02d}_{name}.nii.gz"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(data, head.affine), str(path))
+    base = root / "narrow"
+    base.mkdir()
+    torch.manual_seed(0)
+    torch.save(build_network(NARROW).state_dict(), base / "model_1.pt")
+    (base / "config.json").write_text(json.dumps(NARROW))
+    return bids, ref, base, root
+
+
+ARGS = ["--epochs", "2", "--iterations", "2", "--batch-size", "1", "--output-patch", "15",
+        "--validation-patches", "2", "--seed", "3"]
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_train_writes_a_model_that_ichseg_runs_and_resumes(dataset, asset, capsys):
+    asset("templates/scct_unsmooth_SS_0.01.nii.gz")  # the registration target
+    bids, ref, base, root = dataset
+    model = root / "model"
+    work = root / "prepared"
+    assert main(["train", str(bids), str(ref), str(model), "--base", str(base), "-w", str(work), *ARGS]) == 0
+    card = json.loads((model / "model_card.json").read_text())
+    assert len(card["data"]["training_subjects"]) == 2 and len(card["data"]["validation_subjects"]) == 1
+    assert [h["epoch"] for h in card["history"]["epochs"]] == [1, 2]
+    from ichseg.pipeline.models import resolve_model
+
+    assert card["base"]["license"] == resolve_model(str(base)).spec.license  # the base's, whatever it is
+    assert "fine-tuned by ichseg train" in resolve_model(str(model)).spec.description
+    assert "Data it saw" in (model / "README.md").read_text()
+    state = torch.load(str(model / "model_1.pt"), weights_only=True)
+    original = torch.load(str(base / "model_1.pt"), weights_only=True)
+    assert set(state) == set(original)
+    assert any(not torch.equal(state[k], original[k]) for k in state if state[k].is_floating_point())
+
+    # the same seed gives the same first epoch; --resume continues after the last one
+    again = root / "again"
+    assert main(["train", str(bids), str(ref), str(again), "--base", str(base), "-w", str(work), *ARGS]) == 0
+    first = json.loads((again / "model_card.json").read_text())["history"]["epochs"][0]
+    assert first["loss"] == pytest.approx(card["history"]["epochs"][0]["loss"], rel=1e-4)
+    args = [a if a != "2" or i != 1 else "3" for i, a in enumerate(ARGS)]
+    assert main(["train", str(bids), str(ref), str(model), "--base", str(base), "-w", str(work), *args,
+                 "--resume"]) == 0
+    resumed = json.loads((model / "model_card.json").read_text())["history"]["epochs"]
+    assert [h["epoch"] for h in resumed] == [1, 2, 3]
+
+    # the model folder runs as --model
+    out = root / "out"
+    assert main([str(bids), str(out), "participant", "--participant-label", "03", "--model", str(model),
+                 "-w", str(root / "work"), "--n-procs", "1", "-q"]) == 0
+    assert (out / "sub-03/anat/sub-03_dseg.nii.gz").is_file()
+
+
+def test_train_refuses_bad_input(tmp_path, capsys):
+    (tmp_path / "bids").mkdir()
+    code = main(["train", str(tmp_path / "bids"), str(tmp_path / "ref"), str(tmp_path / "model")])
+    assert code == 2
+    assert "ichseg train: error" in capsys.readouterr().err
