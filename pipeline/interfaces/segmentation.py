@@ -1,4 +1,4 @@
-"""Interfaces for tiled CNN inference in template space and mapping results back to the scan."""
+"""Interfaces for CNN inference in template space and mapping results back to the scan."""
 
 from __future__ import annotations
 

@@ -100,7 +100,7 @@ def init_single_ct_wf(
     """Segment hemorrhage on one head CT and tabulate its volumes in the scan's own space.
 
     Steps: load/check/reorient, brain extraction, ANTs registration of the brain to the
-    CT template, tiled CNN inference in template space, inverse transform of the class
+    CT template, CNN inference over the brain in template space, inverse transform of the class
     probabilities to the scan's grid, label map, volumes.
 
     Parameters
