@@ -38,7 +38,7 @@ import nibabel as nib
 import numpy as np
 
 from ichseg.bids_app.naming import write_dseg_tsv
-from ichseg.pipeline.assets import get_asset
+from ichseg.pipeline.assets import LESION_SHAPES, get_asset
 from ichseg.pipeline.geometry import voxel_volume_ml
 from ichseg.pipeline.lesion_insertion import IPH, NoRoom, insert_lesion, prepare_host, read_shapes
 
@@ -81,7 +81,7 @@ def _size_spread(shapes, n: int | None, rng: np.random.Generator) -> list[int]:
 
 
 def make_truthset(out: Path, split: str, n: int | None, seed: int, hosts: list[str]) -> list[dict]:
-    archive = get_asset("lesion-shapes/HemSeg-500.zip")
+    archive = get_asset(LESION_SHAPES)
     shapes = [s for part in SPLITS[split] for s in read_shapes(archive, part)]
     order = _size_spread(shapes, n, np.random.default_rng([seed, 0]))
     prepared = []

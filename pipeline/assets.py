@@ -238,6 +238,7 @@ PSEUDO_GROUPS: dict[str, tuple[str, ...]] = {
 
 #: Names of the assets other modules use most, so that a typo is an ImportError, not a miss.
 TEMPLATE_CT = "templates/scct_unsmooth_SS_0.01.nii.gz"
+LESION_SHAPES = "lesion-shapes/HemSeg-500.zip"
 TEMPLATE_MASK = "templates/scct_unsmooth_SS_0.01_Mask.nii.gz"
 TEMPLATE_CT_128 = "templates/scct_unsmooth_SS_0.01_128x128x128.nii.gz"
 BLASTCT_CONFIG = "models/blastct-v1/config.json"

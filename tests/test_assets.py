@@ -128,7 +128,9 @@ def test_registry_has_every_expected_file():
         "ct/mistie-0034_ct.nii.gz",
         "ct/deepbleed-brain_ct.nii.gz",
         "ct/ge-head_ct.nii.gz",
+        assets.LESION_SHAPES,
     }
+    assert assets.LESION_SHAPES in ASSETS
     for name in ("TEMPLATE_CT", "TEMPLATE_MASK", "TEMPLATE_CT_128"):
         assert getattr(assets, name) in ASSETS
     runtime = assets.assets_in_group("runtime")

@@ -6,6 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from ichseg.pipeline.assets import LESION_SHAPES
 from ichseg.pipeline.geometry import voxel_volume_ml
 from ichseg.pipeline.lesion_insertion import (
     IPH,
@@ -81,7 +82,7 @@ def test_a_shape_too_large_finds_no_room(host):
 
 @pytest.mark.realdata
 def test_real_shapes_split_as_published(asset):
-    archive = asset("lesion-shapes/HemSeg-500.zip")
+    archive = asset(LESION_SHAPES)
     test = read_shapes(archive, "test")
     assert 90 <= len(test) <= 110
     assert all(s.mask.any() and s.volume_ml > 0 for s in test)
