@@ -25,9 +25,11 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from ichseg.pipeline.checks import folder_message
 
 from .naming import entities_from_path, entities_sort_key, scan_id
 
@@ -72,12 +74,15 @@ class CTImage:
     ``entities`` holds the entities of the file name present (``subject``, ``session``,
     ``acquisition``, ``reconstruction``, ``run``, ...) as strings exactly as written, plus
     ``suffix`` (``"ct"``) and ``extension``. ``sidecar`` is the JSON metadata merged along
-    the BIDS inheritance principle (``{}`` when there is none).
+    the BIDS inheritance principle (``{}`` when there is none). ``problem`` says why the scan
+    cannot be processed when that is known from the dataset alone (a sidecar that is not
+    valid JSON, a folder in place of the image): the scan fails with it, the others run.
     """
 
     path: Path
     entities: dict[str, str]
     sidecar: dict[str, Any] = field(default_factory=dict)
+    problem: str | None = None
 
     def __hash__(self) -> int:  # dict fields are not hashable; the path identifies the image
         return hash(self.path)
@@ -153,11 +158,74 @@ def _ancestor_entities(path: Path) -> dict:
     return parse_file_entities(f"{path}/x", config=["bids", "derivatives"])
 
 
+#: Folders pybids does not index (besides derivatives/ and dot-files), as relative paths.
+_NOT_INDEXED = ("code", "models", "sourcedata", "stimuli", "derivatives")
+
+
+@dataclass(frozen=True)
+class _DatasetProblems:
+    """What pybids cannot index: CT sidecars that are not valid JSON ``{relpath: message}``
+    and folders named like CT images."""
+
+    bad_sidecars: dict[str, str]
+    ct_folders: list[str]
+
+
+def _scan_dataset(root: Path) -> _DatasetProblems:
+    """Find CT sidecars that are not valid JSON and folders named ``*_ct.nii[.gz]``."""
+    bad, folders = {}, []
+    for folder, dirnames, filenames in os.walk(root):
+        rel = Path(folder).relative_to(root)
+        if rel == Path("."):
+            dirnames[:] = [d for d in dirnames if d not in _NOT_INDEXED]
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        folders += [(rel / d).as_posix() for d in dirnames if d.endswith(tuple(f"_ct{e}" for e in CT_EXTENSIONS))]
+        for name in filenames:
+            if not (name == "ct.json" or name.endswith("_ct.json")):
+                continue
+            path = Path(folder) / name
+            try:
+                content = json.loads(path.read_text(encoding="utf-8"))
+                problem = None if isinstance(content, dict) else "does not hold a JSON object"
+            except json.JSONDecodeError as err:
+                problem = f"is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})"
+            except (OSError, UnicodeDecodeError) as err:
+                problem = f"cannot be read as UTF-8 text ({err})"
+            if problem:
+                bad[(rel / name).as_posix()] = (
+                    f"its JSON sidecar {path} {problem}. Fix the file (check it with "
+                    f"`python -m json.tool {path}`) or remove it, then run this scan again."
+                )
+    return _DatasetProblems(bad, sorted(folders))
+
+
+def _short_entities(name: str) -> dict[str, str]:
+    """``sub-01_ses-1_ct.json`` -> ``{"sub": "01", "ses": "1"}`` (key-value parts of a name)."""
+    stem = name.split(".")[0]
+    return dict(part.split("-", 1) for part in stem.split("_") if "-" in part)
+
+
+def _sidecar_problem(ct_relpath: str, bad_sidecars: Mapping[str, str]) -> str | None:
+    """The problem of a bad sidecar that applies to a CT by the BIDS inheritance principle:
+    in the CT's folder or above it, with entities that the CT's name also has."""
+    ct = Path(ct_relpath)
+    ct_entities = _short_entities(ct.name).items()
+    for relpath, problem in bad_sidecars.items():
+        sidecar = Path(relpath)
+        if sidecar.parent in (ct.parent, *ct.parent.parents) and _short_entities(sidecar.name).items() <= ct_entities:
+            return problem
+    return None
+
+
 @contextmanager
-def _layout(root: Path) -> Iterator[Any]:
-    """Yield an in-memory pybids layout of ``root`` whose entities come from inside it only."""
+def _layout(root: Path, skip: Iterable[str] = ()) -> Iterator[Any]:
+    """Yield an in-memory pybids layout of ``root`` whose entities come from inside it only;
+    ``skip`` lists files (relative paths) that pybids must not index."""
+    import re
+
     from bids import BIDSLayout
     from bids.layout import BIDSLayoutIndexer
+    from bids.layout.validation import DEFAULT_LOCATIONS_TO_IGNORE
 
     tmpdir = None
     index_root = root
@@ -177,7 +245,8 @@ def _layout(root: Path) -> Iterator[Any]:
         # validate=False: CT is not in the BIDS schema, so validation would drop every CT.
         # Metadata are indexed for CT files only (the filter), which keeps large mixed
         # datasets fast. No database_path: the index stays in memory, nothing is written.
-        indexer = BIDSLayoutIndexer(validate=False, index_metadata=True, suffix="ct")
+        ignore = [*DEFAULT_LOCATIONS_TO_IGNORE, *(re.compile(f"^/{re.escape(r)}$") for r in skip)]
+        indexer = BIDSLayoutIndexer(validate=False, ignore=ignore, index_metadata=True, suffix="ct")
         try:
             layout = BIDSLayout(str(index_root), validate=False, indexer=indexer)
         except OSError as err:  # pybids reports an unreadable JSON sidecar as an OSError
@@ -290,7 +359,10 @@ def collect_ct_images(
 
     query: dict[str, Any] = {"datatype": "anat", "suffix": "ct", "extension": list(CT_EXTENSIONS)}
     query.update(_pybids_filter(ct_filter))
-    with _layout(root) as layout:
+    problems = _scan_dataset(root)
+    for relpath in problems.bad_sidecars:
+        LOGGER.warning("%s is not valid JSON: the CTs it describes will fail", root / relpath)
+    with _layout(root, problems.bad_sidecars) as layout:
         if subjects is not None:
             _check_known(subjects, layout.get_subjects(), "participant", root)
             query["subject"] = subjects
@@ -302,26 +374,49 @@ def collect_ct_images(
             files = layout.get(return_type="object", **query)
         except ValueError as err:  # pybids: unknown entity in the filter
             raise BIDSInputError(f"Invalid bids_filter {ct_filter!r}: {err}") from None
-        if not files:
+        images = [_ct_image(root, bf.relpath, layout.get_metadata(bf.path), problems.bad_sidecars)
+                  for bf in files]
+        images += _folder_images(root, problems.ct_folders, subjects, sessions, ct_filter)
+        if not images:
             others = layout.get(suffix="ct", return_type="object")
             raise BIDSInputError(_no_ct_message(root, subjects, sessions, ct_filter, others))
-        images = [
-            CTImage(
-                path=root / bf.relpath,
-                entities=_entities_of(root, Path(bf.relpath)),
-                sidecar=dict(layout.get_metadata(bf.path)),
-            )
-            for bf in files
-        ]
     images.sort(key=lambda img: entities_sort_key(img.entities))
     _check_unique(images, root)
-    for img in images:
-        if not img.path.exists():  # a DataLad/git-annex link whose content is not there
-            raise BIDSInputError(
-                f"{img.path} is a broken link. If this is a DataLad dataset, fetch the "
-                f"images first (datalad get {img.path.relative_to(root).parent})."
-            )
+    images = [
+        # a DataLad/git-annex link whose content is not there
+        replace(img, problem=f"{img.path} is a broken link. If this is a DataLad dataset, fetch the "
+                f"images first (datalad get {img.path.relative_to(root).parent}).")
+        if not img.path.exists() and img.problem is None else img
+        for img in images
+    ]
     LOGGER.info("Found %d head CT image(s) in %s.", len(images), root)
+    return images
+
+
+def _ct_image(root: Path, relpath: str, metadata: Mapping, bad_sidecars: Mapping[str, str]) -> CTImage:
+    problem = _sidecar_problem(relpath, bad_sidecars)
+    path = root / relpath
+    return CTImage(path=path, entities=_entities_of(root, Path(relpath)),
+                   sidecar={} if problem else dict(metadata),
+                   problem=f"{path}: {problem}" if problem else None)
+
+
+def _folder_images(root: Path, folders: list[str], subjects, sessions, ct_filter: Mapping) -> list[CTImage]:
+    """Folders named like CT images, as scans that fail with that message (same selection
+    by participant, session and the filter's plain entity values as the CT files)."""
+    images = []
+    for relpath in folders:
+        try:
+            entities = _entities_of(root, Path(relpath))
+        except BIDSInputError as err:
+            LOGGER.warning("ignoring the folder %s: %s", root / relpath, err)
+            continue
+        wanted = [(subjects, entities.get("subject")), (sessions, entities.get("session"))]
+        wanted += [([v] if isinstance(v, str) else None, entities.get(k)) for k, v in ct_filter.items()]
+        if any(labels is not None and value not in labels for labels, value in wanted):
+            continue
+        path = root / relpath
+        images.append(CTImage(path=path, entities=entities, problem=folder_message(path)))
     return images
 
 

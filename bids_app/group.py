@@ -34,6 +34,7 @@ import pandas as pd
 
 from ichseg.pipeline.fileutils import atomic_write_text
 from ichseg.pipeline.labels import VOLUME_COLUMNS, volume_column_descriptions
+from ichseg.pipeline.qc import QC_FAIL
 
 from .bids import collect_ct_images
 from .naming import (
@@ -239,6 +240,8 @@ def build_group_table(
         *extras,
     ]
     table = pd.DataFrame(rows, columns=columns)
+    if "qc" in table.columns:  # a scan without volumes has nothing to pass or review
+        table.loc[table["status"] != STATUS_OK, "qc"] = QC_FAIL
     for col in VOLUME_COLUMNS:
         table[col] = pd.to_numeric(table[col], errors="coerce").astype("float64")
     return table

@@ -79,6 +79,13 @@ def run_participant(args) -> int:
     for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
         logging.getLogger(name).setLevel(nipype_level)
 
+    failed = {}
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for image in images:
+        if image.problem:  # known from the dataset alone: fail it now, run the others
+            failed[image.scan_id] = image.problem
+            write_failure_record(output_dir, image.entities, image.problem, source_file=str(image.path))
+    all_images, images = images, [image for image in images if not image.problem]
     ids = [image.scan_id for image in images]
     LOGGER.info("ichseg %s: %d CT image(s) to process with model %s on %s, %d process(es)",
                 __version__, len(images), args.model, args.device, n_procs)
@@ -100,20 +107,19 @@ def run_participant(args) -> int:
     except AssetError as exc:
         raise UserError(str(exc)) from None
 
-    output_dir.mkdir(parents=True, exist_ok=True)
     for stale in remove_stale_temporaries(output_dir):
         LOGGER.info("removed %s, left by an interrupted run", stale)
     write_derivatives_description(output_dir, args.bids_dir, __version__)
     progress = _Progress(images)
     started = time.time()
-    try:
-        workflow.run(plugin="MultiProc", plugin_args={
-            "n_procs": n_procs, "raise_insufficient": False, "status_callback": progress,
-        })
-    except RuntimeError as exc:  # nipype raises once at the end if any node crashed
-        LOGGER.debug("nipype: %s", exc)
+    if images:
+        try:
+            workflow.run(plugin="MultiProc", plugin_args={
+                "n_procs": n_procs, "raise_insufficient": False, "status_callback": progress,
+            })
+        except RuntimeError as exc:  # nipype raises once at the end if any node crashed
+            LOGGER.debug("nipype: %s", exc)
 
-    failed = {}
     for image in images:
         volumes = derivative_path(output_dir, image.entities, "volumes")
         if volumes.exists() and volumes.stat().st_mtime >= started - 1:
@@ -124,8 +130,8 @@ def run_participant(args) -> int:
         write_failure_record(output_dir, image.entities, reason, source_file=str(image.path))
 
     elapsed = time.time() - started
-    done = len(images) - len(failed)
-    LOGGER.info("finished %d/%d scan(s) in %.0f s; outputs in %s", done, len(images), elapsed, output_dir)
+    done = len(all_images) - len(failed)
+    LOGGER.info("finished %d/%d scan(s) in %.0f s; outputs in %s", done, len(all_images), elapsed, output_dir)
     if failed:
         LOGGER.error("%d scan(s) failed:", len(failed))
         for sid, reason in failed.items():

@@ -7,7 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from .checks import InputImageError, check_ct
+from .checks import CheckResult, InputImageError, check_ct
 
 __all__ = ["InputImageError", "check_ct", "conform_ct", "load_ct", "to_source_orientation"]
 
@@ -20,8 +20,9 @@ def load_ct(path: str | Path, sidecar: dict | None = None) -> nib.Nifti1Image:
     return check_ct(path, sidecar).image
 
 
-def conform_ct(in_file: str | Path, out_file: str | Path, sidecar: dict | None = None) -> list[str]:
-    """Check a CT, reorient it to the closest RAS axes, save it as float32; return the warnings.
+def conform_ct(in_file: str | Path, out_file: str | Path, sidecar: dict | None = None) -> CheckResult:
+    """Check a CT, reorient it to the closest RAS axes, save it as float32; return what the
+    checks found (warnings and measures; its ``image`` is the unreoriented input).
 
     Reorientation only permutes and flips voxel axes (no interpolation), so a shear from
     gantry tilt is kept in the affine and handled downstream by :mod:`ichseg.pipeline.geometry`.
@@ -32,7 +33,7 @@ def conform_ct(in_file: str | Path, out_file: str | Path, sidecar: dict | None =
     out.set_qform(img.affine, code=1)
     out.set_sform(img.affine, code=1)
     nib.save(out, str(out_file))
-    return list(checked.warnings)
+    return checked
 
 
 def to_source_orientation(data: np.ndarray, conformed_affine: np.ndarray, source_img) -> np.ndarray:

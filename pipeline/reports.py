@@ -60,7 +60,7 @@ from .labels import (
     TOTAL_HEMORRHAGE_COLUMN,
     VOLUME_COLUMNS,
 )
-from .qc import qc_column_descriptions
+from .qc import QC_FAIL, QC_PASS, QC_REVIEW, QC_RULE, qc_column_descriptions
 
 __all__ = [
     "BRAIN_WINDOW_HU",
@@ -1182,6 +1182,8 @@ def write_group_report(output_dir: str | os.PathLike) -> Path:
         status = str(row.get("status", "")).strip()
         if flags:
             problems.append(("flagged", sid, rel, ", ".join(flags), row.get("error", ""), ents))
+        elif str(row.get("qc", "")).strip() == QC_REVIEW:
+            problems.append((QC_REVIEW, sid, rel, f"{row.get('n_warnings', '?')} input warning(s)", "", ents))
         if status and status.lower() != "ok":
             problems.append((status, sid, rel, "", row.get("error", ""), ents))
     table["_flagged"] = flagged
@@ -1200,12 +1202,19 @@ def write_group_report(output_dir: str | os.PathLike) -> Path:
         + ", ".join(f'<span class="status-{_e(s)}">{int(c)} {_e(s)}</span>' for s, c in sorted(status_counts.items()))
         + "</p>"
     )
+    if "qc" in table:
+        qc_counts = table["qc"].value_counts()
+        parts.append(
+            '<p class="sub">QC rating (column <code>qc</code>): '
+            + ", ".join(f"{int(qc_counts.get(level, 0))} {level}" for level in (QC_PASS, QC_REVIEW, QC_FAIL))
+            + f'. <span class="muted">{_e(QC_RULE)}</span></p>'
+        )
 
     parts.append('<h2 id="attention">Scans that need a look</h2>')
     if problems:
         rows = []
         for kind, sid, rel, flags, error, ents in problems:
-            css = {"failed": "status-failed", "flagged": "status-flagged"}.get(kind, "status-missing")
+            css = {"failed": "status-failed", "flagged": "status-flagged", QC_REVIEW: "status-flagged"}.get(kind, "status-missing")
             detail = _e(flags) if flags else ("" if _missing(error) else _e(error))
             failure = ""
             if kind == "failed":
@@ -1252,6 +1261,9 @@ def write_group_report(output_dir: str | os.PathLike) -> Path:
                 cells.append(f'<td class="num">{_e(_fmt_number(value, 2))}</td>')
             elif column == "status":
                 cells.append(f'<td class="status-{_e(value)}">{_e(value)}</td>')
+            elif column == "qc":
+                css = {QC_PASS: "status-ok", QC_REVIEW: "status-flagged", QC_FAIL: "status-failed"}.get(value, "")
+                cells.append(f'<td class="{css}">{_e(value)}</td>')
             elif column == "error":
                 cells.append(f'<td class="error">{_e(value)}</td>')
             else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from pathlib import Path
 
@@ -276,19 +277,49 @@ def test_error_duplicate_scans(tmp_path):
     assert [img.path.name for img in images] == ["sub-01_ct.nii.gz"]
 
 
-def test_error_broken_link(tmp_path):
-    root = make_dataset(tmp_path / "bids", files=[])
+def test_broken_link_fails_that_scan_only(tmp_path):
+    root = make_dataset(tmp_path / "bids", files=["sub-02/anat/sub-02_ct.nii.gz"])
     link = root / "sub-01/anat/sub-01_ct.nii.gz"
     link.parent.mkdir(parents=True)
     link.symlink_to(root / ".git/annex/objects/missing")
-    with pytest.raises(BIDSInputError, match="broken link.*datalad get sub-01/anat"):
-        collect_ct_images(root)
+    problems = {img.scan_id: img.problem for img in collect_ct_images(root)}
+    assert problems["sub-02"] is None
+    assert re.search("broken link.*datalad get sub-01/anat", problems["sub-01"])
 
 
-def test_error_unreadable_sidecar(bids_dir):
-    (bids_dir / "sub-03/anat/sub-03_ct.json").write_text("{oops")
-    with pytest.raises(BIDSInputError, match="could not index .*sub-03_ct.json"):
-        collect_ct_images(bids_dir)
+def test_invalid_sidecar_fails_the_scans_it_describes_only(bids_dir):
+    bad = bids_dir / "sub-03/anat/sub-03_ct.json"
+    bad.write_text("{oops")
+    images = {img.scan_id: img for img in collect_ct_images(bids_dir)}
+    assert str(bad) in images["sub-03"].problem
+    assert "not valid JSON" in images["sub-03"].problem and "json.tool" in images["sub-03"].problem
+    assert images["sub-03"].sidecar == {}
+    others = [img for sid, img in images.items() if sid != "sub-03"]
+    assert others and all(img.problem is None for img in others)
+    assert all(img.sidecar.get("Modality") == "CT" for img in others)  # the top-level ct.json still applies
+
+
+def test_invalid_top_level_sidecar_fails_every_scan(bids_dir):
+    (bids_dir / "ct.json").write_text("[1, 2")
+    images = collect_ct_images(bids_dir)
+    assert images and all("ct.json is not valid JSON" in img.problem for img in images)
+
+
+def test_sidecar_inheritance_follows_entities(bids_dir):
+    # a session-level sidecar of run 2 describes that run only
+    (bids_dir / "sub-01/ses-1/anat/sub-01_ses-1_run-2_ct.json").write_text("nope")
+    images = {img.scan_id: img for img in collect_ct_images(bids_dir)}
+    assert images["sub-01_ses-1_run-2"].problem
+    assert [sid for sid, img in images.items() if img.problem] == ["sub-01_ses-1_run-2"]
+
+
+def test_folder_named_like_a_ct_is_listed_as_unreadable(bids_dir):
+    folder = bids_dir / "sub-05/anat/sub-05_ct.nii.gz"
+    folder.mkdir(parents=True)
+    images = {img.scan_id: img for img in collect_ct_images(bids_dir)}
+    assert "is a folder, not a NIfTI file" in images["sub-05"].problem
+    assert not {sid for sid, img in images.items() if img.problem} - {"sub-05"}
+    assert "sub-05" not in _ids(collect_ct_images(bids_dir, participant_label="03"))
 
 
 def test_ignores_derivatives_sourcedata_and_hidden(bids_dir):

@@ -72,6 +72,15 @@ def _mistie_variant(mistie: nib.Nifti1Image, kind: str) -> tuple[nib.Nifti1Image
     if kind == "truncated":
         raw = gzip.compress(nib.Nifti1Image(data, affine, header).to_bytes())
         return raw[: len(raw) // 3], sidecar
+    if kind == "eight-bit":  # a brain-window export: grey levels 0-255, no air at -1000 HU
+        grey = np.clip(data / 80.0 * 255.0, 0, 255).round().astype(np.uint8)
+        return nib.Nifti1Image(grey, affine), sidecar
+    if kind == "plain-as-gz":  # uncompressed NIfTI bytes under a .nii.gz name
+        return nib.Nifti1Image(data, affine, header).to_bytes(), sidecar
+    if kind == "invalid-json":  # the image is fine, its sidecar is not JSON
+        return nib.Nifti1Image(data, affine, header), '{"Modality": "CT",'
+    if kind == "folder":  # a folder where the image should be
+        return None, sidecar
     raise ValueError(kind)
 
 
@@ -86,7 +95,13 @@ BAD_INPUTS = {
     "localizer": "localizer",
     "contrast": "contrast-enhanced",
     "truncated": "cannot read the image",
+    "eight-bit": "not hounsfield units",
+    "plain-as-gz": "not gzip-compressed although its name ends in .gz: rename it to",
+    "invalid-json": "is not valid json",
+    "folder": "is a folder, not a nifti file",
 }
+#: Six 6-mm slices of mistie-0034 through its hematoma: runs, but incomplete head coverage.
+PARTIAL = "sub-partial/anat/sub-partial_ct.nii.gz"
 
 
 def _bad_relpath(kind: str) -> str:
@@ -111,11 +126,17 @@ def bids_dataset(tmp_path_factory, asset):
         target = root / _bad_relpath(kind)
         target.parent.mkdir(parents=True, exist_ok=True)
         image, sidecar = _mistie_variant(mistie, kind)
-        if isinstance(image, bytes):
+        if image is None:
+            target.mkdir()
+        elif isinstance(image, bytes):
             target.write_bytes(image)
         else:
             nib.save(image, target)
-        target.with_name(target.name.replace(".nii.gz", ".json")).write_text(json.dumps(sidecar))
+        text = sidecar if isinstance(sidecar, str) else json.dumps(sidecar)
+        target.with_name(target.name.replace(".nii.gz", ".json")).write_text(text)
+    target = root / PARTIAL
+    target.parent.mkdir(parents=True)
+    nib.save(mistie.slicer[:, :, 8:14], target)
     return root
 
 
@@ -174,6 +195,34 @@ def test_input_warnings_recorded(run):
     ge = json.loads(derivative_path(run["out"], run["bids"] / "sub-ge/anat/sub-ge_ct.nii.gz", "volumes_json").read_text())
     assert any("gantry tilt" in w for w in ge["Warnings"])
     assert _volumes(run, "sub-ge/anat/sub-ge_ct.nii.gz")["n_warnings"] >= 1
+
+
+def test_partial_head_coverage_gives_lower_bounds_for_review(run):
+    row = _volumes(run, PARTIAL)
+    assert row["status"] == "ok"
+    assert row["head_coverage_mm"] < 40 and bool(row["flag_head_coverage"]) and bool(row["volumes_lower_bound"])
+    assert row["qc"] == "review"
+    sidecar = json.loads(derivative_path(run["out"], run["bids"] / PARTIAL, "volumes_json").read_text())
+    warning = next(w for w in sidecar["Warnings"] if w.startswith("incomplete head coverage"))
+    assert "mm of head" in warning and "lower bounds" in warning
+    assert "lower bound" in sidecar["volumes_lower_bound"]["Description"]
+    whole = _volumes(run, next(iter(SCANS)))
+    assert 0 < row["hemorrhage_ml"] < whole["hemorrhage_ml"]  # part of the bleed is outside
+    table = pd.read_csv(run["out"] / "group_volumes.tsv", sep="\t", na_values="n/a", keep_default_na=False)
+    partial = table[table["participant_id"] == "sub-partial"].iloc[0]
+    assert bool(partial["volumes_lower_bound"]) and partial["qc"] == "review"
+
+
+def test_qc_rating_in_tables_and_group_report(run):
+    table = pd.read_csv(run["out"] / "group_volumes.tsv", sep="\t", na_values="n/a", keep_default_na=False)
+    assert set(table.loc[table["status"] == "failed", "qc"]) == {"fail"}
+    assert set(table.loc[table["status"] == "ok", "qc"]) <= {"pass", "review", "fail"}
+    # mistie-0034 has 6-mm slices and the GE head a gantry tilt: both ask for a look
+    assert _volumes(run, "sub-ge/anat/sub-ge_ct.nii.gz")["qc"] == "review"
+    sidecar = json.loads((run["out"] / "group_volumes.json").read_text())
+    assert "Rule:" in sidecar["qc"]["Description"]
+    html = (run["out"] / "group_report.html").read_text()
+    assert "QC rating" in html and "review" in html
 
 
 def test_no_temporary_files_left(run):
@@ -267,11 +316,11 @@ def test_skull_stripped_scan_runs(run):
 
 def test_group_table(run):
     table = pd.read_csv(run["out"] / "group_volumes.tsv", sep="\t", na_values="n/a", keep_default_na=False)
-    assert len(table) == len(SCANS) + len(BAD_INPUTS)
+    assert len(table) == len(SCANS) + len(BAD_INPUTS) + 1
     assert set(table["status"]) == {"ok", "failed"}
     table = table[table["status"] == "ok"]
-    assert len(table) == len(SCANS)
-    assert sorted(table["participant_id"].unique()) == ["sub-0034", "sub-ge", "sub-stripped"]
+    assert len(table) == len(SCANS) + 1
+    assert sorted(table["participant_id"].unique()) == ["sub-0034", "sub-ge", "sub-partial", "sub-stripped"]
     for flag in ("flag_brain_volume", "flag_registration", "flag_roi_edge", "flag_outside_brain"):
         assert flag in table.columns
     assert set(table.loc[table["participant_id"] == "sub-0034", "session_id"]) == {"ses-1", "ses-2"}

@@ -230,3 +230,11 @@ def test_volume_column_descriptions():
     assert list(described) == list(VOLUME_COLUMNS)
     assert all(desc["Units"] == "mL" for desc in described.values())
     assert "IPH" in described[TOTAL_HEMORRHAGE_COLUMN]["Description"]
+
+
+def test_qc_rating_is_fail_for_scans_without_volumes(dataset):
+    bids, out = dataset
+    write_volumes(out, CTS[0], qc="review")
+    write_volumes(out, CTS[2], qc="pass")
+    table = build_group_table(out, bids)
+    assert list(table["qc"]) == ["review", "fail", "pass", "fail", "fail"]

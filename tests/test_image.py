@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, ornt_transform
 
+from ichseg.pipeline.checks import MIN_HEAD_COVERAGE_MM, check_ct
 from ichseg.pipeline.geometry import shear_degrees
 from ichseg.pipeline.image import InputImageError, conform_ct, load_ct, to_source_orientation
 from ichseg.pipeline.phantom import make_head_phantom, phantom_affine
@@ -157,6 +158,52 @@ def test_load_ct_rejects_unreadable_file(tmp_path):
     _expect_input_error(path, "cannot read")
 
 
+def _window(hu, level=40.0, width=80.0):
+    """A display-window export: HU mapped to grey levels 0-255."""
+    return np.clip((hu - (level - width / 2)) / width * 255, 0, 255).round()
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_load_ct_rejects_display_window_export(tmp_path, phantom, dtype):
+    path = _save(_window(phantom.data), phantom.affine, tmp_path / "win_ct.nii.gz", dtype=dtype)
+    _expect_input_error(path, "not Hounsfield units", "no air", "re-export", "DICOM")
+
+
+def test_load_ct_rejects_wide_window_export_by_its_skull_without_air(tmp_path, phantom):
+    grey = _window(phantom.data, level=300.0, width=600.0) * 4  # 0-1020, brain at 51: only the skull tells
+    path = _save(grey, phantom.affine, tmp_path / "wide_ct.nii.gz", dtype=np.int16)
+    _expect_input_error(path, "not Hounsfield units")
+
+
+def test_load_ct_rejects_plain_nifti_named_gz(tmp_path, phantom):
+    plain = _save(phantom.data, phantom.affine, tmp_path / "plain_ct.nii")
+    disguised = tmp_path / "disguised_ct.nii.gz"
+    disguised.write_bytes(plain.read_bytes())
+    _expect_input_error(disguised, "not gzip-compressed", "rename it to disguised_ct.nii")
+
+
+def test_load_ct_rejects_a_folder(tmp_path):
+    folder = tmp_path / "sub-01_ct.nii.gz"
+    folder.mkdir()
+    _expect_input_error(folder, "is a folder, not a NIfTI file")
+
+
+def test_load_ct_rejects_complex_voxels(tmp_path, phantom):
+    path = tmp_path / "complex_ct.nii.gz"
+    nib.save(nib.Nifti1Image(phantom.data.astype(np.complex64), phantom.affine), str(path))
+    _expect_input_error(path, "cannot read", "complex")
+
+
+def test_head_coverage_warns_and_measures_the_extent(tmp_path, phantom):
+    whole = check_ct(_save(phantom.data, phantom.affine, tmp_path / "whole_ct.nii.gz"))
+    assert whole.measures["head_coverage_mm"] >= MIN_HEAD_COVERAGE_MM
+    assert not any("coverage" in w for w in whole.warnings)
+    partial = check_ct(_save(phantom.data[:, :, 10:16], phantom.affine, tmp_path / "six_ct.nii.gz"))
+    assert partial.measures["head_coverage_mm"] == pytest.approx(36.0)  # 6 slices of 6 mm
+    warning = next(w for w in partial.warnings if w.startswith("incomplete head coverage"))
+    assert "36 mm" in warning and "lower bounds" in warning
+
+
 # --------------------------------------------------------------------------- conform_ct
 
 
@@ -167,8 +214,9 @@ def test_conform_ct_gives_ras_and_keeps_voxels(tmp_path, codes):
     data, affine = _reorient(ras_data, ras_affine, codes)
     source = _save(data, affine, tmp_path / "src_ct.nii.gz", dtype=np.int16)
     out = tmp_path / "conformed.nii.gz"
-    warnings = conform_ct(source, out)
-    assert warnings == []  # 0.9-2.5 mm voxels, orthogonal grid, consistent header
+    warnings = conform_ct(source, out).warnings
+    # 0.9-2.5 mm voxels, orthogonal grid, consistent header: only the tiny volume's coverage
+    assert [w for w in warnings if not w.startswith("incomplete head coverage")] == []
     img = nib.load(str(out))
     assert nib.aff2axcodes(img.affine) == ("R", "A", "S")
     assert img.get_data_dtype() == np.float32
@@ -189,7 +237,7 @@ def test_conform_ct_keeps_a_sheared_affine(tmp_path, phantom):
     )
     assert nib.aff2axcodes(tilted.affine) == ("L", "A", "S")
     source = _save(tilted.data, tilted.affine, tmp_path / "tilt_ct.nii.gz")
-    warnings = conform_ct(source, tmp_path / "conformed.nii.gz")
+    warnings = conform_ct(source, tmp_path / "conformed.nii.gz").warnings
     assert any("tilt" in w for w in warnings)
     img = nib.load(str(tmp_path / "conformed.nii.gz"))
     # the only change is an L->R flip of the first axis: the shear stays in the affine

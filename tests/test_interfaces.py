@@ -255,8 +255,11 @@ def test_tabulate_volumes(tmp_path):
     assert bool(row["flag_brain_volume"]) is True
     assert bool(row["flag_registration"]) is False
     assert row["n_warnings"] == 1
+    assert bool(row["volumes_lower_bound"]) is False  # no head_coverage_mm measured: not flagged
+    assert row["qc"] == "review"
 
     sidecar = json.loads(Path(result.outputs.out_json).read_text())
+    assert "Rule:" in sidecar["qc"]["Description"] and set(sidecar["qc"]["Levels"]) == {"pass", "review", "fail"}
     for column in VOLUME_COLUMNS:
         assert sidecar[column]["Units"] == "mL"
         assert sidecar[column]["Description"]

@@ -29,6 +29,7 @@ class _ConformCTOutputSpec(TraitedSpec):
     out_file = File(exists=True, desc="checked CT, float32, closest-RAS voxel axes")
     shear_deg = traits.Float(desc="gantry-tilt shear of the voxel grid (degrees)")
     warnings = traits.List(traits.Str, desc="input problems that do not stop processing")
+    qc = traits.Dict(desc="input measures for the QC columns (head_coverage_mm)")
 
 
 class ConformCT(SimpleInterface):
@@ -39,7 +40,9 @@ class ConformCT(SimpleInterface):
 
     def _run_interface(self, runtime):
         out_file = os.path.join(runtime.cwd, "ct_conformed.nii")  # uncompressed: read by the next nodes only
-        self._results["warnings"] = conform_ct(self.inputs.in_file, out_file, self.inputs.sidecar or None)
+        checked = conform_ct(self.inputs.in_file, out_file, self.inputs.sidecar or None)
+        self._results["warnings"] = list(checked.warnings)
+        self._results["qc"] = dict(checked.measures)
         self._results["out_file"] = out_file
         self._results["shear_deg"] = shear_degrees(nib.load(out_file).affine)
         return runtime

@@ -34,7 +34,8 @@ class _RegisterOutputSpec(TraitedSpec):
     out_transform = File(exists=True, desc="ANTs affine (template -> scan points), ITK .mat")
     template_ct = File(exists=True, desc="the CT (full head, HU) resampled on the template grid")
     template_brain_mask = File(exists=True, desc="the CT's brain mask on the template grid")
-    qc = traits.Dict(desc="registration_similarity (intensity correlation) and registration_dice")
+    qc = traits.Dict(desc="registration_similarity (intensity correlation) and registration_dice, "
+                     "inside the scan's field of view")
 
 
 class RegisterToTemplate(SimpleInterface):
@@ -57,10 +58,11 @@ class RegisterToTemplate(SimpleInterface):
         # CT and mask in one pass (the sample coordinates are computed once). Interpolation is
         # linear, so warping CT - OUTSIDE_FOV_HU with fill 0 and adding it back is the CT
         # warped with fill OUTSIDE_FOV_HU.
-        both_channels = np.stack([ct - OUTSIDE_FOV_HU, mask.astype(np.float32)])
-        warped = warp_to_template(both_channels, ct_img.affine, template_img, template_to_scan)
+        channels = np.stack([ct - OUTSIDE_FOV_HU, mask.astype(np.float32), np.ones_like(ct)])
+        warped = warp_to_template(channels, ct_img.affine, template_img, template_to_scan)
         warped_ct = warped[0] + OUTSIDE_FOV_HU
         warped_mask = warped[1] >= 0.5
+        in_view = warped[2] >= 0.5
         self._results["out_transform"] = transform
         # uncompressed: the next steps read them at once; the derivative sink compresses
         self._results["template_ct"] = os.path.join(runtime.cwd, "ct_space-template.nii")
@@ -69,7 +71,9 @@ class RegisterToTemplate(SimpleInterface):
         save_like(warped_mask.astype(np.uint8), template_img, self._results["template_brain_mask"])
 
         template = np.asanyarray(template_img.dataobj, dtype=np.float32)
-        template_mask = np.asanyarray(nib.load(self.inputs.template_mask).dataobj) > 0.5
+        # Compared inside the scan's field of view only: a scan that covers part of the head
+        # (flag_head_coverage) is judged on the part it has.
+        template_mask = (np.asanyarray(nib.load(self.inputs.template_mask).dataobj) > 0.5) & in_view
         both = warped_mask & template_mask
         self._results["qc"] = {
             "registration_dice": float(2 * both.sum() / max(1, warped_mask.sum() + template_mask.sum())),

@@ -17,7 +17,7 @@ from nipype.interfaces.base import (
 )
 
 from ..labels import BRAIN_VOLUME_COLUMN, VOLUME_COLUMNS, volume_column_descriptions
-from ..qc import qc_column_descriptions, quality_flags
+from ..qc import qc_column_descriptions, qc_columns
 from ..provenance import software_versions
 from ..volumes import label_volumes_ml
 
@@ -52,8 +52,7 @@ class TabulateVolumes(SimpleInterface):
         row["status"] = "ok"
         qc = dict(self.inputs.qc or {})
         row.update({key: round(float(value), 4) for key, value in sorted(qc.items())})
-        row.update(quality_flags(volumes[BRAIN_VOLUME_COLUMN], qc))
-        row["n_warnings"] = len(self.inputs.warnings or [])
+        row.update(qc_columns(volumes[BRAIN_VOLUME_COLUMN], qc, list(self.inputs.warnings or [])))
         self._results["volumes"] = volumes
         self._results["out_tsv"] = os.path.join(runtime.cwd, "volumes.tsv")
         pd.DataFrame([row]).to_csv(self._results["out_tsv"], sep="\t", index=False, na_rep="n/a")

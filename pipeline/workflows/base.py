@@ -179,7 +179,7 @@ def init_single_ct_wf(
         ScanReport(template=str(assets.get_asset(assets.TEMPLATE_CT))), name="scan_report", mem_gb=0.5
     )
     qc = pe.Node(
-        niu.Function(function=_merge_dicts, input_names=["first", "second"], output_names=["merged"]),
+        niu.Function(function=_merge_dicts, input_names=["first", "second", "third"], output_names=["merged"]),
         name="merge_qc",
     )
 
@@ -204,6 +204,7 @@ def init_single_ct_wf(
         (inputnode, tabulate, [("ct_file", "source_file")]),
         (register, qc, [("qc", "first")]),
         (segment, qc, [("qc", "second")]),
+        (conform, qc, [("qc", "third")]),
         (qc, tabulate, [("merged", "qc")]),
         (conform, tabulate, [("warnings", "warnings")]),
         (to_scan, outputnode, [("dseg", "dseg"), ("hemorrhage_probseg", "hemorrhage_probseg")]),
@@ -237,8 +238,9 @@ def init_single_ct_wf(
     return workflow
 
 
-def _merge_dicts(first, second):
-    """Merge two QC dictionaries (Nipype Function node: self-contained)."""
-    merged = dict(first or {})
-    merged.update(second or {})
+def _merge_dicts(first, second, third=None):
+    """Merge the QC dictionaries of the steps (Nipype Function node: self-contained)."""
+    merged = {}
+    for part in (first, second, third):
+        merged.update(part or {})
     return merged
