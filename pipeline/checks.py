@@ -14,7 +14,7 @@ from typing import Mapping
 import nibabel as nib
 import numpy as np
 
-from .geometry import shear_degrees, voxel_sizes
+from .geometry import shear_degrees, slice_geometry, voxel_sizes
 
 #: Voxel edges outside this range (mm) are not a head CT or a broken header: error.
 VOXEL_SIZE_RANGE_MM = (0.1, 10.0)
@@ -209,9 +209,8 @@ def head_coverage_mm(data: np.ndarray, affine: np.ndarray) -> float:
     slice holds head when its voxels of at least HEAD_TISSUE_HU (an exact-zero background
     excluded) cover HEAD_SLICE_AREA_MM2.
     """
-    axis = int(np.argmax(np.abs(affine[2, :3])))
-    sizes = voxel_sizes(affine)
-    in_plane_mm2 = float(np.prod([s for i, s in enumerate(sizes) if i != axis]))
+    axis, edges, _ = slice_geometry(affine)
+    in_plane_mm2 = float(np.linalg.norm(np.cross(edges[0], edges[1])))
     tissue = (data >= HEAD_TISSUE_HU) & (data != 0)
     other = tuple(i for i in range(3) if i != axis)
     area = np.count_nonzero(tissue, axis=other) * in_plane_mm2

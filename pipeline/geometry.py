@@ -28,6 +28,23 @@ def voxel_sizes(affine: np.ndarray) -> tuple[float, float, float]:
     return tuple(float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
 
 
+def slice_axis(affine: np.ndarray) -> int:
+    """The voxel axis closest to the scanner's inferior-superior axis: the axis of the axial
+    slices as acquired (gantry tilt included)."""
+    return int(np.argmax(np.abs(np.asarray(affine)[2, :3])))
+
+
+def slice_geometry(affine: np.ndarray) -> tuple[int, np.ndarray, float]:
+    """Slice axis, the two in-plane voxel edge vectors (2 x 3, mm) and the distance between
+    slice planes (mm), which on a sheared (tilted) grid is less than the voxel edge along the
+    slice axis."""
+    axis = slice_axis(affine)
+    edges = np.asarray(affine, dtype=float)[:3, [i for i in range(3) if i != axis]].T
+    in_plane_mm2 = float(np.linalg.norm(np.cross(edges[0], edges[1])))
+    spacing = abs(float(np.linalg.det(np.asarray(affine, dtype=float)[:3, :3]))) / in_plane_mm2
+    return axis, edges, spacing
+
+
 def shear_degrees(affine: np.ndarray) -> float:
     """Largest deviation from 90 degrees between two voxel axes (0 for orthogonal grids).
 

@@ -34,6 +34,8 @@ LABELS: tuple[Label, ...] = (
     Label(4, "intraventricular hemorrhage", "IVH", "#ff7f00", True),
 )
 
+#: Index of intraparenchymal hemorrhage, the class that ABC/2 and expansion rules measure.
+IPH_INDEX: int = next(lab.index for lab in LABELS if lab.abbreviation == "IPH")
 #: Foreground classes, in index order (everything except background).
 FOREGROUND_LABELS: tuple[Label, ...] = tuple(lab for lab in LABELS if lab.index != 0)
 #: Class indices that count towards total hemorrhage (IPH + EAH + IVH).

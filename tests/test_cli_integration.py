@@ -294,6 +294,10 @@ def test_mistie_hematoma_found(run, session):
     assert 30 < row["iph_ml"] < 60
     assert 30 < row["hemorrhage_ml"] < 65
     assert 1000 < row["brain_ml"] < 1800
+    # ABC/2 of the clot (38 mL of IPH in one component): the unweighted one near it, Kothari's
+    # weighting of the 6-mm slices lower
+    assert 0.7 * row["iph_ml"] < row["iph_abc2_unweighted_ml"] < 1.5 * row["iph_ml"]
+    assert 15 < row["iph_abc2_ml"] < row["iph_abc2_unweighted_ml"]
 
 
 def test_sessions_give_identical_results(run):

@@ -257,8 +257,10 @@ def test_tabulate_volumes(tmp_path):
     assert row["n_warnings"] == 1
     assert bool(row["volumes_lower_bound"]) is False  # no head_coverage_mm measured: not flagged
     assert row["qc"] == "review"
+    assert row["iph_abc2_ml"] >= 0 and row["iph_abc2_unweighted_ml"] >= row["iph_abc2_ml"]
 
     sidecar = json.loads(Path(result.outputs.out_json).read_text())
+    assert sidecar["iph_abc2_ml"]["Units"] == "mL" and "Kothari" in sidecar["iph_abc2_ml"]["Description"]
     assert "Rule:" in sidecar["qc"]["Description"] and set(sidecar["qc"]["Levels"]) == {"pass", "review", "fail"}
     for column in VOLUME_COLUMNS:
         assert sidecar[column]["Units"] == "mL"

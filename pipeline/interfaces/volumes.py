@@ -16,10 +16,10 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from ..labels import BRAIN_VOLUME_COLUMN, VOLUME_COLUMNS, volume_column_descriptions
+from ..labels import BRAIN_VOLUME_COLUMN, IPH_INDEX, VOLUME_COLUMNS, volume_column_descriptions
 from ..qc import qc_column_descriptions, qc_columns
 from ..provenance import software_versions
-from ..volumes import label_volumes_ml
+from ..volumes import ABC2_COLUMNS, abc2_ml, label_volumes_ml
 
 
 class _TabulateInputSpec(BaseInterfaceInputSpec):
@@ -50,6 +50,9 @@ class TabulateVolumes(SimpleInterface):
         volumes = label_volumes_ml(np.asanyarray(dseg.dataobj), dseg.affine, mask)
         row = {column: round(volumes[column], 4) for column in VOLUME_COLUMNS}
         row["status"] = "ok"
+        abc2 = abc2_ml(np.asanyarray(dseg.dataobj) == IPH_INDEX, dseg.affine)
+        row["iph_abc2_ml"] = round(abc2["abc2_ml"], 4)
+        row["iph_abc2_unweighted_ml"] = round(abc2["abc2_unweighted_ml"], 4)
         qc = dict(self.inputs.qc or {})
         row.update({key: round(float(value), 4) for key, value in sorted(qc.items())})
         row.update(qc_columns(volumes[BRAIN_VOLUME_COLUMN], qc, list(self.inputs.warnings or [])))
@@ -60,6 +63,7 @@ class TabulateVolumes(SimpleInterface):
             model_info = json.load(fobj)
         sidecar = volume_column_descriptions()
         sidecar["status"] = {"Description": "Processing status of the scan", "Levels": {"ok": "processed"}}
+        sidecar.update(ABC2_COLUMNS)
         sidecar.update(qc_column_descriptions())
         sidecar["Sources"] = [str(self.inputs.source_file)]
         sidecar["Warnings"] = list(self.inputs.warnings or [])
