@@ -37,6 +37,14 @@ from ichseg.pipeline.labels import VOLUME_COLUMNS, volume_column_descriptions
 from ichseg.pipeline.qc import QC_FAIL
 
 from .bids import collect_ct_images
+from .longitudinal import (
+    LONGITUDINAL_TABLE,
+    acquisition_time,
+    add_times,
+    longitudinal_sidecar,
+    longitudinal_table,
+    scans_tsv_times,
+)
 from .naming import (
     ENTITIES,
     derivative_path,
@@ -175,10 +183,13 @@ def build_group_table(
     failures = {scan_id(ents): (ents, path) for ents, path in find_derivatives(out, "failure")}
 
     scans: list[tuple[dict[str, str], Any]] = []  # (entities, source_file)
+    times: dict[str, Any] = {}  # scan id -> acquisition time (with the dataset only)
     if bids_dir is not None:
         root = Path(bids_dir).expanduser().absolute()
         for img in collect_ct_images(root, participant_label, bids_filter=bids_filter):
-            scans.append((img.entities, img.path.relative_to(root).as_posix()))
+            relpath = img.path.relative_to(root).as_posix()
+            scans.append((img.entities, relpath))
+            times[scan_id(img.entities)] = acquisition_time(img.sidecar, scans_tsv_times(root, relpath))
         left_out = (set(volumes) | set(failures)) - {scan_id(ents) for ents, _ in scans}
         if left_out:
             LOGGER.warning(
@@ -240,6 +251,8 @@ def build_group_table(
         *extras,
     ]
     table = pd.DataFrame(rows, columns=columns)
+    if bids_dir is not None:
+        table = add_times(table, {i: times.get(scan_id(ents)) for i, (ents, _) in enumerate(scans)})
     if "qc" in table.columns:  # a scan without volumes has nothing to pass or review
         table.loc[table["status"] != STATUS_OK, "qc"] = QC_FAIL
     for col in VOLUME_COLUMNS:
@@ -265,6 +278,9 @@ def group_table_sidecar(table: pd.DataFrame, output_dir: str | os.PathLike | Non
         **volume_column_descriptions(),
         "status": {"Description": "Outcome of the participant level.", "Levels": _STATUS_LEVELS},
         "error": {"Description": "Error message of a failed scan; n/a otherwise."},
+        "acq_time": {"Description": "Acquisition date and time of the CT (sidecar AcquisitionDateTime, "
+                     "or the subject's scans.tsv acq_time); n/a when unknown."},
+        "hours_since_first_scan": {"Description": "Hours since the subject's first scan.", "Units": "h"},
     }
     entities = {
         entity.name: {"Description": f"BIDS '{entity.key}' entity of the source CT; n/a if absent."}
@@ -330,6 +346,11 @@ def write_group_table(
     sidecar = group_table_sidecar(table, output_dir)
     atomic_write_text(path, _tsv_text(table))
     atomic_write_text(path.with_suffix(".json"), json.dumps(sidecar, indent=2) + "\n")
+    if "session_id" in table and table.groupby("participant_id").size().max() > 1:
+        longitudinal = path.with_name(LONGITUDINAL_TABLE)
+        atomic_write_text(longitudinal, _tsv_text(longitudinal_table(table)))
+        atomic_write_text(longitudinal.with_suffix(".json"), json.dumps(longitudinal_sidecar(), indent=2) + "\n")
+        LOGGER.info("Wrote %s.", longitudinal)
     counts = table["status"].value_counts().to_dict()
     LOGGER.info(
         "Wrote %s: %d scan(s) (%s).",

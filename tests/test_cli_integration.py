@@ -336,6 +336,15 @@ def test_group_table(run):
     assert mistie["hemorrhage_ml"] == pytest.approx(_volumes(run, next(iter(SCANS)))["hemorrhage_ml"])
 
 
+def test_longitudinal_table_compares_the_two_sessions(run):
+    table = pd.read_csv(run["out"] / "group_longitudinal.tsv", sep="\t", na_values="n/a", keep_default_na=False)
+    row = table[table["participant_id"] == "sub-0034"].iloc[0]
+    assert (row["baseline_session_id"], row["followup_session_id"]) == ("ses-1", "ses-2")
+    assert row["iph_change_ml"] == 0 and row["iph_change_pct"] == 0  # the same CT twice
+    assert not row["expansion_6ml_33pct"] and not row["expansion_12p5ml_1p4x"] and row["growth_le_35pct"]
+    assert list(table["participant_id"]) == ["sub-0034"]  # the other subjects have one scan
+
+
 def test_rerun_is_cached_and_identical(run):
     first, second = run["seconds"]
     assert second < 0.5 * first, f"re-run took {second:.0f} s after {first:.0f} s"

@@ -76,6 +76,8 @@ def test_group_table_with_bids_dir(dataset):
         *VOLUME_COLUMNS,
         "status",
         "error",
+        "acq_time",
+        "hours_since_first_scan",
         "qc_contrast",
         "qc_motion",
     ]
@@ -103,7 +105,7 @@ def test_write_group_table(dataset):
     text = path.read_text()
     assert "\tn/a\t" in text and "nan" not in text.lower().replace("n/a", "")
     back = pd.read_csv(path, sep="\t", na_values="n/a")
-    assert back.shape == (5, 4 + 1 + len(VOLUME_COLUMNS) + 4)
+    assert back.shape == (5, 4 + 1 + len(VOLUME_COLUMNS) + 6)  # + acq_time, hours_since_first_scan
     assert list(back["status"]) == ["ok", "failed", "ok", "missing", "missing"]
     assert back["session_id"].isna().tolist() == [False, False, True, True, True]
     assert back.loc[0, VOLUME_COLUMNS[1]] == 1.25
