@@ -1121,6 +1121,57 @@ def _plot_group_volumes(table, out: io.StringIO) -> bool:
     return True
 
 
+def _plot_courses(table, out: io.StringIO, most: int = 24) -> bool:
+    """Volume over time per subject with more than one scan (small multiples, one line per
+    class); the x axis is the hours since the first scan, else the scan's rank. False if no
+    subject has two scans with volumes."""
+    columns = [c for c in (TOTAL_HEMORRHAGE_COLUMN, "iph_ml", "ivh_ml") if c in table.columns]
+    if "participant_id" not in table or not columns:
+        return False
+    ok = table[table.get("status", "ok") == "ok"] if "status" in table else table
+    groups = [(pid, scans) for pid, scans in ok.groupby("participant_id", sort=True) if len(scans) > 1]
+    if not groups:
+        return False
+    groups = groups[:most]
+    colors = {lab.volume_column: lab.color for lab in FOREGROUND_LABELS}
+    colors[TOTAL_HEMORRHAGE_COLUMN] = "#111827"
+    ncol = min(4, len(groups))
+    nrow = (len(groups) + ncol - 1) // ncol
+    with matplotlib.rc_context(_SVG_RC):
+        fig = Figure(figsize=(2.2 * ncol + 0.6, 1.9 * nrow + 0.5), facecolor="white")
+        axes = fig.subplots(nrow, ncol, squeeze=False)
+        for ax, (pid, scans) in zip(axes.ravel(), groups):
+            hours = _as_float(scans.get("hours_since_first_scan"))
+            timed = hours is not None and np.isfinite(hours).all()
+            order = np.argsort(hours, kind="stable") if timed else np.arange(len(scans))
+            x = hours[order] if timed else np.arange(len(scans))
+            for column in columns:
+                y = _as_float(scans[column])[order]
+                ax.plot(x, y, marker="o", ms=3, lw=1.2, color=colors.get(column, "#6b7280"), label=column)
+            ax.set_title(str(pid), fontsize=8)
+            ax.set_xlabel("hours since first scan" if timed else "scan (by session)", fontsize=7)
+            ax.tick_params(labelsize=7)
+            ax.set_ylim(bottom=0)
+            for spine in ("top", "right"):
+                ax.spines[spine].set_visible(False)
+        for ax in axes.ravel()[len(groups):]:
+            ax.set_visible(False)
+        axes[0, 0].set_ylabel("mL", fontsize=7)
+        axes[0, 0].legend(fontsize=6.5, frameon=False)
+        fig.tight_layout()
+        fig.savefig(out, format="svg", metadata={"Date": None})
+    return True
+
+
+def _as_float(values) -> np.ndarray | None:
+    """A table column as floats (``n/a`` and text as NaN); None when the column is absent."""
+    if values is None:
+        return None
+    import pandas as pd
+
+    return pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+
+
 def write_group_report(output_dir: str | os.PathLike) -> Path:
     """Write ``<output_dir>/group_report.html`` from ``group_volumes.tsv``; return its path.
 
@@ -1249,6 +1300,17 @@ def write_group_report(output_dir: str | os.PathLike) -> Path:
         )
     else:
         parts.append('<p class="muted">No scan has volumes yet.</p>')
+
+    buffer = io.StringIO()
+    if _plot_courses(table, buffer):
+        parts.append('<h2 id="courses">Volumes across sessions</h2>')
+        svg = _inline_svg(buffer.getvalue(), "courses")
+        parts.append(
+            f'<figure id="figure-courses" class="plot">{svg}<figcaption><b>Each subject with more '
+            "than one scan:</b> total hemorrhage, IPH and IVH over the hours since the first scan "
+            "(by session order where the times are unknown). Expansion by the named definitions is "
+            "in <code>group_longitudinal.tsv</code>.</figcaption></figure>"
+        )
 
     parts.append('<h2 id="table">Group table</h2>')
     head = "".join(f"<th>{_e(c)}</th>" for c in ["scan", *columns])

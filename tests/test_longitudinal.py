@@ -20,6 +20,7 @@ from ichseg.bids_app.longitudinal import (
 )
 from ichseg.bids_app.naming import derivative_path
 from ichseg.pipeline.labels import VOLUME_COLUMNS
+from ichseg.pipeline.reports import write_group_report
 
 RULES = {d.column: d.rule for d in EXPANSION_DEFINITIONS}
 
@@ -121,6 +122,9 @@ def test_longitudinal_table(tmp_path):
     assert "failed" in second["reason"] and "ses-2" in second["reason"]
     for column in ("followup_iph_ml", "iph_change_ml", "expansion_6ml_33pct", "hours_between"):
         assert second[column] == "n/a" or pd.isna(second[column]), column
+
+    html = (out / "group_report.html").read_text() if write_group_report(out) else ""
+    assert "Volumes across sessions" in html and 'id="figure-courses"' in html
 
     sidecar = json.loads((out / LONGITUDINAL_TABLE).with_suffix(".json").read_text())
     assert set(sidecar) == set(table.columns)
