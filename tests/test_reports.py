@@ -415,8 +415,10 @@ def test_group_report(tmp_path):
     assert "sub-01_ses-1_run-01" not in section
     assert "flag_registration" in section
     assert "RuntimeError: &lt;b&gt;bad&lt;/b&gt; header" in raw and "<b>bad</b>" not in raw
-    # The distribution plot is embedded; the table lists every column.
-    assert parser.tags.count("svg") == 1
+    # The distribution plot and the course of the subject with two scans are embedded; the
+    # table lists every column.
+    assert parser.tags.count("svg") == 2
+    assert "figure-courses" in raw
     for column in ("participant_id", "qc_contrast", *VOLUME_COLUMNS):
         assert column in text
     _assert_self_contained(out, parser)
