@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="Other commands: 'ichseg evaluate DERIVATIVES REFERENCES' compares the label maps "
                "with reference segmentations; 'ichseg train BIDS_DIR REFERENCES MODEL_DIR' fine-tunes "
-               "a network on them (ichseg evaluate --help, ichseg train --help).",
+               "a network on them; 'ichseg dicom2bids DICOM_DIR BIDS_DIR --participant-label L' adds "
+               "a visit's DICOM head CT to a BIDS dataset (ichseg <command> --help).",
     )
     parser.add_argument("bids_dir", type=Path, help="root of the input BIDS dataset (read only)")
     parser.add_argument("output_dir", type=Path, help="where the BIDS derivatives are written")
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {
     "evaluate": "ichseg.bids_app.evaluate:run_evaluate",
     "train": "ichseg.bids_app.train:run_train",
+    "dicom2bids": "ichseg.bids_app.dicom2bids:run_dicom2bids",
 }
 
 
