@@ -191,6 +191,9 @@ DERIVATIVES: Mapping[str, DerivativeSpec] = MappingProxyType(
             description="Affine transform from the CT to the template (ANTs).",
         ),
         "volumes": DerivativeSpec("volumes", ".tsv", description="Per-scan volume table (mL)."),
+        "regions": DerivativeSpec(
+            "regions", ".tsv", description="IPH and total hemorrhage (mL) per region of the atlas."
+        ),
         "volumes_json": DerivativeSpec(
             "volumes", ".json", description="Sidecar of the per-scan volume table."
         ),

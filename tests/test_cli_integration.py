@@ -36,7 +36,7 @@ SCANS = {
 }
 #: Kinds written for every scan (figures/reports/failure records are not in this list).
 PER_SCAN_KINDS = ["brain_mask", "dseg", "dseg_tsv", "hemorrhage_probseg", "template_ct",
-                  "template_dseg", "xfm", "volumes", "volumes_json", "report"]
+                  "template_dseg", "xfm", "volumes", "volumes_json", "regions", "report"]
 #: Outputs that must sit exactly on the input CT's grid.
 SCAN_GRID_KINDS = ["brain_mask", "dseg", "hemorrhage_probseg"]
 
@@ -298,6 +298,11 @@ def test_mistie_hematoma_found(run, session):
     # weighting of the 6-mm slices lower
     assert 0.7 * row["iph_ml"] < row["iph_abc2_unweighted_ml"] < 1.5 * row["iph_ml"]
     assert 15 < row["iph_abc2_ml"] < row["iph_abc2_unweighted_ml"]
+    # a deep hematoma on the side x > 0 of the header's RAS axes: the patient's right
+    assert row["location"] == "deep" and row["side"] == "right"
+    assert row["deep_ml"] > 0.5 * row["iph_ml"] and row["right_ml"] > 0.9 * row["iph_ml"]
+    regions = pd.read_csv(derivative_path(run["out"], source.get_filename(), "regions"), sep="\t")
+    assert regions["iph_ml"].sum() == pytest.approx(row["iph_ml"], abs=0.01)
 
 
 def test_sessions_give_identical_results(run):

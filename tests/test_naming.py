@@ -34,6 +34,7 @@ EXPECTED = {
     "xfm": "sub-01/ses-1/anat/sub-01_ses-1_run-2_from-ct_to-scct_mode-image_xfm.mat",
     "volumes": "sub-01/ses-1/anat/sub-01_ses-1_run-2_volumes.tsv",
     "volumes_json": "sub-01/ses-1/anat/sub-01_ses-1_run-2_volumes.json",
+    "regions": "sub-01/ses-1/anat/sub-01_ses-1_run-2_regions.tsv",
     "report": "sub-01_ses-1_run-2.html",
     "figure": "sub-01/figures/sub-01_ses-1_run-2_desc-overlay_ct.svg",
     "failure": "sub-01/log/sub-01_ses-1_run-2_desc-failed_log.json",

@@ -19,6 +19,7 @@ from nipype.interfaces.base import (
 from ..labels import BRAIN_VOLUME_COLUMN, IPH_INDEX, VOLUME_COLUMNS, volume_column_descriptions
 from ..qc import qc_column_descriptions, qc_columns
 from ..provenance import software_versions
+from ..location import LOCATION_COLUMNS, locate, read_region_names, side_map
 from ..volumes import ABC2_COLUMNS, abc2_ml, label_volumes_ml
 
 
@@ -30,6 +31,7 @@ class _TabulateInputSpec(BaseInterfaceInputSpec):
     extra_metadata = traits.Dict(desc="further provenance to record (e.g. registration settings)")
     qc = traits.Dict(desc="QC measures (registration, segmentation) to tabulate and flag")
     warnings = traits.List(traits.Str, desc="input warnings of this scan")
+    location = traits.Dict(desc="location summary columns (LocateHemorrhage)")
 
 
 class _TabulateOutputSpec(TraitedSpec):
@@ -54,6 +56,7 @@ class TabulateVolumes(SimpleInterface):
         row["iph_abc2_ml"] = round(abc2["abc2_ml"], 4)
         row["iph_abc2_unweighted_ml"] = round(abc2["abc2_unweighted_ml"], 4)
         qc = dict(self.inputs.qc or {})
+        row.update(self.inputs.location or {})
         row.update({key: round(float(value), 4) for key, value in sorted(qc.items())})
         row.update(qc_columns(volumes[BRAIN_VOLUME_COLUMN], qc, list(self.inputs.warnings or [])))
         self._results["volumes"] = volumes
@@ -64,6 +67,7 @@ class TabulateVolumes(SimpleInterface):
         sidecar = volume_column_descriptions()
         sidecar["status"] = {"Description": "Processing status of the scan", "Levels": {"ok": "processed"}}
         sidecar.update(ABC2_COLUMNS)
+        sidecar.update(LOCATION_COLUMNS)
         sidecar.update(qc_column_descriptions())
         sidecar["Sources"] = [str(self.inputs.source_file)]
         sidecar["Warnings"] = list(self.inputs.warnings or [])
@@ -74,4 +78,40 @@ class TabulateVolumes(SimpleInterface):
         self._results["out_json"] = os.path.join(runtime.cwd, "volumes.json")
         with open(self._results["out_json"], "w") as fobj:
             json.dump(sidecar, fobj, indent=2, default=str)
+        return runtime
+
+
+class _LocateInputSpec(BaseInterfaceInputSpec):
+    dseg = File(exists=True, mandatory=True, desc="label map on the original CT grid")
+    transform = File(exists=True, mandatory=True, desc="ANTs affine (template -> scan points)")
+    atlas = File(exists=True, mandatory=True, desc="region atlas in the template's world space")
+    atlas_labels = File(exists=True, mandatory=True, desc="ROIIndex,ROIName table of the atlas")
+
+
+class _LocateOutputSpec(TraitedSpec):
+    regions_tsv = File(exists=True, desc="IPH and total hemorrhage (mL) per atlas region")
+    location = traits.Dict(desc="summary columns: lobar_ml, deep_ml, ..., location, side")
+
+
+class LocateHemorrhage(SimpleInterface):
+    """Map the atlas onto the scan through the inverse registration; volumes per region."""
+
+    input_spec = _LocateInputSpec
+    output_spec = _LocateOutputSpec
+
+    def _run_interface(self, runtime):
+        from ..geometry import ants_affine_to_ras, voxel_volume_ml
+        from ..registration import warp_to_scan
+
+        dseg = nib.load(self.inputs.dseg)
+        atlas = nib.load(self.inputs.atlas)
+        channels = np.stack([np.asanyarray(atlas.dataobj, dtype=np.float32),
+                             side_map(atlas.shape[:3], atlas.affine).astype(np.float32)])
+        regions, sides = warp_to_scan(channels, atlas.affine, dseg.shape[:3], dseg.affine,
+                                      ants_affine_to_ras(self.inputs.transform), order=0)
+        rows, summary = locate(np.asanyarray(dseg.dataobj), regions, sides, voxel_volume_ml(dseg.affine),
+                               read_region_names(self.inputs.atlas_labels))
+        self._results["regions_tsv"] = os.path.join(runtime.cwd, "regions.tsv")
+        pd.DataFrame(rows).to_csv(self._results["regions_tsv"], sep="\t", index=False, na_rep="n/a")
+        self._results["location"] = summary
         return runtime

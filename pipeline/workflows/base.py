@@ -14,7 +14,7 @@ from ..interfaces.labels import LabelTable
 from ..interfaces.registration import RegisterToTemplate
 from ..interfaces.reports import ScanReport
 from ..interfaces.segmentation import ProbabilitiesToScan, SegmentHemorrhage
-from ..interfaces.volumes import TabulateVolumes
+from ..interfaces.volumes import LocateHemorrhage, TabulateVolumes
 from .outputs import init_ct_derivatives_wf
 from ..segmentation import DEFAULT_MARGIN_MM
 
@@ -174,6 +174,12 @@ def init_single_ct_wf(
         name="tabulate_volumes",
         mem_gb=MEM_GB["tabulate"],
     )
+    locate = pe.Node(
+        LocateHemorrhage(atlas=str(assets.get_asset(assets.ATLAS)),
+                         atlas_labels=str(assets.get_asset(assets.ATLAS_LABELS))),
+        name="locate_hemorrhage",
+        mem_gb=MEM_GB["tabulate"],
+    )
     label_table = pe.Node(LabelTable(), name="label_table")
     report = pe.Node(
         ScanReport(template=str(assets.get_asset(assets.TEMPLATE_CT))), name="scan_report", mem_gb=0.5
@@ -199,6 +205,10 @@ def init_single_ct_wf(
         (brain, mask_to_source, [("out_mask", "in_file")]),
         (inputnode, mask_to_source, [("ct_file", "source_file")]),
         (to_scan, tabulate, [("dseg", "dseg")]),
+        (to_scan, locate, [("dseg", "dseg")]),
+        (register, locate, [("out_transform", "transform")]),
+        (locate, tabulate, [("location", "location")]),
+        (locate, derivatives_wf, [("regions_tsv", "inputnode.regions")]),
         (mask_to_source, tabulate, [("out_file", "brain_mask")]),
         (segment, tabulate, [("model_info", "model_info")]),
         (inputnode, tabulate, [("ct_file", "source_file")]),

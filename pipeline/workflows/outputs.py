@@ -21,6 +21,7 @@ SCAN_DERIVATIVES = {
     "template_dseg": ("template_dseg", {}),
     "xfm": ("xfm", {}),
     "volumes_json": ("volumes_json", {}),
+    "regions": ("regions", {}),
     "report": ("report", {}),
     "segmentation_figure": ("figure", {"desc": "segmentation"}),
     "registration_figure": ("figure", {"desc": "registration"}),
@@ -40,7 +41,7 @@ def init_ct_derivatives_wf(output_dir: str | Path, name: str = "ct_derivatives_w
     source_file
         The input CT (its entities name the outputs).
     brain_mask, dseg, dseg_tsv, hemorrhage_probseg, template_ct, template_dseg, xfm,
-    volumes, volumes_json, report, segmentation_figure, registration_figure
+    volumes, volumes_json, regions, report, segmentation_figure, registration_figure
         Files to store (see ``SCAN_DERIVATIVES``).
 
     Outputs

@@ -1,0 +1,97 @@
+"""Where the hemorrhage is: IPH volume per region of the BLAST-CT atlas, and the trial summary.
+
+The atlas (``models/blastct-v1/atlas_template_space.nii.gz``, 31 regions, see docs/models.md)
+lies in the same MNI world space as ichseg's CT template (their brain masks overlap with Dice
+0.95), so it is mapped onto the scan's grid through the inverse of the scan's template
+registration, by nearest neighbour. Sides are the template's hemispheres (x < 0 is the
+patient's left), so midline regions (brainstem, vermis, ventricles) are split too.
+
+Summaries count intraparenchymal hemorrhage (IPH), the class that location classifications
+describe: ``lobar_ml`` (cortex and white matter of the lobes, insula, hippocampus),
+``deep_ml`` (basal ganglia, lentiform nucleus, caudate, thalamus, basal forebrain; the
+internal capsule lies within the atlas' basal-ganglia regions), ``infratentorial_ml``
+(brainstem, cerebellum), ``intraventricular_iph_ml`` (IPH labelled inside the ventricle
+region), ``left_ml`` and ``right_ml``; ``location`` names the group holding most IPH.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from .labels import IPH_INDEX
+
+#: Location groups by the atlas' region names (checked against the label table in the tests).
+GROUP_OF_REGION = {
+    "BrainStem": "infratentorial", "Cerebellum": "infratentorial",
+    "LeftCerebellum": "infratentorial", "RightCerebellum": "infratentorial",
+    "Ventricle": "intraventricular",
+}
+for _side in ("Left", "Right"):
+    for _name in ("BasalForebrain", "BasalGanglia", "BasalGanglia-lentiform-nucleus",
+                  "Basalganglia-lentiform-nucleus", "Caudate", "ThalamusProper"):
+        GROUP_OF_REGION[_side + _name] = "deep"
+    for _name in ("FrontalLobe-inferior-orbital", "FrontalLobe-lateral", "FrontalLobe-medial",
+                  "Hippocampus", "Insula", "OccipitalLobe", "ParietalLobe", "TemporalLobe"):
+        GROUP_OF_REGION[_side + _name] = "lobar"
+
+GROUPS = ("lobar", "deep", "infratentorial")
+LOCATION_COLUMNS: dict[str, dict[str, str]] = {
+    "lobar_ml": {"Description": "IPH in the lobes (cortex and white matter, insula, hippocampus) of the BLAST-CT atlas.", "Units": "mL"},
+    "deep_ml": {"Description": "IPH in the deep grey matter (basal ganglia, lentiform nucleus, caudate, thalamus, basal forebrain).", "Units": "mL"},
+    "infratentorial_ml": {"Description": "IPH in the brainstem and cerebellum.", "Units": "mL"},
+    "intraventricular_iph_ml": {"Description": "IPH labelled inside the atlas' ventricle region.", "Units": "mL"},
+    "unlocated_iph_ml": {"Description": "IPH outside every atlas region (e.g. beyond the template's brain).", "Units": "mL"},
+    "left_ml": {"Description": "IPH in the patient's left hemisphere (template x < 0).", "Units": "mL"},
+    "right_ml": {"Description": "IPH in the patient's right hemisphere (template x >= 0).", "Units": "mL"},
+    "location": {"Description": "Group with the most IPH (lobar, deep, infratentorial, intraventricular); n/a without IPH."},
+    "side": {"Description": "Side with the most IPH (left, right); n/a without IPH."},
+}
+
+
+def read_region_names(labels_csv: str | Path) -> dict[int, str]:
+    """Region index -> name from the atlas label table (``ROIIndex,ROIName``)."""
+    with open(labels_csv, newline="") as fobj:
+        return {int(row["ROIIndex"]): row["ROIName"].strip() for row in csv.DictReader(fobj)}
+
+
+def side_map(shape: tuple[int, int, int], affine: np.ndarray) -> np.ndarray:
+    """1 where a voxel of a template-space grid lies in the left hemisphere (RAS x < 0), 2 in
+    the right."""
+    i, j, k = (np.arange(n, dtype=np.float32) for n in shape[:3])
+    x = affine[0, 0] * i[:, None, None] + affine[0, 1] * j[None, :, None] + affine[0, 2] * k[None, None, :] + affine[0, 3]
+    return np.where(x < 0, 1, 2).astype(np.uint8)
+
+
+def locate(labels: np.ndarray, regions: np.ndarray, sides: np.ndarray, voxel_ml: float,
+           names: dict[int, str]) -> tuple[list[dict], dict]:
+    """Per-region rows (region, group, side, IPH and total hemorrhage mL) and the summary columns.
+
+    ``regions`` and ``sides`` are the atlas and :func:`side_map` on the label map's grid.
+    """
+    from .labels import HEMORRHAGE_INDICES
+
+    iph = labels == IPH_INDEX
+    blood = np.isin(labels, HEMORRHAGE_INDICES)
+    n = max(names) + 1
+    regions = np.clip(np.asarray(regions, dtype=np.int64), 0, n - 1)
+    iph_per = np.bincount(regions[iph], minlength=n) * voxel_ml
+    blood_per = np.bincount(regions[blood], minlength=n) * voxel_ml
+    rows = [{"region": names[i], "index": i, "group": GROUP_OF_REGION.get(names[i], "other"),
+             "iph_ml": round(float(iph_per[i]), 4), "hemorrhage_ml": round(float(blood_per[i]), 4)}
+            for i in sorted(names)]
+    rows.append({"region": "outside the atlas", "index": 0, "group": "none",
+                 "iph_ml": round(float(iph_per[0]), 4), "hemorrhage_ml": round(float(blood_per[0]), 4)})
+    groups = {g: sum(r["iph_ml"] for r in rows if r["group"] == g) for g in (*GROUPS, "intraventricular")}
+    summary = {f"{g}_ml": round(v, 4) for g, v in groups.items() if g in GROUPS}
+    summary["intraventricular_iph_ml"] = round(groups["intraventricular"], 4)
+    summary["unlocated_iph_ml"] = round(float(iph_per[0]), 4)
+    summary["left_ml"] = round(float(np.count_nonzero(iph & (sides == 1)) * voxel_ml), 4)
+    summary["right_ml"] = round(float(np.count_nonzero(iph & (sides == 2)) * voxel_ml), 4)
+    total = sum(groups.values())
+    summary["location"] = max(groups, key=groups.get) if total > 0 else None
+    summary["side"] = (None if summary["left_ml"] + summary["right_ml"] == 0
+                       else "left" if summary["left_ml"] > summary["right_ml"] else "right")
+    return rows, summary

@@ -1,0 +1,57 @@
+"""Hemorrhage location from the BLAST-CT atlas: every region grouped, known lesions placed."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from ichseg.pipeline import assets
+from ichseg.pipeline.labels import IPH_INDEX
+from ichseg.pipeline.location import GROUP_OF_REGION, locate, read_region_names, side_map
+
+pytestmark = pytest.mark.realdata
+
+
+@pytest.fixture(scope="module")
+def atlas(asset):
+    img = nib.load(asset(assets.ATLAS))
+    return img, np.asanyarray(img.dataobj).astype(np.int64), read_region_names(asset(assets.ATLAS_LABELS))
+
+
+def test_every_atlas_region_has_a_group(atlas):
+    _, _, names = atlas
+    assert len(names) == 31
+    assert all(name in GROUP_OF_REGION for name in names.values())
+
+
+@pytest.mark.parametrize(("region", "location", "side"), [
+    ("RightThalamusProper", "deep", "right"),
+    ("LeftBasalganglia-lentiform-nucleus", "deep", "left"),
+    ("LeftCerebellum", "infratentorial", "left"),
+    ("RightOccipitalLobe", "lobar", "right"),
+    ("LeftFrontalLobe-lateral", "lobar", "left"),
+])
+def test_a_lesion_in_a_known_region(atlas, region, location, side):
+    img, regions, names = atlas
+    index = next(i for i, n in names.items() if n == region)
+    inside = ndimage.binary_erosion(regions == index, iterations=2)
+    centre = np.argwhere(inside)[len(np.argwhere(inside)) // 2]
+    labels = np.zeros(regions.shape, np.uint8)
+    grid = np.indices(regions.shape, sparse=True)
+    ball = sum((g - c) ** 2 for g, c in zip(grid, centre)) <= 3 ** 2
+    labels[ball & (regions == index)] = IPH_INDEX
+    voxel_ml = 0.001  # 1 mm template grid
+    rows, summary = locate(labels, regions, side_map(regions.shape, img.affine), voxel_ml, names)
+    assert summary["location"] == location and summary["side"] == side
+    expected = np.count_nonzero(labels) * voxel_ml
+    assert summary[f"{location}_ml"] == pytest.approx(expected, abs=1e-4)
+    assert next(r for r in rows if r["region"] == region)["iph_ml"] == pytest.approx(expected, abs=1e-4)
+    assert summary["left_ml"] + summary["right_ml"] == pytest.approx(expected, abs=1e-4)
+
+
+def test_no_iph_gives_no_location(atlas):
+    img, regions, names = atlas
+    _, summary = locate(np.zeros(regions.shape, np.uint8), regions, side_map(regions.shape, img.affine), 0.001, names)
+    assert summary["location"] is None and summary["side"] is None and summary["deep_ml"] == 0
