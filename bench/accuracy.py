@@ -64,17 +64,14 @@ def summarise(rows: list[dict], phantoms: dict[str, dict]) -> dict:
     return stats
 
 
-def relabel(probabilities: np.ndarray, hu: np.ndarray, method: str, threshold: float = 0.5) -> np.ndarray:
-    """Label map from class probabilities (C, ...) on the scan grid."""
-    from ichseg.pipeline.labels import HEMORRHAGE_INDICES
+def relabel(probabilities: np.ndarray, method: str, threshold: float = 0.5) -> np.ndarray:
+    """Label map from class probabilities (C, ...) on the scan grid, by ichseg's own labelling."""
+    from ichseg.pipeline.segmentation import label_map
 
     if method == "argmax":
-        return np.argmax(probabilities, axis=0).astype(np.uint8)
-    hemorrhage = probabilities[list(HEMORRHAGE_INDICES)].sum(axis=0)
-    other = np.argmax(probabilities[[0, 3]], axis=0)
-    best_blood = np.asarray(HEMORRHAGE_INDICES)[np.argmax(probabilities[list(HEMORRHAGE_INDICES)], axis=0)]
+        return label_map(probabilities, None)
     if method == "threshold":
-        return np.where(hemorrhage >= threshold, best_blood, np.where(other == 1, 3, 0)).astype(np.uint8)
+        return label_map(probabilities, threshold)
     raise ValueError(method)
 
 
@@ -137,9 +134,9 @@ def relabel_scores(split_dir: Path, out: Path, name: str, phantoms: dict, thresh
                 probs, affine = _recomputed(node, kind, networks)
             scan = warp_to_scan(probs, affine, source.shape[:3], source.affine, transform)
             scan[0] += np.clip(1.0 - scan.sum(axis=0), 0.0, 1.0)
-            variants = {"argmax": relabel(scan, hu, "argmax")}
+            variants = {"argmax": relabel(scan, "argmax")}
             for t in thresholds:
-                variants[f"threshold {t:g}"] = relabel(scan, hu, "threshold", t)
+                variants[f"threshold {t:g}"] = relabel(scan, "threshold", t)
             for label in list(variants):
                 variants[f"{label} + density edge"] = refine_hemorrhage(variants[label], hu, brain, source.affine)
             for label, labels in variants.items():

@@ -10,7 +10,19 @@ from pathlib import Path
 
 from ichseg.pipeline import __version__
 from ichseg.pipeline.cpu import PRECISIONS
-from ichseg.pipeline.segmentation import DEFAULT_MARGIN_MM
+from ichseg.pipeline.segmentation import DEFAULT_HEMORRHAGE_THRESHOLD, DEFAULT_MARGIN_MM
+
+
+def _threshold(text: str) -> float | None:
+    if text.strip().lower() == "argmax":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability or 'argmax', got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"the threshold must lie between 0 and 1, got {value:g}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the network sees the whole head or the extracted brain")
     method.add_argument("--margin-mm", type=float, default=DEFAULT_MARGIN_MM,
                         help="margin around the brain mask where the network is run")
+    method.add_argument("--hemorrhage-threshold", type=_threshold, default=DEFAULT_HEMORRHAGE_THRESHOLD,
+                        metavar="P|argmax",
+                        help="total hemorrhage probability from which a voxel is labelled blood "
+                             "(docs/method.md, accuracy); 'argmax' labels the most likely class")
 
     out = parser.add_argument_group("messages")
     verbosity = out.add_mutually_exclusive_group()

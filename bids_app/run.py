@@ -103,6 +103,7 @@ def run_participant(args) -> int:
             transform_type=args.transform.capitalize(),
             network_input=args.network_input,
             margin_mm=args.margin_mm,
+            hemorrhage_threshold=args.hemorrhage_threshold,
         )
     except AssetError as exc:
         raise UserError(str(exc)) from None

@@ -19,6 +19,28 @@ from .models import resolve_model, weights_sha256
 DEFAULT_MARGIN_MM = 5.0
 
 
+#: Total hemorrhage probability (IPH + EAH + IVH) from which a voxel is labelled as blood, as
+#: its most likely bleeding class; below it, the most likely of background and oedema. Chosen on
+#: the tuning half of the truth set and confirmed on the held-out half (docs/method.md, section
+#: 7). ``None`` labels every voxel with its most likely class (arg-max).
+DEFAULT_HEMORRHAGE_THRESHOLD: float | None = 0.45
+
+
+def label_map(probabilities: np.ndarray, hemorrhage_threshold: float | None = DEFAULT_HEMORRHAGE_THRESHOLD) -> np.ndarray:
+    """Label map (uint8) from class probabilities (C, ...): arg-max, or blood wherever the total
+    hemorrhage probability reaches ``hemorrhage_threshold``."""
+    from .labels import HEMORRHAGE_INDICES
+
+    if hemorrhage_threshold is None:
+        return np.argmax(probabilities, axis=0).astype(np.uint8)
+    blood = np.asarray(HEMORRHAGE_INDICES)
+    others = np.asarray([i for i in range(probabilities.shape[0]) if i not in HEMORRHAGE_INDICES])
+    total = probabilities[blood].sum(axis=0)
+    best_blood = blood[np.argmax(probabilities[blood], axis=0)]
+    best_other = others[np.argmax(probabilities[others], axis=0)]
+    return np.where(total >= hemorrhage_threshold, best_blood, best_other).astype(np.uint8)
+
+
 def region_of_interest(brain_mask: np.ndarray, affine: np.ndarray, margin_mm: float) -> np.ndarray:
     """The brain mask grown by ``margin_mm``: where the network is run.
 

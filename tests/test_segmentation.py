@@ -39,3 +39,19 @@ def test_crop_to_roi_moves_the_affine_with_the_box():
     box, box_affine = crop_to_roi(volume, roi, affine)
     np.testing.assert_array_equal(box, volume[:, 2:4, 1:5, 3:4])
     np.testing.assert_allclose(box_affine[:3, 3], affine[:3, :3] @ [2, 1, 3] + affine[:3, 3])
+
+
+def test_label_map_threshold_on_total_hemorrhage():
+    from ichseg.pipeline.segmentation import label_map
+
+    # classes: background, IPH, EAH, oedema, IVH
+    probs = np.array([
+        [0.54, 0.20, 0.06, 0.00, 0.20],  # blood 0.46 in total, no single class beats background
+        [0.60, 0.10, 0.10, 0.15, 0.05],  # blood 0.25: the better of background and oedema
+        [0.20, 0.05, 0.05, 0.65, 0.05],  # oedema
+        [0.30, 0.30, 0.00, 0.00, 0.40],  # blood, IVH the most likely bleeding class
+    ], dtype=np.float32).T[:, :, None, None]
+    assert label_map(probs, None).ravel().tolist() == [0, 0, 3, 4]
+    assert label_map(probs, 0.45).ravel().tolist() == [1, 0, 3, 4]
+    assert label_map(probs, 0.5).ravel().tolist() == [0, 0, 3, 4]
+    assert label_map(probs, 0.2).ravel().tolist() == [1, 1, 3, 4]

@@ -19,7 +19,14 @@ from nipype.interfaces.base import (
 from ..cpu import PRECISIONS
 from ..labels import HEMORRHAGE_INDICES
 from ..niftiio import save_like
-from ..segmentation import DEFAULT_MARGIN_MM, crop_to_roi, region_of_interest, run_model
+from ..segmentation import (
+    DEFAULT_HEMORRHAGE_THRESHOLD,
+    DEFAULT_MARGIN_MM,
+    crop_to_roi,
+    label_map,
+    region_of_interest,
+    run_model,
+)
 from ..registration import warp_to_scan
 from ..geometry import ants_affine_to_ras, voxel_volume_ml
 from ..qc import segmentation_qc
@@ -37,6 +44,9 @@ class _SegmentInputSpec(BaseInterfaceInputSpec):
     network_input = traits.Enum("head", "brain", usedefault=True, desc="what the network sees")
     precision = traits.Enum(*PRECISIONS, usedefault=True,
                             desc="network precision (auto: fp32; see ichseg.pipeline.cpu.resolve_precision)")
+    hemorrhage_threshold = traits.Either(
+        None, traits.Range(0.0, 1.0), default=DEFAULT_HEMORRHAGE_THRESHOLD, usedefault=True,
+        desc="total hemorrhage probability from which a voxel is blood (None: arg-max)")
 
 
 class _SegmentOutputSpec(TraitedSpec):
@@ -64,7 +74,7 @@ class SegmentHemorrhage(SimpleInterface):
             precision=self.inputs.precision, num_threads=self.inputs.num_threads,
         )
 
-        labels = np.argmax(probs, axis=0).astype(np.uint8)
+        labels = label_map(probs, self.inputs.hemorrhage_threshold)
         self._results["qc"] = segmentation_qc(probs, labels, brain, roi, voxel_volume_ml(ct_img.affine))
         box_probs, box_affine = crop_to_roi(probs, roi, ct_img.affine)
         self._results["probabilities"] = os.path.join(runtime.cwd, "probabilities_space-template.nii")
@@ -74,7 +84,7 @@ class SegmentHemorrhage(SimpleInterface):
         save_like(labels, ct_img, self._results["template_dseg"])
         self._results["model_info"] = os.path.join(runtime.cwd, "model_info.json")
         info.update(network_input=self.inputs.network_input, margin_mm=self.inputs.margin_mm,
-                    device=self.inputs.device)
+                    device=self.inputs.device, hemorrhage_threshold=self.inputs.hemorrhage_threshold)
         with open(self._results["model_info"], "w") as fobj:
             json.dump(info, fobj, indent=2)
         return runtime
@@ -84,6 +94,9 @@ class _ToScanInputSpec(BaseInterfaceInputSpec):
     probabilities = File(exists=True, mandatory=True, desc="template-space class probabilities")
     transform = File(exists=True, mandatory=True, desc="ANTs affine (template -> scan points)")
     source_file = File(exists=True, mandatory=True, desc="the original CT, whose grid is the target")
+    hemorrhage_threshold = traits.Either(
+        None, traits.Range(0.0, 1.0), default=DEFAULT_HEMORRHAGE_THRESHOLD, usedefault=True,
+        desc="total hemorrhage probability from which a voxel is blood (None: arg-max)")
 
 
 class _ToScanOutputSpec(TraitedSpec):
@@ -92,7 +105,7 @@ class _ToScanOutputSpec(TraitedSpec):
 
 
 class ProbabilitiesToScan(SimpleInterface):
-    """Map class probabilities back to the scan's own grid, then take the most likely class."""
+    """Map class probabilities back to the scan's own grid, then label it (:func:`label_map`)."""
 
     input_spec = _ToScanInputSpec
     output_spec = _ToScanOutputSpec
@@ -107,7 +120,7 @@ class ProbabilitiesToScan(SimpleInterface):
         # background 1; linear interpolation is linear, so adding the missing mass to the
         # background channel equals warping with those per-class fill values.
         scan_probs[0] += np.clip(1.0 - scan_probs.sum(axis=0), 0.0, 1.0)
-        labels = np.argmax(scan_probs, axis=0).astype(np.uint8)
+        labels = label_map(scan_probs, self.inputs.hemorrhage_threshold)
         hemorrhage = scan_probs[list(HEMORRHAGE_INDICES)].sum(axis=0)
         # uncompressed: the next steps read them at once; the derivative sinks compress
         self._results["dseg"] = os.path.join(runtime.cwd, "dseg.nii")

@@ -16,7 +16,7 @@ from ..interfaces.reports import ScanReport
 from ..interfaces.segmentation import ProbabilitiesToScan, SegmentHemorrhage
 from ..interfaces.volumes import LocateHemorrhage, TabulateVolumes
 from .outputs import init_ct_derivatives_wf
-from ..segmentation import DEFAULT_MARGIN_MM
+from ..segmentation import DEFAULT_HEMORRHAGE_THRESHOLD, DEFAULT_MARGIN_MM
 
 #: Memory (GB) that each step may use at most, so that Nipype's MultiProc scheduler never
 #: runs more scans side by side than the RAM allows (figures measured in bench/).
@@ -36,6 +36,7 @@ def init_ichseg_wf(
     transform_type: str = "Rigid",
     network_input: str = "head",
     margin_mm: float = DEFAULT_MARGIN_MM,
+    hemorrhage_threshold: float | None = DEFAULT_HEMORRHAGE_THRESHOLD,
     name: str = "ichseg_wf",
 ):
     """Build the participant-level workflow: one :func:`init_single_ct_wf` per CT image.
@@ -52,7 +53,8 @@ def init_ichseg_wf(
         Root of the BIDS derivatives dataset.
     work_dir : path
         Nipype working directory; re-runs reuse what it holds.
-    model, device, precision, omp_nthreads, transform_type, network_input, margin_mm
+    model, device, precision, omp_nthreads, transform_type, network_input, margin_mm,
+    hemorrhage_threshold
         Passed on to :func:`init_single_ct_wf`.
 
     Outputs
@@ -73,6 +75,7 @@ def init_ichseg_wf(
             transform_type=transform_type,
             network_input=network_input,
             margin_mm=margin_mm,
+            hemorrhage_threshold=hemorrhage_threshold,
             name=_node_name(scan_id),
         )
         workflow.add_nodes([single])
@@ -95,6 +98,7 @@ def init_single_ct_wf(
     transform_type: str = "Rigid",
     network_input: str = "head",
     margin_mm: float = DEFAULT_MARGIN_MM,
+    hemorrhage_threshold: float | None = DEFAULT_HEMORRHAGE_THRESHOLD,
     name: str = "single_ct_wf",
 ):
     """Segment hemorrhage on one head CT and tabulate its volumes in the scan's own space.
@@ -125,6 +129,8 @@ def init_single_ct_wf(
         Whether the network sees the whole head or the brain only.
     margin_mm : float
         Margin around the brain mask inside which the network is run.
+    hemorrhage_threshold : float or None
+        Total hemorrhage probability from which a voxel is labelled blood (None: arg-max).
 
     Inputs
     ------
@@ -161,13 +167,14 @@ def init_single_ct_wf(
     segment = pe.Node(
         SegmentHemorrhage(
             model=model, device=device, precision=precision, num_threads=omp_nthreads,
-            network_input=network_input, margin_mm=margin_mm,
+            network_input=network_input, margin_mm=margin_mm, hemorrhage_threshold=hemorrhage_threshold,
         ),
         name="segment",
         n_procs=omp_nthreads,
         mem_gb=MEM_GB["segment"],
     )
-    to_scan = pe.Node(ProbabilitiesToScan(), name="probabilities_to_scan", mem_gb=MEM_GB["to_scan"])
+    to_scan = pe.Node(ProbabilitiesToScan(hemorrhage_threshold=hemorrhage_threshold),
+                      name="probabilities_to_scan", mem_gb=MEM_GB["to_scan"])
     mask_to_source = pe.Node(ToSourceGrid(), name="brain_mask_to_source")
     tabulate = pe.Node(
         TabulateVolumes(extra_metadata={"Registration": {"Transform": transform_type, "Tool": "ANTsPy"}}),
