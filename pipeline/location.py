@@ -38,6 +38,9 @@ for _side in ("Left", "Right"):
         GROUP_OF_REGION[_side + _name] = "lobar"
 
 GROUPS = ("lobar", "deep", "infratentorial")
+#: Below this much IPH (mL) there is no hematoma to place: ``location`` and ``side`` are n/a (the
+#: normal GE head has 0.009 mL of IPH, scattered voxels).
+MIN_LOCATED_ML = 0.1
 LOCATION_COLUMNS: dict[str, dict[str, str]] = {
     "lobar_ml": {"Description": "IPH in the lobes (cortex and white matter, insula, hippocampus) of the BLAST-CT atlas.", "Units": "mL"},
     "deep_ml": {"Description": "IPH in the deep grey matter (basal ganglia, lentiform nucleus, caudate, thalamus, basal forebrain).", "Units": "mL"},
@@ -46,8 +49,8 @@ LOCATION_COLUMNS: dict[str, dict[str, str]] = {
     "unlocated_iph_ml": {"Description": "IPH outside every atlas region (e.g. beyond the template's brain).", "Units": "mL"},
     "left_ml": {"Description": "IPH in the patient's left hemisphere (template x < 0).", "Units": "mL"},
     "right_ml": {"Description": "IPH in the patient's right hemisphere (template x >= 0).", "Units": "mL"},
-    "location": {"Description": "Group with the most IPH (lobar, deep, infratentorial, intraventricular); n/a without IPH."},
-    "side": {"Description": "Side with the most IPH (left, right); n/a without IPH."},
+    "location": {"Description": "Group with the most IPH (lobar, deep, infratentorial, intraventricular); n/a below 0.1 mL of IPH."},
+    "side": {"Description": "Side with the most IPH (left, right); n/a below 0.1 mL of IPH."},
 }
 
 
@@ -91,7 +94,8 @@ def locate(labels: np.ndarray, regions: np.ndarray, sides: np.ndarray, voxel_ml:
     summary["left_ml"] = round(float(np.count_nonzero(iph & (sides == 1)) * voxel_ml), 4)
     summary["right_ml"] = round(float(np.count_nonzero(iph & (sides == 2)) * voxel_ml), 4)
     total = sum(groups.values())
-    summary["location"] = max(groups, key=groups.get) if total > 0 else None
-    summary["side"] = (None if summary["left_ml"] + summary["right_ml"] == 0
+    located = total >= MIN_LOCATED_ML
+    summary["location"] = max(groups, key=groups.get) if located else None
+    summary["side"] = (None if not located
                        else "left" if summary["left_ml"] > summary["right_ml"] else "right")
     return rows, summary

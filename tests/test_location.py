@@ -40,7 +40,7 @@ def test_a_lesion_in_a_known_region(atlas, region, location, side):
     centre = np.argwhere(inside)[len(np.argwhere(inside)) // 2]
     labels = np.zeros(regions.shape, np.uint8)
     grid = np.indices(regions.shape, sparse=True)
-    ball = sum((g - c) ** 2 for g, c in zip(grid, centre)) <= 3 ** 2
+    ball = sum((g - c) ** 2 for g, c in zip(grid, centre)) <= 4 ** 2
     labels[ball & (regions == index)] = IPH_INDEX
     voxel_ml = 0.001  # 1 mm template grid
     rows, summary = locate(labels, regions, side_map(regions.shape, img.affine), voxel_ml, names)
@@ -55,3 +55,12 @@ def test_no_iph_gives_no_location(atlas):
     img, regions, names = atlas
     _, summary = locate(np.zeros(regions.shape, np.uint8), regions, side_map(regions.shape, img.affine), 0.001, names)
     assert summary["location"] is None and summary["side"] is None and summary["deep_ml"] == 0
+
+
+def test_a_few_voxels_have_no_location(atlas):
+    img, regions, names = atlas
+    labels = np.zeros(regions.shape, np.uint8)
+    labels[tuple(np.argwhere(regions == 30)[0])] = IPH_INDEX  # one voxel of thalamus
+    _, summary = locate(labels, regions, side_map(regions.shape, img.affine), 0.001, names)
+    assert summary["deep_ml"] == pytest.approx(0.001)
+    assert summary["location"] is None and summary["side"] is None
