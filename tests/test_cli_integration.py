@@ -133,6 +133,11 @@ def _grow_hematoma(img: nib.Nifti1Image, ml: float) -> tuple[nib.Nifti1Image, fl
     return nib.Nifti1Image(grown, img.affine, img.header), float(np.count_nonzero(fill & ~visible) * voxel_ml)
 
 
+def _bad_relpath(kind: str) -> str:
+    label = "bad" + kind.replace("-", "")
+    return f"sub-{label}/anat/sub-{label}_ct.nii.gz"
+
+
 @pytest.fixture(scope="module")
 def bids_dataset(tmp_path_factory, asset):
     root = tmp_path_factory.mktemp("bids")
