@@ -64,17 +64,6 @@ def summarise(rows: list[dict], phantoms: dict[str, dict]) -> dict:
     return stats
 
 
-def relabel(probabilities: np.ndarray, method: str, threshold: float = 0.5) -> np.ndarray:
-    """Label map from class probabilities (C, ...) on the scan grid, by ichseg's own labelling."""
-    from ichseg.pipeline.segmentation import label_map
-
-    if method == "argmax":
-        return label_map(probabilities, None)
-    if method == "threshold":
-        return label_map(probabilities, threshold)
-    raise ValueError(method)
-
-
 def _recomputed(node: Path, source: str, cache: dict) -> tuple[np.ndarray, np.ndarray]:
     """Template-space probabilities (C, ...) and affine of another way of running the network
     on the registered CT of the work directory: ``flip`` (mean with the left-right mirror) or
@@ -106,6 +95,7 @@ def relabel_scores(split_dir: Path, out: Path, name: str, phantoms: dict, thresh
     from ichseg.pipeline.geometry import ants_affine_to_ras
     from ichseg.pipeline.refine import refine_hemorrhage
     from ichseg.pipeline.registration import warp_to_scan
+    from ichseg.pipeline.segmentation import label_map
 
     references = find_references(split_dir / "reference")
     brains = {scan_id(e): p for e, p in find_derivatives(out / name, "brain_mask")}
@@ -134,9 +124,9 @@ def relabel_scores(split_dir: Path, out: Path, name: str, phantoms: dict, thresh
                 probs, affine = _recomputed(node, kind, networks)
             scan = warp_to_scan(probs, affine, source.shape[:3], source.affine, transform)
             scan[0] += np.clip(1.0 - scan.sum(axis=0), 0.0, 1.0)
-            variants = {"argmax": relabel(scan, "argmax")}
+            variants = {"argmax": label_map(scan, None)}
             for t in thresholds:
-                variants[f"threshold {t:g}"] = relabel(scan, "threshold", t)
+                variants[f"threshold {t:g}"] = label_map(scan, t)
             for label in list(variants):
                 variants[f"{label} + density edge"] = refine_hemorrhage(variants[label], hu, brain, source.affine)
             for label, labels in variants.items():

@@ -103,7 +103,7 @@ class CTImage:
         return scan_id(self.entities)
 
 
-def _normalize_labels(labels: str | Iterable[str] | None, prefix: str) -> list[str] | None:
+def normalize_labels(labels: str | Iterable[str] | None, prefix: str) -> list[str] | None:
     """Accept ``"01"``, ``"sub-01"`` or a list of them; return bare labels (``None`` = all)."""
     if labels is None:
         return None
@@ -200,7 +200,10 @@ def _scan_dataset(root: Path) -> _DatasetProblems:
 
 
 def _short_entities(name: str) -> dict[str, str]:
-    """``sub-01_ses-1_ct.json`` -> ``{"sub": "01", "ses": "1"}`` (key-value parts of a name)."""
+    """``sub-01_ses-1_ct.json`` -> ``{"sub": "01", "ses": "1"}`` (key-value parts of a name).
+
+    Not :func:`~ichseg.bids_app.naming.entities_from_path`: inherited sidecars such as a
+    top-level ``ct.json`` or ``acq-axial_ct.json`` have no ``sub-`` and are refused there."""
     stem = name.split(".")[0]
     return dict(part.split("-", 1) for part in stem.split("_") if "-" in part)
 
@@ -353,8 +356,8 @@ def collect_ct_images(
         file name is invalid or ambiguous, or no CT matches.
     """
     root = _check_dataset(bids_dir)
-    subjects = _normalize_labels(participant_label, "sub-")
-    sessions = _normalize_labels(session_label, "ses-")
+    subjects = normalize_labels(participant_label, "sub-")
+    sessions = normalize_labels(session_label, "ses-")
     ct_filter = _check_filter(bids_filter or {}, "bids_filter")["ct"]
 
     query: dict[str, Any] = {"datatype": "anat", "suffix": "ct", "extension": list(CT_EXTENSIONS)}

@@ -27,7 +27,7 @@ from pathlib import Path
 from ichseg.pipeline.checks import InputImageError, check_ct
 from ichseg.pipeline.fileutils import atomic_write_text
 
-from .bids import _normalize_labels
+from .bids import normalize_labels
 
 
 class Dicom2BidsError(Exception):
@@ -87,8 +87,8 @@ def dicom_to_bids(dicom_dir: Path, bids_dir: Path, participant: str, session: st
     dicom_dir, bids_dir = Path(dicom_dir), Path(bids_dir)
     if not dicom_dir.is_dir():
         raise Dicom2BidsError(f"{dicom_dir} is not a folder; give the folder of the DICOM series.")
-    [participant] = _normalize_labels(participant, "sub-")
-    session = _normalize_labels(session, "ses-")[0] if session else None
+    [participant] = normalize_labels(participant, "sub-")
+    session = normalize_labels(session, "ses-")[0] if session else None
     prefix = f"sub-{participant}" + (f"_ses-{session}" if session else "")
     anat = bids_dir / f"sub-{participant}" / (f"ses-{session}" if session else "") / "anat"
     with tempfile.TemporaryDirectory(prefix="ichseg-dcm2niix-") as tmp:

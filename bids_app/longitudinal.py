@@ -109,13 +109,10 @@ def add_times(table: pd.DataFrame, times: Mapping[int, datetime | None]) -> pd.D
     """Add ``acq_time`` and ``hours_since_first_scan`` (per subject) to a group table."""
     table = table.copy()
     at = list(table.columns).index("error") + 1 if "error" in table else len(table.columns)
-    table.insert(at, "acq_time", [times.get(i).isoformat() if times.get(i) else None for i in table.index])
-    hours = []
-    for i, row in table.iterrows():
-        own = times.get(i)
-        first = [t for j, t in times.items() if t and table.loc[j, "participant_id"] == row["participant_id"]]
-        hours.append((own - min(first)).total_seconds() / 3600 if own and first else np.nan)
-    table.insert(at + 1, "hours_since_first_scan", hours)
+    when = pd.to_datetime(pd.Series([times.get(i) for i in table.index], index=table.index, dtype=object))
+    table.insert(at, "acq_time", [t.isoformat() if pd.notna(t) else None for t in when])
+    first = when.groupby(table["participant_id"]).transform("min")
+    table.insert(at + 1, "hours_since_first_scan", (when - first).dt.total_seconds() / 3600)
     return table
 
 

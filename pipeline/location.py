@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .labels import IPH_INDEX
+from .labels import HEMORRHAGE_INDICES, IPH_INDEX
 
 #: Location groups by the atlas' region names (checked against the label table in the tests).
 GROUP_OF_REGION = {
@@ -70,12 +70,10 @@ def side_map(shape: tuple[int, int, int], affine: np.ndarray) -> np.ndarray:
 
 def locate(labels: np.ndarray, regions: np.ndarray, sides: np.ndarray, voxel_ml: float,
            names: dict[int, str]) -> tuple[list[dict], dict]:
-    """Per-region rows (region, group, side, IPH and total hemorrhage mL) and the summary columns.
+    """Per-region rows (region, index, group, IPH and total hemorrhage mL) and the summary columns.
 
     ``regions`` and ``sides`` are the atlas and :func:`side_map` on the label map's grid.
     """
-    from .labels import HEMORRHAGE_INDICES
-
     iph = labels == IPH_INDEX
     blood = np.isin(labels, HEMORRHAGE_INDICES)
     n = max(names) + 1

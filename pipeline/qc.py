@@ -34,7 +34,8 @@ def segmentation_qc(
 ) -> dict:
     """Template-space measures of a segmentation: hemorrhage at the ROI edge and outside the brain.
 
-    ``labels`` is the arg-max of ``probabilities`` (computed once by the caller).
+    ``labels`` is the label map of ``probabilities`` (``segmentation.label_map``, computed once by
+    the caller).
     """
     hemorrhage = np.isin(labels, HEMORRHAGE_INDICES)
     edge = roi & ~ndimage.binary_erosion(roi)

@@ -49,10 +49,11 @@ class TabulateVolumes(SimpleInterface):
     def _run_interface(self, runtime):
         dseg = nib.load(self.inputs.dseg)
         mask = np.asanyarray(nib.load(self.inputs.brain_mask).dataobj) > 0
-        volumes = label_volumes_ml(np.asanyarray(dseg.dataobj), dseg.affine, mask)
+        labels = np.asanyarray(dseg.dataobj)
+        volumes = label_volumes_ml(labels, dseg.affine, mask)
         row = {column: round(volumes[column], 4) for column in VOLUME_COLUMNS}
         row["status"] = "ok"
-        abc2 = abc2_ml(np.asanyarray(dseg.dataobj) == IPH_INDEX, dseg.affine)
+        abc2 = abc2_ml(labels == IPH_INDEX, dseg.affine)
         row["iph_abc2_ml"] = round(abc2["abc2_ml"], 4)
         row["iph_abc2_unweighted_ml"] = round(abc2["abc2_unweighted_ml"], 4)
         qc = dict(self.inputs.qc or {})
