@@ -12,6 +12,8 @@ from ichseg.pipeline import __version__
 from ichseg.pipeline.cpu import PRECISIONS
 from ichseg.pipeline.segmentation import DEFAULT_HEMORRHAGE_THRESHOLD, DEFAULT_MARGIN_MM
 
+from .resources import SUBMIT_N_PROCS
+
 
 def _threshold(text: str) -> float | None:
     if text.strip().lower() == "argmax":
@@ -22,6 +24,39 @@ def _threshold(text: str) -> float | None:
         raise argparse.ArgumentTypeError(f"expected a probability or 'argmax', got {text!r}") from None
     if not 0.0 < value < 1.0:
         raise argparse.ArgumentTypeError(f"the threshold must lie between 0 and 1, got {value:g}")
+    return value
+
+
+#: Nipype execution plugins ``--nipype-plugin`` accepts.
+NIPYPE_PLUGINS = ("MultiProc", "Linear", "SLURM", "SLURMGraph", "SGE", "SGEGraph", "PBS", "PBSGraph")
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {value:g}")
+    return value
+
+
+def _json_object(text: str) -> dict:
+    """A JSON object given inline or as the path of a JSON file."""
+    import json
+
+    source = text
+    if not text.lstrip().startswith("{"):
+        try:
+            source = Path(text).read_text()
+        except OSError as exc:
+            raise argparse.ArgumentTypeError(f"neither a JSON object nor a readable file: {text!r} ({exc.strerror})") from None
+    try:
+        value = json.loads(source)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object ({...})")
     return value
 
 
@@ -37,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Other commands: 'ichseg evaluate DERIVATIVES REFERENCES' compares the label maps "
                "with reference segmentations; 'ichseg train BIDS_DIR REFERENCES MODEL_DIR' fine-tunes "
                "a network on them; 'ichseg dicom2bids DICOM_DIR BIDS_DIR --participant-label L' adds "
-               "a visit's DICOM head CT to a BIDS dataset (ichseg <command> --help).",
+               "a visit's DICOM head CT to a BIDS dataset; 'ichseg status OUTPUT_DIR' lists done, running, "
+               "failed and pending scans (ichseg <command> --help).",
     )
     parser.add_argument("bids_dir", type=Path, help="root of the input BIDS dataset (read only)")
     parser.add_argument("output_dir", type=Path, help="where the BIDS derivatives are written")
@@ -51,14 +87,29 @@ def build_parser() -> argparse.ArgumentParser:
                         help="sessions to process (with or without 'ses-'); default: all")
     select.add_argument("--bids-filter-file", type=Path, metavar="FILE",
                         help='JSON of extra pybids queries, e.g. {"ct": {"acquisition": "axial"}}')
+    select.add_argument("--scans-file", type=Path, metavar="FILE",
+                        help="process only the CT files FILE lists (paths relative to BIDS_DIR, one "
+                             "per line); --submit writes one per job")
 
     run = parser.add_argument_group("running")
     run.add_argument("-w", "--work-dir", type=Path, default=Path.cwd() / "work",
                      help="Nipype working directory; re-runs reuse it")
-    run.add_argument("--n-procs", "--nprocs", type=int, default=os.cpu_count() or 1, metavar="N",
-                     help="processes/threads used in total (scans run side by side)")
+    run.add_argument("--n-procs", "--nprocs", type=int, default=None, metavar="N",
+                     help="CPUs used in total, scans side by side (default: all of this machine's; "
+                          f"with --submit, {SUBMIT_N_PROCS} per job)")
     run.add_argument("--omp-nthreads", type=int, default=None, metavar="N",
                      help="threads of one inference or registration step (default: --n-procs, at most 8)")
+    run.add_argument("--mem", "--mem-gb", dest="mem", type=_positive, default=None, metavar="GB",
+                     help="memory in GB that the scans of one process may use together (Nipype "
+                          "schedules within it; --submit asks Slurm for it); default: all of the "
+                          "machine's, or what the scans of a job need when submitting")
+    run.add_argument("--nipype-plugin", default="MultiProc", metavar="PLUGIN",
+                     choices=NIPYPE_PLUGINS,
+                     help="Nipype execution plugin: " + ", ".join(NIPYPE_PLUGINS) + " (SLURM, SLURMGraph, "
+                          "SGE and PBS submit each step as a job from this one process)")
+    run.add_argument("--nipype-plugin-args", type=_json_object, default=None, metavar="JSON",
+                     help="arguments of the Nipype plugin, as JSON text or a JSON file, e.g. "
+                          "'{\"sbatch_args\": \"--partition=short\"}'")
     run.add_argument("--device", default="cpu", help="torch device for inference: cpu, cuda, cuda:1, ...")
     run.add_argument("--precision", choices=PRECISIONS, default="auto",
                      help="network precision: auto = fp32 (bf16 moved some volumes by more than 1 %%, "
@@ -66,6 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
                           "on CUDA; fp16 is CUDA only")
     run.add_argument("--model", default="blastct-v1", metavar="NAME_OR_PATH",
                      help="registered model (blastct-v1, blastct-v1-ensemble) or a .pt file / folder")
+
+    cluster = parser.add_argument_group("cluster (docs/hpc.md)")
+    cluster.add_argument("--submit", choices=["slurm"], default=None,
+                         help="submit the scans as a Slurm job array with a group-level job after it, "
+                              "print the job ids and return; rerun it to submit what is not done")
+    cluster.add_argument("--sbatch-args", default="", metavar="ARGS",
+                         help="extra sbatch options for every job, e.g. '--partition=short --time=1:00:00'")
+    cluster.add_argument("--scans-per-job", type=int, default=1, metavar="N",
+                         help="scans per array task (more per task: fewer jobs, less start-up cost)")
 
     method = parser.add_argument_group("method")
     method.add_argument("--transform", choices=["rigid", "affine"], default="rigid",
@@ -91,6 +151,7 @@ COMMANDS = {
     "evaluate": "ichseg.bids_app.evaluate:run_evaluate",
     "train": "ichseg.bids_app.train:run_train",
     "dicom2bids": "ichseg.bids_app.dicom2bids:run_dicom2bids",
+    "status": "ichseg.bids_app.status:run_status",
 }
 
 

@@ -64,7 +64,9 @@ __all__ = [
     "entities_from_path",
     "entities_sort_key",
     "find_derivatives",
+    "output_scan_id",
     "scan_id",
+    "scan_lock_path",
     "write_dseg_tsv",
 ]
 
@@ -300,6 +302,27 @@ def scan_id(entities: EntitiesOrPath) -> str:
     workflow names. Accepts an entity dict or a path.
     """
     return _join(_identity(entities))
+
+
+def scan_lock_path(output_dir: str | os.PathLike, source_entities: EntitiesOrPath) -> Path:
+    """Hidden lock file of one scan, ``sub-X/log/.<scan_id>.lock`` (see ``bids_app.scanlock``)."""
+    ents = _identity(source_entities)
+    return Path(output_dir).absolute() / f"sub-{ents['subject']}" / "log" / f".{_join(ents)}.lock"
+
+
+def output_scan_id(name: str) -> str | None:
+    """Scan id of the source of an output file name, or None when the name is not ichseg's.
+
+    >>> output_scan_id("sub-01_ses-1_space-scct_desc-preproc_ct.nii.gz")
+    'sub-01_ses-1'
+    """
+    if name.endswith(".html"):  # the report has entities only: give the parser a suffix
+        name = name[: -len(".html")] + "_report.html"
+    try:
+        ents = entities_from_path(name)
+    except ValueError:
+        return None
+    return _join({k: v for k, v in _identity(ents).items() if k not in DERIVATIVE_ENTITIES})
 
 
 def entities_sort_key(entities: Mapping[str, object]) -> tuple:

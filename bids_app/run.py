@@ -14,10 +14,12 @@ from ichseg.pipeline.fileutils import remove_stale_temporaries
 from ichseg.pipeline.models import ModelError, resolve_model
 from ichseg.pipeline.reports import write_group_report
 
-from .bids import BIDSInputError, check_output_dir, collect_ct_images, load_bids_filter
+from .bids import BIDSInputError, CTImage, check_output_dir, collect_ct_images, load_bids_filter
 from .description import write_derivatives_description
 from .group import GroupLevelError, clear_failure_record, write_failure_record, write_group_table
-from .naming import derivative_path
+from .naming import derivative_path, output_scan_id, scan_lock_path
+from .resources import Resources
+from .scanlock import ScanLock, describe_holder, lock_holder
 
 LOGGER = logging.getLogger("ichseg")
 
@@ -37,7 +39,10 @@ def _check_inputs(args):
 
 
 def run_participant(args) -> int:
-    """Process every selected CT; return 0 when all succeeded, 1 when any failed."""
+    """Process every selected CT; return 0 when all succeeded, 1 when any failed.
+
+    With ``--submit slurm`` the scans are handed to Slurm instead (:mod:`.slurm`).
+    """
     output_dir, bids_filter = _check_inputs(args)
     work_dir = args.work_dir.absolute()
     try:
@@ -46,22 +51,66 @@ def run_participant(args) -> int:
         raise UserError(f"--work-dir: {exc}") from None
     try:
         images = collect_ct_images(args.bids_dir, args.participant_label, args.session_label, bids_filter)
+        if args.scans_file:
+            images = select_listed(images, args.bids_dir, args.scans_file)
         resolve_model(args.model)  # fail before any work when weights or config are missing
         resolve_precision(args.precision, args.device)  # e.g. fp16 on the CPU
     except (BIDSInputError, ModelError, AssetError, PrecisionError) as exc:
         raise UserError(str(exc)) from None
+    resources = Resources.from_args(args)
+    if args.submit == "slurm":
+        from .slurm import SlurmError, submit
 
+        try:
+            return submit(args, images, output_dir, resources)
+        except SlurmError as exc:
+            raise UserError(str(exc)) from None
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_derivatives_description(output_dir, args.bids_dir, __version__)
+    locks = {}
+    try:
+        for image in images:
+            lock = ScanLock(scan_lock_path(output_dir, image.entities))
+            if lock.acquire():
+                locks[image.scan_id] = lock
+            else:
+                LOGGER.info("%s: skipped, another ichseg process works on it (%s)", image.scan_id,
+                            describe_holder(lock_holder(lock.path)))
+        mine = [image for image in images if image.scan_id in locks]
+        return _process(args, mine, output_dir, work_dir, resources)
+    finally:
+        for lock in locks.values():
+            lock.release()
+
+
+def select_listed(images: list[CTImage], bids_dir: Path, scans_file: Path) -> list[CTImage]:
+    """The images whose paths (relative to the dataset, one per line) ``scans_file`` lists."""
+    try:
+        listed = [line.strip() for line in Path(scans_file).read_text().splitlines() if line.strip()]
+    except OSError as exc:
+        raise BIDSInputError(f"--scans-file {scans_file}: cannot read it ({exc.strerror}).") from None
+    root = Path(bids_dir).absolute()
+    by_path = {image.path.absolute().relative_to(root).as_posix(): image for image in images}
+    unknown = [rel for rel in listed if rel not in by_path]
+    if unknown:
+        raise BIDSInputError(
+            f"--scans-file {scans_file} lists {len(unknown)} file(s) that are not selected CT images "
+            f"of {root}, e.g. {unknown[0]}. List paths relative to the dataset, one per line."
+        )
+    return [by_path[rel] for rel in listed]
+
+
+def _process(args, images: list[CTImage], output_dir: Path, work_dir: Path, resources: Resources) -> int:
+    """Run the workflow over the images this process holds the locks of; record the results."""
     from nipype import config as nipype_config
     from nipype import logging as nipype_logging
 
     from ichseg.pipeline.workflows.base import init_ichseg_wf
 
-    n_procs = max(1, args.n_procs)
-    omp_nthreads = args.omp_nthreads or min(n_procs, 8)
-    crash_dir = work_dir / "crash"
+    crash_root = work_dir / "crash"
     nipype_config.update_config({
         "execution": {
-            "crashdump_dir": str(crash_dir),
             "crashfile_format": "txt",
             "stop_on_first_crash": False,
             "hash_method": "timestamp",
@@ -80,15 +129,14 @@ def run_participant(args) -> int:
         logging.getLogger(name).setLevel(nipype_level)
 
     failed = {}
-    output_dir.mkdir(parents=True, exist_ok=True)
     for image in images:
         if image.problem:  # known from the dataset alone: fail it now, run the others
             failed[image.scan_id] = image.problem
             write_failure_record(output_dir, image.entities, image.problem, source_file=str(image.path))
     all_images, images = images, [image for image in images if not image.problem]
     ids = [image.scan_id for image in images]
-    LOGGER.info("ichseg %s: %d CT image(s) to process with model %s on %s, %d process(es)",
-                __version__, len(images), args.model, args.device, n_procs)
+    LOGGER.info("ichseg %s: %d CT image(s) to process with model %s on %s, %s",
+                __version__, len(images), args.model, args.device, resources)
     try:
         workflow = init_ichseg_wf(
             ct_files=[image.path for image in images],
@@ -96,10 +144,11 @@ def run_participant(args) -> int:
             sidecars=[image.sidecar for image in images],
             output_dir=output_dir,
             work_dir=work_dir,
+            crash_dir=crash_root,
             model=args.model,
             device=args.device,
             precision=args.precision,
-            omp_nthreads=omp_nthreads,
+            omp_nthreads=resources.omp_nthreads,
             transform_type=args.transform.capitalize(),
             network_input=args.network_input,
             margin_mm=args.margin_mm,
@@ -108,16 +157,15 @@ def run_participant(args) -> int:
     except AssetError as exc:
         raise UserError(str(exc)) from None
 
-    for stale in remove_stale_temporaries(output_dir):
+    owned = set(ids)
+    for stale in remove_stale_temporaries(output_dir, owned=lambda name: output_scan_id(name) in owned):
         LOGGER.info("removed %s, left by an interrupted run", stale)
-    write_derivatives_description(output_dir, args.bids_dir, __version__)
     progress = _Progress(images)
     started = time.time()
     if images:
+        plugin, plugin_args = nipype_plugin(args, resources, progress)
         try:
-            workflow.run(plugin="MultiProc", plugin_args={
-                "n_procs": n_procs, "raise_insufficient": False, "status_callback": progress,
-            })
+            workflow.run(plugin=plugin, plugin_args=plugin_args)
         except RuntimeError as exc:  # nipype raises once at the end if any node crashed
             LOGGER.debug("nipype: %s", exc)
 
@@ -126,7 +174,7 @@ def run_participant(args) -> int:
         if volumes.exists() and volumes.stat().st_mtime >= started - 1:
             clear_failure_record(output_dir, image.entities)
             continue
-        reason = _crash_reason(crash_dir, image.scan_id, since=started) or "unknown error (see the work directory)"
+        reason = _crash_reason(crash_root / image.scan_id, since=started) or "unknown error (see the work directory)"
         failed[image.scan_id] = reason
         write_failure_record(output_dir, image.entities, reason, source_file=str(image.path))
 
@@ -141,10 +189,23 @@ def run_participant(args) -> int:
     return 0
 
 
-def _crash_reason(crash_dir: Path, sid: str, since: float) -> str | None:
-    """The error message of the newest crash file of one scan's workflow, if any."""
-    node_tag = "ct_" + re.sub(r"[^0-9A-Za-z]", "_", sid)
-    crashes = [p for p in crash_dir.glob("crash-*.txt") if p.stat().st_mtime >= since - 1 and node_tag in p.read_text(errors="replace")]
+def nipype_plugin(args, resources: Resources, progress=None) -> tuple[str, dict]:
+    """Nipype plugin name and arguments from ``--nipype-plugin(-args)`` and the resources."""
+    plugin = args.nipype_plugin
+    plugin_args = dict(args.nipype_plugin_args or {})
+    if plugin == "MultiProc":
+        plugin_args.setdefault("n_procs", resources.n_procs)
+        plugin_args.setdefault("raise_insufficient", False)
+        if resources.mem_gb is not None:
+            plugin_args.setdefault("memory_gb", resources.mem_gb)
+    if progress is not None:
+        plugin_args.setdefault("status_callback", progress)
+    return plugin, plugin_args
+
+
+def _crash_reason(crash_dir: Path, since: float) -> str | None:
+    """The error message of the newest crash file in one scan's crash folder, if any."""
+    crashes = [p for p in crash_dir.glob("crash-*.txt") if p.stat().st_mtime >= since - 1]
     if not crashes:
         return None
     text = max(crashes, key=lambda p: p.stat().st_mtime).read_text(errors="replace")

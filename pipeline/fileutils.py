@@ -20,7 +20,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -137,17 +137,25 @@ def atomic_gzip(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
 
 
 #: Names :func:`atomic_output` gives its temporary files (``.<stem>.tmp-<pid>-<hex><ext>``).
-_TEMPORARY_NAME = re.compile(r"^\..+\.tmp-\d+-[0-9a-f]{8}")
+_TEMPORARY_NAME = re.compile(r"^\.(?P<stem>.+)\.tmp-\d+-[0-9a-f]{8}(?P<ext>.*)$")
 
 
-def remove_stale_temporaries(root: str | os.PathLike) -> list[Path]:
+def remove_stale_temporaries(
+    root: str | os.PathLike, owned: Callable[[str], bool] | None = None
+) -> list[Path]:
     """Delete temporary files that a killed run left under ``root``; return what was removed.
 
-    Only call this when no other ichseg process writes into ``root``.
+    ``owned(final_name)`` picks the temporaries to remove by the name they were to get (for
+    example, those of the scans this process holds the lock of); without it all are removed,
+    which is only safe when no other process writes into ``root``.
     """
     removed = []
     for path in Path(root).rglob(".*.tmp-*"):
-        if path.is_file() and _TEMPORARY_NAME.match(path.name):
-            path.unlink()
-            removed.append(path)
+        match = _TEMPORARY_NAME.match(path.name)
+        if not (match and path.is_file()):
+            continue
+        if owned is not None and not owned(match["stem"] + match["ext"]):
+            continue
+        path.unlink()
+        removed.append(path)
     return removed

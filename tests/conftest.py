@@ -83,3 +83,33 @@ def asset() -> Callable[[str], Path]:
             pytest.skip(msg)
 
     return _resolve
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, asset) -> Path:
+    """A folder with a config.json of a DeepMedic with 4 feature maps per layer and random
+    weights: the real workflow in seconds, for tests of the plumbing."""
+    import json
+
+    from ichseg.pipeline.inference import build_network
+
+    folder = tmp_path_factory.mktemp("tiny-model")
+    config = json.loads(asset("models/blastct-v1/config.json").read_text())
+    config["model"]["DeepMedic"] = {"feature_maps": [4] * 8, "fully_connected": [8, 8]}
+    (folder / "config.json").write_text(json.dumps(config))
+    torch.manual_seed(0)
+    torch.save(build_network(config).state_dict(), folder / "model_1.pt")
+    return folder
+
+
+def derivative_hashes(out: Path) -> dict[str, str]:
+    """sha256 of every derivative, except files that record when or where they were made
+    (reports, figures, volume sidecars) and the logs of runs and submissions."""
+    import hashlib
+
+    return {
+        str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and p.suffix not in {".html", ".svg"} and not p.name.endswith("_volumes.json")
+        and not p.name.startswith(".") and p.relative_to(out).parts[0] != "logs"
+    }

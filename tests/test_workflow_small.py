@@ -7,8 +7,6 @@ network on real CTs is tested in test_cli_integration.py.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import signal
 import subprocess
@@ -19,26 +17,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
+from conftest import derivative_hashes as _outputs
 from ichseg.bids_app.cli import main
 from ichseg.bids_app.demo import write_demo_dataset
 from ichseg.bids_app.naming import derivative_path
-from ichseg.pipeline.inference import build_network
 
 pytestmark = [pytest.mark.realdata]  # the CT template comes from the asset lookup
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, asset) -> Path:
-    """A folder with a config.json of a DeepMedic with 4 feature maps per layer and random weights."""
-    folder = tmp_path_factory.mktemp("tiny-model")
-    config = json.loads(asset("models/blastct-v1/config.json").read_text())
-    config["model"]["DeepMedic"] = {"feature_maps": [4] * 8, "fully_connected": [8, 8]}
-    (folder / "config.json").write_text(json.dumps(config))
-    torch.manual_seed(0)
-    torch.save(build_network(config).state_dict(), folder / "model_1.pt")
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -49,15 +34,6 @@ def demo_bids(tmp_path_factory) -> Path:
 def _argv(bids, out, work, model, *extra):
     return [str(bids), str(out), "participant", "-w", str(work), "--model", str(model),
             "--n-procs", "2", *extra]
-
-
-def _outputs(out: Path) -> dict[str, str]:
-    """sha256 of every derivative, except files that record when they were made."""
-    return {
-        str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(out.rglob("*"))
-        if p.is_file() and p.suffix not in {".html", ".svg"} and not p.name.endswith("_volumes.json")
-    }
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,7 @@ def init_ichseg_wf(
     output_dir: str | Path,
     work_dir: str | Path,
     sidecars: Sequence[dict] | None = None,
+    crash_dir: str | Path | None = None,
     model: str = "blastct-v1",
     device: str = "cpu",
     precision: str = "auto",
@@ -53,6 +54,10 @@ def init_ichseg_wf(
         Root of the BIDS derivatives dataset.
     work_dir : path
         Nipype working directory; re-runs reuse what it holds.
+    crash_dir : path
+        Each scan's crash files go to ``crash_dir/<scan_id>/`` (as sMRIPrep's per-subject
+        crash folders), so that a failure is attributed to its scan by where it lies.
+        Default: Nipype's crash folder for all.
     model, device, precision, omp_nthreads, transform_type, network_input, margin_mm,
     hemorrhage_threshold
         Passed on to :func:`init_single_ct_wf`.
@@ -78,6 +83,9 @@ def init_ichseg_wf(
             hemorrhage_threshold=hemorrhage_threshold,
             name=_node_name(scan_id),
         )
+        if crash_dir is not None:
+            for node in single._get_all_nodes():
+                node.config = {"execution": {"crashdump_dir": str(Path(crash_dir) / scan_id)}}
         workflow.add_nodes([single])
     return workflow
 
