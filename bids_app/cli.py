@@ -28,7 +28,9 @@ def _threshold(text: str) -> float | None:
 
 
 #: Nipype execution plugins ``--nipype-plugin`` accepts.
-NIPYPE_PLUGINS = ("MultiProc", "Linear", "SLURM", "SLURMGraph", "SGE", "SGEGraph", "PBS", "PBSGraph")
+#: Not the *Graph plugins: they return as soon as they have submitted, so ichseg could
+#: neither hold the scans' locks nor record their failures (--submit does that instead).
+NIPYPE_PLUGINS = ("MultiProc", "Linear", "SLURM", "SGE", "PBS")
 
 
 def _positive(text: str) -> float:
@@ -105,8 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "machine's, or what the scans of a job need when submitting")
     run.add_argument("--nipype-plugin", default="MultiProc", metavar="PLUGIN",
                      choices=NIPYPE_PLUGINS,
-                     help="Nipype execution plugin: " + ", ".join(NIPYPE_PLUGINS) + " (SLURM, SLURMGraph, "
-                          "SGE and PBS submit each step as a job from this one process)")
+                     help="Nipype execution plugin: " + ", ".join(NIPYPE_PLUGINS) + " (SLURM, SGE and PBS "
+                          "submit each step as a job from this one process, which waits for them)")
     run.add_argument("--nipype-plugin-args", type=_json_object, default=None, metavar="JSON",
                      help="arguments of the Nipype plugin, as JSON text or a JSON file, e.g. "
                           "'{\"sbatch_args\": \"--partition=short\"}'")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import getpass
 import logging
+import os
 import re
 import time
 from pathlib import Path
@@ -198,6 +200,13 @@ def nipype_plugin(args, resources: Resources, progress=None) -> tuple[str, dict]
         plugin_args.setdefault("raise_insufficient", False)
         if resources.mem_gb is not None:
             plugin_args.setdefault("memory_gb", resources.mem_gb)
+    else:
+        # Nipype's cluster plugins name their jobs after $LOGNAME, which batch systems and
+        # containers do not always set.
+        try:
+            os.environ.setdefault("LOGNAME", getpass.getuser())
+        except (KeyError, OSError):  # a uid without a passwd entry, as in containers
+            os.environ.setdefault("LOGNAME", f"uid{os.getuid()}")
     if progress is not None:
         plugin_args.setdefault("status_callback", progress)
     return plugin, plugin_args

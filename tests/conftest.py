@@ -31,6 +31,7 @@ torch.set_num_threads(1)
 _MARKERS = {
     "realdata": "needs the real CTs / pretrained weights from the asset lookup (ICHSEG_DATA_DIR)",
     "slow": "end-to-end runs that take more than a few seconds",
+    "slurm": "needs Slurm and munge (a one-node test cluster is started as root); run under CI=true",
 }
 
 
