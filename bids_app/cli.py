@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                "with reference segmentations; 'ichseg train BIDS_DIR REFERENCES MODEL_DIR' fine-tunes "
                "a network on them; 'ichseg dicom2bids DICOM_DIR BIDS_DIR --participant-label L' adds "
                "a visit's DICOM head CT to a BIDS dataset; 'ichseg status OUTPUT_DIR' lists done, running, "
-               "failed and pending scans (ichseg <command> --help).",
+               "failed and pending scans; 'ichseg fetch-assets --dest DIR' puts the templates and weights "
+               "into DIR for offline compute nodes (ichseg <command> --help).",
     )
     parser.add_argument("bids_dir", type=Path, help="root of the input BIDS dataset (read only)")
     parser.add_argument("output_dir", type=Path, help="where the BIDS derivatives are written")
@@ -154,6 +155,7 @@ COMMANDS = {
     "train": "ichseg.bids_app.train:run_train",
     "dicom2bids": "ichseg.bids_app.dicom2bids:run_dicom2bids",
     "status": "ichseg.bids_app.status:run_status",
+    "fetch-assets": "ichseg.pipeline.assets:main",
 }
 
 

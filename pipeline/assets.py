@@ -50,6 +50,7 @@ __all__ = [
     "offline",
     "assets_in_group",
     "fetch_assets",
+    "fetch_into",
     "markdown_table",
     "main",
 ]
@@ -598,6 +599,34 @@ def fetch_assets(group: str = "runtime", *, download: bool | None = True) -> dic
     return found
 
 
+def fetch_into(dest: str | os.PathLike, group: str = "runtime") -> dict[str, Path]:
+    """Make ``dest`` a complete, verified asset folder for ``ICHSEG_DATA_DIR`` (e.g. a shared
+    folder that offline compute nodes read); return ``{relpath: path in dest}``.
+
+    Downloads go straight into ``dest`` (it is used as the cache); assets found in a data
+    folder are copied. Every file in ``dest`` is then checked against its sha256.
+    """
+    from .fileutils import atomic_copy
+
+    dest = Path(dest).expanduser().absolute()
+    previous = os.environ.get(ENV_CACHE_DIR)
+    os.environ[ENV_CACHE_DIR] = str(dest)
+    try:
+        found = fetch_assets(group, download=None)
+    finally:
+        if previous is None:
+            os.environ.pop(ENV_CACHE_DIR, None)
+        else:
+            os.environ[ENV_CACHE_DIR] = previous
+    placed = {}
+    for relpath, path in found.items():
+        target = dest / relpath
+        if path.absolute() != target:
+            atomic_copy(path, target)
+        placed[relpath] = verify_file(target, ASSETS[relpath].sha256, what=f"ichseg asset {relpath}:")
+    return placed
+
+
 def _status(asset: Asset) -> str:
     """Where an asset would be found now, without downloading or hashing."""
     for folder in data_dirs():
@@ -625,7 +654,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``python -m ichseg.pipeline.assets [--group G] [--list] [--markdown]``."""
     choices = (*GROUPS, *PSEUDO_GROUPS)
     parser = argparse.ArgumentParser(
-        prog="python -m ichseg.pipeline.assets",
+        prog="ichseg fetch-assets",
         description=(
             "Download and verify the files ichseg needs (templates, BLAST-CT weights, atlas) "
             f"into the cache ({cache_dir()}). Set {ENV_CACHE_DIR} to choose the cache folder, "
@@ -642,6 +671,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--list", action="store_true", help="show the assets and where they are; fetch nothing"
     )
     parser.add_argument(
+        "--dest", type=Path, metavar="DIR",
+        help=f"put every asset of the group into DIR and verify it (for offline compute nodes: "
+             f"{ENV_OFFLINE}=1 {ENV_DATA_DIR}=DIR); default: the download cache",
+    )
+    parser.add_argument(
         "--markdown", action="store_true", help="print the assets as a Markdown table"
     )
     args = parser.parse_args(argv)
@@ -655,12 +689,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{'':9s}  sha256 {a.sha256}  {a.url or a.note}")
         return 0
     try:
-        found = fetch_assets(args.group, download=None)
-    except AssetNotFoundError as exc:
+        found = fetch_into(args.dest, args.group) if args.dest else fetch_assets(args.group, download=None)
+    except AssetError as exc:
         print(str(exc), file=sys.stderr)
         return 1
     for relpath, path in found.items():
         print(f"ok  {relpath}  {path}")
+    if args.dest:
+        print(f"All {len(found)} assets verified in {args.dest}. On machines without internet run "
+              f"ichseg with {ENV_OFFLINE}=1 {ENV_DATA_DIR}={Path(args.dest).absolute()}")
     return 0
 
 
