@@ -8,6 +8,10 @@
 #     --build-arg PIP_EXTRA_ARGS="--index-url https://download.pytorch.org/whl/cpu" .
 #   docker run --rm -v /data/bids:/bids:ro -v /data/out:/out ichseg /bids /out participant
 #
+# BASE_IMAGE: Debian 12 with python3 3.11 (the venv is copied between stages that must have the
+# same interpreter). A local image made with debootstrap works too (docs/docker.md, tests).
+ARG BASE_IMAGE=debian:bookworm-slim
+
 # Stages: "wheels" (optional local wheels), "builder" (venv with ichseg and its dependencies),
 # "assets" (optionally baked weights/templates), and the final runtime image, which gets only
 # the venv and the assets: no compilers, no pip cache, no source tree.
@@ -17,8 +21,12 @@
 # of the same name) and point pip at it with --build-arg PIP_EXTRA_ARGS="--find-links /wheels".
 FROM scratch AS wheels
 
+# Likewise an empty stage for CA certificates: behind a TLS-intercepting proxy, pass the
+# host's with `--build-context certs=/etc/ssl/certs --build-arg PIP_CERT=/certs/ca-certificates.crt`.
+FROM scratch AS certs
 
-FROM debian:bookworm-slim AS builder
+
+FROM ${BASE_IMAGE} AS builder
 
 # python3-venv gives ensurepip (Debian's python3 has no pip of its own); ca-certificates lets
 # the optional asset pre-fetch (and pip, for index mirrors without bundled certs) speak HTTPS.
@@ -40,8 +48,9 @@ ENV PATH=/opt/venv/bin:$PATH \
 # only, so that an --index-url meant for torch does not hide PyPI from the other dependencies.
 ARG TORCH_SPEC="torch==2.13.0"
 ARG PIP_EXTRA_ARGS=""
-RUN --mount=type=bind,from=wheels,target=/wheels \
-    pip install ${PIP_EXTRA_ARGS} "${TORCH_SPEC}"
+ARG PIP_CERT=""
+RUN --mount=type=bind,from=wheels,target=/wheels --mount=type=bind,from=certs,target=/certs \
+    pip install ${PIP_CERT:+--cert "$PIP_CERT"} ${PIP_EXTRA_ARGS} "${TORCH_SPEC}"
 
 # Only what the package build needs (setup.cfg reads README.md for long_description).
 COPY pyproject.toml setup.cfg README.md /src/
@@ -49,7 +58,8 @@ COPY pipeline /src/pipeline
 COPY bids_app /src/bids_app
 # Not editable: the runtime stage gets the installed package, not /src. The torch installed above
 # satisfies ichseg's torch requirement, so pip keeps it; `pip check` fails the build on conflicts.
-RUN pip install /src \
+RUN --mount=type=bind,from=certs,target=/certs \
+    pip install ${PIP_CERT:+--cert "$PIP_CERT"} /src \
  && pip check
 
 
@@ -68,7 +78,7 @@ RUN mkdir -p /opt/ichseg-data \
     fi
 
 
-FROM debian:bookworm-slim
+FROM ${BASE_IMAGE}
 
 # Runtime needs only the interpreter the venv links to, and CA certificates for the asset
 # download (urllib uses the system trust store). torch, ANTsPy and SimpleITK wheels bundle
