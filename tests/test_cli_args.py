@@ -22,3 +22,44 @@ def test_hemorrhage_threshold_rejects_what_is_not_a_probability(bad, capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args([*BASE, "--hemorrhage-threshold", bad])
     assert "--hemorrhage-threshold" in capsys.readouterr().err
+
+
+def test_array_tasks_get_the_options_as_given():
+    """What --submit passes on to its tasks parses back to the same settings."""
+    from ichseg.bids_app.slurm import task_arguments
+
+    parser = build_parser()
+    given = [*BASE, "--participant-label", "01", "--submit", "slurm", "--sbatch-args", "-p short",
+             "--nprocs", "3", "--omp-nthreads", "1", "--mem", "6", "--model", "blastct-v1-ensemble",
+             "--hemorrhage-threshold", "argmax", "--transform", "affine", "-vv"]
+    args = parser.parse_args(given)
+    forwarded = task_arguments(args, parser)
+    assert "--participant-label" not in forwarded and "--submit" not in forwarded
+    again = parser.parse_args([*BASE, *forwarded])
+    for name in ("n_procs", "omp_nthreads", "mem", "model", "hemorrhage_threshold", "transform", "verbose"):
+        assert getattr(again, name) == getattr(args, name), name
+
+
+@pytest.mark.parametrize("option, value", [("--mem", "0"), ("--nipype-plugin-args", "[1, 2]"),
+                                           ("--nipype-plugin-args", "{bad"), ("--nipype-plugin", "SLURMGraph")])
+def test_cluster_options_reject_bad_values(option, value, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*BASE, option, value])
+    assert option in capsys.readouterr().err
+
+
+def test_nipype_plugin_args_from_a_file(tmp_path):
+    path = tmp_path / "plugin.json"
+    path.write_text('{"sbatch_args": "--mem=4G"}')
+    args = build_parser().parse_args([*BASE, "--nipype-plugin", "SLURM", "--nipype-plugin-args", str(path)])
+    assert args.nipype_plugin_args == {"sbatch_args": "--mem=4G"}
+
+
+def test_submit_without_slurm_says_what_to_do(tmp_path, monkeypatch, capsys):
+    from ichseg.bids_app.cli import main
+    from ichseg.bids_app.demo import write_demo_dataset
+
+    bids = write_demo_dataset(tmp_path / "bids", n_subjects=1)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert main([str(bids), str(tmp_path / "out"), "participant", "--submit", "slurm"]) == 2
+    assert "sbatch is not on PATH" in capsys.readouterr().err
