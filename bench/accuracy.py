@@ -28,10 +28,9 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-
 from ichseg.bids_app.evaluate import evaluate, find_references
-from ichseg.bids_app.naming import find_derivatives, scan_id
 from ichseg.pipeline.metrics import HEMORRHAGE, agreement, compare_labels
+from ichseg.pipeline.naming import find_derivatives, scan_id
 
 TARGETS = "mean Dice ≥ 0.91, r ≥ 0.99, |mean difference| ≤ 1 mL, RMSE ≤ 3 mL, no lesion > 15 mL off by > 8 %"
 

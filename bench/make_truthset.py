@@ -36,11 +36,16 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-
-from ichseg.bids_app.naming import write_dseg_tsv
 from ichseg.pipeline.assets import LESION_SHAPES, get_asset
 from ichseg.pipeline.geometry import voxel_volume_ml
-from ichseg.pipeline.lesion_insertion import IPH, NoRoom, insert_lesion, prepare_host, read_shapes
+from ichseg.pipeline.labels import write_dseg_tsv
+from ichseg.pipeline.lesion_insertion import (
+    IPH,
+    NoRoom,
+    insert_lesion,
+    prepare_host,
+    read_shapes,
+)
 
 SPLITS = {"heldout": ("test",), "tuning": ("train", "val")}
 DEFAULT_HOSTS = ["ge-head", "mistie-0034", "deepbleed-brain"]

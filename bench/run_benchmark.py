@@ -326,7 +326,6 @@ def peer_volumes(label_file: Path) -> dict:
     """Volumes (mL) of BLAST-CT's label map (the same label table as ichseg's), ichseg's columns."""
     import nibabel as nib
     import numpy as np
-
     from ichseg.pipeline.labels import BRAIN_VOLUME_COLUMN
     from ichseg.pipeline.volumes import label_volumes_ml
 
@@ -484,7 +483,7 @@ def inference_info(work_dir: Path, nodes: list[dict]) -> dict:
 
 
 def read_volumes(out_dir: Path, bids_file: Path) -> dict:
-    from ichseg.bids_app.naming import derivative_path
+    from ichseg.pipeline.naming import derivative_path
 
     path = derivative_path(out_dir, bids_file, "volumes")
     if not path.exists():
@@ -697,7 +696,7 @@ def one_run(label: str, bids_dir: Path, bids_files: list[tuple[str, Path]], scra
     result["log"] = str(log_file.relative_to(args.out))
     result["scans"] = {}
     info = inference_info(work_dir, nodes)
-    from ichseg.bids_app.naming import scan_id
+    from ichseg.pipeline.naming import scan_id
 
     for name, bids_file in bids_files:
         sid = scan_id(bids_file)

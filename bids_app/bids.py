@@ -3,7 +3,7 @@
 Head CTs are ``sub-<label>/[ses-<label>/]anat/sub-<label>[_ses-<label>][_<entities>]_ct.nii[.gz]``.
 CT is not in the BIDS specification yet (BEP024), so the dataset is indexed by pybids without
 validation (``validate=False``), which indexes files of any suffix, ``ct`` included.
-Entities are read from the file names by :func:`ichseg.bids_app.naming.entities_from_path`,
+Entities are read from the file names by :func:`ichseg.pipeline.naming.entities_from_path`,
 the parser that also names the outputs, so a scan's entities and its derivative names always
 agree.
 
@@ -30,8 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ichseg.pipeline.checks import folder_message
-
-from .naming import entities_from_path, entities_sort_key, scan_id
+from ichseg.pipeline.naming import entities_from_path, entities_sort_key, scan_id
 
 LOGGER = logging.getLogger(__name__)
 
@@ -202,7 +201,7 @@ def _scan_dataset(root: Path) -> _DatasetProblems:
 def _short_entities(name: str) -> dict[str, str]:
     """``sub-01_ses-1_ct.json`` -> ``{"sub": "01", "ses": "1"}`` (key-value parts of a name).
 
-    Not :func:`~ichseg.bids_app.naming.entities_from_path`: inherited sidecars such as a
+    Not :func:`~ichseg.pipeline.naming.entities_from_path`: inherited sidecars such as a
     top-level ``ct.json`` or ``acq-axial_ct.json`` have no ``sub-`` and are refused there."""
     stem = name.split(".")[0]
     return dict(part.split("-", 1) for part in stem.split("_") if "-" in part)

@@ -8,11 +8,10 @@ import os
 import sys
 from pathlib import Path
 
+from ichseg.bids_app.resources import SUBMIT_N_PROCS
 from ichseg.pipeline import __version__
 from ichseg.pipeline.cpu import PRECISIONS
 from ichseg.pipeline.segmentation import DEFAULT_HEMORRHAGE_THRESHOLD, DEFAULT_MARGIN_MM
-
-from .resources import SUBMIT_N_PROCS
 
 
 def _threshold(text: str) -> float | None:
@@ -173,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("ichseg").setLevel(level)
 
-    from .run import UserError, run_group, run_participant
+    from ichseg.bids_app.run import UserError, run_group, run_participant
 
     try:
         if args.analysis_level == "participant":

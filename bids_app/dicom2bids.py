@@ -24,10 +24,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ichseg.bids_app.bids import normalize_labels
 from ichseg.pipeline.checks import InputImageError, check_ct
 from ichseg.pipeline.fileutils import atomic_write_text
-
-from .bids import normalize_labels
 
 
 class Dicom2BidsError(Exception):

@@ -29,12 +29,15 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-
 from ichseg.pipeline import __version__
 from ichseg.pipeline.fileutils import atomic_output
 from ichseg.pipeline.metrics import HEMORRHAGE, agreement, class_masks, compare_labels
-
-from .naming import DERIVATIVE_ENTITIES, entities_from_path, find_derivatives, scan_id
+from ichseg.pipeline.naming import (
+    DERIVATIVE_ENTITIES,
+    entities_from_path,
+    find_derivatives,
+    scan_id,
+)
 
 LOGGER = logging.getLogger("ichseg")
 

@@ -31,32 +31,30 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-
-from ichseg.pipeline.fileutils import atomic_write_text
-from ichseg.pipeline.labels import VOLUME_COLUMNS, volume_column_descriptions
-from ichseg.pipeline.qc import QC_FAIL
-
-from .bids import collect_ct_images
-from .longitudinal import (
-    LONGITUDINAL_TABLE,
+from ichseg.bids_app.bids import collect_ct_images
+from ichseg.bids_app.longitudinal import (
     acquisition_time,
     add_times,
     longitudinal_sidecar,
     longitudinal_table,
     scans_tsv_times,
 )
-from .naming import (
+from ichseg.pipeline.fileutils import atomic_write_text
+from ichseg.pipeline.labels import VOLUME_COLUMNS, volume_column_descriptions
+from ichseg.pipeline.naming import (
     ENTITIES,
+    GROUP_TABLE,
+    LONGITUDINAL_TABLE,
     derivative_path,
     entities_sort_key,
     find_derivatives,
     scan_id,
 )
+from ichseg.pipeline.qc import QC_FAIL
 
 LOGGER = logging.getLogger(__name__)
 
 __all__ = [
-    "GROUP_TABLE",
     "GroupLevelError",
     "build_group_table",
     "clear_failure_record",
@@ -65,8 +63,6 @@ __all__ = [
     "write_group_table",
 ]
 
-#: File name of the group table, at the top of the output folder (its sidecar: ``.json``).
-GROUP_TABLE = "group_volumes.tsv"
 STATUS_OK, STATUS_FAILED, STATUS_MISSING = "ok", "failed", "missing"
 _STATUS_LEVELS = {
     STATUS_OK: "Volumes were computed.",

@@ -24,7 +24,6 @@ import pandas as pd
 
 LOGGER = logging.getLogger(__name__)
 
-LONGITUDINAL_TABLE = "group_longitudinal.tsv"
 #: Volume columns compared between baseline and follow-up.
 COMPARED = ("hemorrhage_ml", "iph_ml", "ivh_ml")
 

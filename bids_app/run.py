@@ -9,19 +9,29 @@ import re
 import time
 from pathlib import Path
 
+from ichseg.bids_app.bids import (
+    BIDSInputError,
+    CTImage,
+    check_output_dir,
+    collect_ct_images,
+    load_bids_filter,
+)
+from ichseg.bids_app.description import write_derivatives_description
+from ichseg.bids_app.group import (
+    GroupLevelError,
+    clear_failure_record,
+    write_failure_record,
+    write_group_table,
+)
+from ichseg.bids_app.resources import Resources
+from ichseg.bids_app.scanlock import ScanLock, describe_holder, lock_holder
 from ichseg.pipeline import __version__
 from ichseg.pipeline.assets import AssetError
 from ichseg.pipeline.cpu import PrecisionError, resolve_precision
 from ichseg.pipeline.fileutils import remove_stale_temporaries
 from ichseg.pipeline.models import ModelError, resolve_model
+from ichseg.pipeline.naming import derivative_path, output_scan_id, scan_lock_path
 from ichseg.pipeline.reports import write_group_report
-
-from .bids import BIDSInputError, CTImage, check_output_dir, collect_ct_images, load_bids_filter
-from .description import write_derivatives_description
-from .group import GroupLevelError, clear_failure_record, write_failure_record, write_group_table
-from .naming import derivative_path, output_scan_id, scan_lock_path
-from .resources import Resources
-from .scanlock import ScanLock, describe_holder, lock_holder
 
 LOGGER = logging.getLogger("ichseg")
 
@@ -61,7 +71,7 @@ def run_participant(args) -> int:
         raise UserError(str(exc)) from None
     resources = Resources.from_args(args)
     if args.submit == "slurm":
-        from .slurm import SlurmError, submit
+        from ichseg.bids_app.slurm import SlurmError, submit
 
         try:
             return submit(args, images, output_dir, resources)
@@ -105,10 +115,9 @@ def select_listed(images: list[CTImage], bids_dir: Path, scans_file: Path) -> li
 
 def _process(args, images: list[CTImage], output_dir: Path, work_dir: Path, resources: Resources) -> int:
     """Run the workflow over the images this process holds the locks of; record the results."""
+    from ichseg.pipeline.workflows.base import init_ichseg_wf
     from nipype import config as nipype_config
     from nipype import logging as nipype_logging
-
-    from ichseg.pipeline.workflows.base import init_ichseg_wf
 
     crash_root = work_dir / "crash"
     nipype_config.update_config({

@@ -23,9 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-from .bids import CTImage
-from .resources import Resources
-from .status import DONE, RUNNING, SUBMISSIONS_FOLDER, scan_state
+from ichseg.bids_app.bids import CTImage
+from ichseg.bids_app.resources import Resources
+from ichseg.bids_app.status import DONE, RUNNING, SUBMISSIONS_FOLDER, scan_state
 
 LOGGER = logging.getLogger("ichseg")
 
@@ -131,7 +131,7 @@ def _script(header: list[str], command: str) -> str:
 
 def submit(args: argparse.Namespace, images: list[CTImage], output_dir: Path, resources: Resources) -> int:
     """Write and submit the job array and the group job; print their ids; return 0."""
-    from .cli import build_parser
+    from ichseg.bids_app.cli import build_parser
 
     if shutil.which("sbatch") is None:
         raise SlurmError("--submit slurm: the command sbatch is not on PATH. Run ichseg on a login "

@@ -16,8 +16,14 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .naming import derivative_path, entities_from_path, find_derivatives, scan_id, scan_lock_path
-from .scanlock import describe_holder, lock_holder
+from ichseg.bids_app.scanlock import describe_holder, lock_holder
+from ichseg.pipeline.naming import (
+    derivative_path,
+    entities_from_path,
+    find_derivatives,
+    scan_id,
+    scan_lock_path,
+)
 
 __all__ = ["ScanState", "scan_state", "latest_submission", "collect_states", "run_status"]
 

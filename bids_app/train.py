@@ -25,7 +25,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-
 from ichseg.pipeline import __version__
 
 LOGGER = logging.getLogger("ichseg")
@@ -107,9 +106,8 @@ with `ichseg evaluate` before using it.
 
 def run_train(argv: list[str] | None = None) -> int:
     """``ichseg train``: returns the exit status."""
+    from ichseg.bids_app.bids import BIDSInputError
     from ichseg.pipeline.assets import AssetError
-
-    from .bids import BIDSInputError
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -121,6 +119,8 @@ def run_train(argv: list[str] | None = None) -> int:
 
 
 def _train(args) -> int:
+    from ichseg.bids_app.bids import collect_ct_images
+    from ichseg.bids_app.evaluate import find_references
     from ichseg.pipeline import assets
     from ichseg.pipeline.inference import IntensityWindow, load_networks
     from ichseg.pipeline.models import resolve_model
@@ -131,9 +131,6 @@ def _train(args) -> int:
         save_prepared,
         train,
     )
-
-    from .bids import collect_ct_images
-    from .evaluate import find_references
 
     base = resolve_model(args.base)
     if len(base.weight_paths) != 1:

@@ -422,7 +422,7 @@ def _download(asset: Asset, target: Path) -> Path:
     """
     assert asset.url is not None
     target.parent.mkdir(parents=True, exist_ok=True)
-    from . import __version__
+    from ichseg.pipeline import __version__
 
     request = urllib.request.Request(asset.url, headers={"User-Agent": f"ichseg/{__version__}"})
     # A temporary name in the same folder, then os.replace: readers never see a partial file,
@@ -606,7 +606,7 @@ def fetch_into(dest: str | os.PathLike, group: str = "runtime") -> dict[str, Pat
     Downloads go straight into ``dest`` (it is used as the cache); assets found in a data
     folder are copied. Every file in ``dest`` is then checked against its sha256.
     """
-    from .fileutils import atomic_copy
+    from ichseg.pipeline.fileutils import atomic_copy
 
     dest = Path(dest).expanduser().absolute()
     previous = os.environ.get(ENV_CACHE_DIR)

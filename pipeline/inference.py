@@ -14,10 +14,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-
-from .heap import keep_freed_memory
-from .streaming import region_probabilities
-
+from ichseg.pipeline.heap import keep_freed_memory
+from ichseg.pipeline.streaming import region_probabilities
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,11 @@ from here.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
+
+from ichseg.pipeline.fileutils import atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -77,3 +81,22 @@ def volume_column_descriptions() -> dict[str, dict[str, str]]:
         col: out.get(col, {"Description": f"Volume ({col}).", "Units": "mL"})
         for col in VOLUME_COLUMNS
     }
+
+
+def dseg_tsv_text() -> str:
+    """Content of the BIDS ``_dseg.tsv`` label table of ichseg's label maps.
+
+    Columns ``index``, ``name``, ``abbreviation``, ``color`` (BIDS common derivatives,
+    segmentations). Background (0) is left out, as BIDS reads 0 as "no label". There is no
+    ``mapping`` column: the BIDS standard lookup table has no hemorrhage classes.
+    """
+    lines = ["index\tname\tabbreviation\tcolor"]
+    lines += [
+        f"{lab.index}\t{lab.name}\t{lab.abbreviation}\t{lab.color}" for lab in FOREGROUND_LABELS
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_dseg_tsv(path: str | os.PathLike) -> Path:
+    """Write the ``_dseg.tsv`` label table (see :func:`dseg_tsv_text`) atomically to ``path``."""
+    return atomic_write_text(path, dseg_tsv_text())

@@ -26,11 +26,10 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from ichseg.pipeline.brain import extract_brain
+from ichseg.pipeline.geometry import voxel_sizes, voxel_volume_ml
+from ichseg.pipeline.labels import LABELS
 from scipy import ndimage as ndi
-
-from .brain import extract_brain
-from .geometry import voxel_sizes, voxel_volume_ml
-from .labels import LABELS
 
 #: Sub-voxel sampling step (mm) of the occupancy of host voxels.
 SUBSAMPLE_MM = 0.5

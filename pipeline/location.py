@@ -20,8 +20,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
-
-from .labels import HEMORRHAGE_INDICES, IPH_INDEX
+from ichseg.pipeline.labels import HEMORRHAGE_INDICES, IPH_INDEX
 
 #: Location groups by the atlas' region names (checked against the label table in the tests).
 GROUP_OF_REGION = {

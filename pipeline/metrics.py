@@ -16,10 +16,9 @@ import math
 from typing import Sequence
 
 import numpy as np
+from ichseg.pipeline.geometry import voxel_sizes, voxel_volume_ml
+from ichseg.pipeline.labels import FOREGROUND_LABELS, HEMORRHAGE_INDICES
 from scipy import ndimage as ndi
-
-from .geometry import voxel_sizes, voxel_volume_ml
-from .labels import FOREGROUND_LABELS, HEMORRHAGE_INDICES
 
 #: Name of the measure for all hemorrhage classes together.
 HEMORRHAGE = "hemorrhage"

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import assets
-from .labels import LABELS, Label
+from ichseg.pipeline import assets
+from ichseg.pipeline.labels import LABELS, Label
 
 __all__ = [
     "DEFAULT_MODEL",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib import metadata
 
-from . import __version__
+from ichseg.pipeline import __version__
 
 #: Distributions whose versions change results or their interpretation.
 _DISTRIBUTIONS = ("torch", "antspyx", "blast-ct", "nipype", "nibabel", "numpy", "scipy", "pybids")

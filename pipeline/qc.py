@@ -7,10 +7,9 @@ synthetic phantoms (figures in docs/method.md).
 from __future__ import annotations
 
 import numpy as np
+from ichseg.pipeline.checks import MIN_HEAD_COVERAGE_MM
+from ichseg.pipeline.labels import HEMORRHAGE_INDICES
 from scipy import ndimage
-
-from .checks import MIN_HEAD_COVERAGE_MM
-from .labels import HEMORRHAGE_INDICES
 
 #: Plausible intracranial volume inside the field of view (mL). Adult intracranial volume is
 #: about 1200-1800 mL; scans whose field of view cuts the vertex or skull base hold less.

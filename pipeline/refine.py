@@ -14,10 +14,9 @@ to tell apart.
 from __future__ import annotations
 
 import numpy as np
+from ichseg.pipeline.geometry import voxel_sizes
+from ichseg.pipeline.labels import HEMORRHAGE_INDICES
 from scipy import ndimage as ndi
-
-from .geometry import voxel_sizes
-from .labels import HEMORRHAGE_INDICES
 
 #: Millimetres the edge may move, in or out, from the network's outline.
 REACH_MM = 4.0

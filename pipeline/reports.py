@@ -45,14 +45,9 @@ from typing import Any
 import matplotlib
 import nibabel as nib
 import numpy as np
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
-from scipy import ndimage as ndi
-
-from . import __version__
-from .fileutils import atomic_write_text
-from .labels import (
+from ichseg.pipeline import __version__
+from ichseg.pipeline.fileutils import atomic_write_text
+from ichseg.pipeline.labels import (
     BRAIN_VOLUME_COLUMN,
     FOREGROUND_LABELS,
     HEMORRHAGE_INDICES,
@@ -60,7 +55,17 @@ from .labels import (
     TOTAL_HEMORRHAGE_COLUMN,
     VOLUME_COLUMNS,
 )
-from .qc import QC_FAIL, QC_PASS, QC_REVIEW, QC_RULE, qc_column_descriptions
+from ichseg.pipeline.qc import (
+    QC_FAIL,
+    QC_PASS,
+    QC_REVIEW,
+    QC_RULE,
+    qc_column_descriptions,
+)
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from scipy import ndimage as ndi
 
 __all__ = [
     "BRAIN_WINDOW_HU",
@@ -1186,10 +1191,7 @@ def write_group_report(output_dir: str | os.PathLike) -> Path:
         When there is no group table (run the group level first).
     """
     import pandas as pd
-
-    # bids_app names the outputs
-    from ichseg.bids_app.group import GROUP_TABLE
-    from ichseg.bids_app.naming import derivative_relpath
+    from ichseg.pipeline.naming import GROUP_TABLE, derivative_relpath
 
     root = Path(output_dir).absolute()
     table_path = root / GROUP_TABLE

@@ -6,11 +6,9 @@ import time
 from typing import Callable
 
 import numpy as np
+from ichseg.pipeline.geometry import voxel_sizes
+from ichseg.pipeline.models import resolve_model, weights_sha256
 from scipy import ndimage
-
-from .geometry import voxel_sizes
-from .models import resolve_model, weights_sha256
-
 
 #: Margin (mm) around the brain mask inside which the network runs. The ROI is the scan's own
 #: (warped) intracranial mask, which reaches the inner table of the skull, so the margin only
@@ -29,7 +27,7 @@ DEFAULT_HEMORRHAGE_THRESHOLD: float | None = 0.45
 def label_map(probabilities: np.ndarray, hemorrhage_threshold: float | None = DEFAULT_HEMORRHAGE_THRESHOLD) -> np.ndarray:
     """Label map (uint8) from class probabilities (C, ...): arg-max, or blood wherever the total
     hemorrhage probability reaches ``hemorrhage_threshold``."""
-    from .labels import HEMORRHAGE_INDICES
+    from ichseg.pipeline.labels import HEMORRHAGE_INDICES
 
     if hemorrhage_threshold is None:
         return np.argmax(probabilities, axis=0).astype(np.uint8)
@@ -95,9 +93,12 @@ def run_model(
     """
     # torch is imported here, not at module level, so that the command line starts quickly
     import torch
-
-    from .cpu import configure_torch, machine_description, resolve_precision
-    from .inference import IntensityWindow, load_networks, segment
+    from ichseg.pipeline.cpu import (
+        configure_torch,
+        machine_description,
+        resolve_precision,
+    )
+    from ichseg.pipeline.inference import IntensityWindow, load_networks, segment
 
     torch_settings = configure_torch(num_threads or torch.get_num_threads())
     precision = resolve_precision(precision, device)

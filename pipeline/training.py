@@ -28,13 +28,12 @@ from typing import Callable, Sequence
 
 import nibabel as nib
 import numpy as np
-
-from .brain import extract_brain
-from .geometry import voxel_sizes
-from .image import load_ct
-from .labels import HEMORRHAGE_INDICES, LABELS
-from .registration import register_to_template, warp_to_template
-from .segmentation import DEFAULT_MARGIN_MM, region_of_interest
+from ichseg.pipeline.brain import extract_brain
+from ichseg.pipeline.geometry import voxel_sizes
+from ichseg.pipeline.image import load_ct
+from ichseg.pipeline.labels import HEMORRHAGE_INDICES, LABELS
+from ichseg.pipeline.registration import register_to_template, warp_to_template
+from ichseg.pipeline.segmentation import DEFAULT_MARGIN_MM, region_of_interest
 
 LOGGER = logging.getLogger(__name__)
 
@@ -57,7 +56,7 @@ class PreparedScan:
 def prepare_scan(name: str, ct_path: Path, labels_path: Path, template: Path, workdir: Path,
                  margin_mm: float = DEFAULT_MARGIN_MM) -> PreparedScan:
     """CT and reference labels on the template grid, as ichseg's pipeline would see them."""
-    from .inference import ras_to_network_axes
+    from ichseg.pipeline.inference import ras_to_network_axes
 
     ct = nib.as_closest_canonical(load_ct(ct_path))
     reference = nib.as_closest_canonical(nib.load(str(labels_path)))
@@ -180,10 +179,9 @@ def train(network, config: dict, window, training: Sequence[PreparedScan], valid
     """Fine-tune ``network`` in place; writes ``checkpoint.pt`` and the best ``model_1.pt``
     into ``out_dir`` and returns the history."""
     import torch
-
-    from .cpu import configure_torch
-    from .inference import COMPUTE_DTYPES
-    from .streaming import context_and_period
+    from ichseg.pipeline.cpu import configure_torch
+    from ichseg.pipeline.inference import COMPUTE_DTYPES
+    from ichseg.pipeline.streaming import context_and_period
 
     say = progress or LOGGER.info
     out_dir.mkdir(parents=True, exist_ok=True)

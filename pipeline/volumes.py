@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
-
-from .geometry import voxel_volume_ml
-from .labels import BRAIN_VOLUME_COLUMN, FOREGROUND_LABELS, HEMORRHAGE_INDICES, TOTAL_HEMORRHAGE_COLUMN
+from ichseg.pipeline.geometry import voxel_volume_ml
+from ichseg.pipeline.labels import (
+    BRAIN_VOLUME_COLUMN,
+    FOREGROUND_LABELS,
+    HEMORRHAGE_INDICES,
+    TOTAL_HEMORRHAGE_COLUMN,
+)
 
 
 def label_volumes_ml(labels: np.ndarray, affine: np.ndarray, brain_mask: np.ndarray | None = None) -> dict[str, float]:
@@ -70,9 +74,8 @@ def abc2_ml(mask: np.ndarray, affine: np.ndarray) -> dict[str, float]:
     (26-connectivity) of the mask. Diameters are measured on the voxels' outlines (each voxel a
     parallelogram of its in-plane edges), so one voxel has A and B of its own size.
     """
+    from ichseg.pipeline.geometry import slice_geometry
     from scipy import ndimage
-
-    from .geometry import slice_geometry
 
     mask = np.asarray(mask, dtype=bool)
     empty = {"abc2_ml": 0.0, "abc2_unweighted_ml": 0.0, "a_mm": 0.0, "b_mm": 0.0, "c_mm": 0.0}

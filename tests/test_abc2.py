@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from ichseg.pipeline.volumes import abc2_ml
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import nibabel as nb
 import numpy as np
 import pytest
-
 from ichseg.bids_app.bids import (
     BIDSInputError,
     CTImage,

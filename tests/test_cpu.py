@@ -16,7 +16,6 @@ import textwrap
 
 import pytest
 import torch
-
 from ichseg.pipeline import cpu
 from ichseg.pipeline.inference import build_network, zero_subnormal_parameters
 

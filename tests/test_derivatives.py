@@ -11,7 +11,6 @@ from pathlib import Path
 import nibabel as nb
 import numpy as np
 import pytest
-
 from ichseg.bids_app.description import (
     BIDS_VERSION,
     derivatives_description,

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy import ndimage
-
 from ichseg.pipeline.geometry import (
     LPS_TO_RAS,
     ants_affine_to_ras,
@@ -16,6 +14,7 @@ from ichseg.pipeline.geometry import (
     world_aligned_grid,
 )
 from ichseg.pipeline.phantom import phantom_affine
+from scipy import ndimage
 
 
 def _affine(linear, offset) -> np.ndarray:

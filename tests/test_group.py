@@ -10,18 +10,20 @@ import nibabel as nb
 import numpy as np
 import pandas as pd
 import pytest
-
 from ichseg.bids_app.bids import BIDSInputError
 from ichseg.bids_app.group import (
-    GROUP_TABLE,
     GroupLevelError,
     build_group_table,
     clear_failure_record,
     write_failure_record,
     write_group_table,
 )
-from ichseg.bids_app.naming import derivative_path
-from ichseg.pipeline.labels import TOTAL_HEMORRHAGE_COLUMN, VOLUME_COLUMNS, volume_column_descriptions
+from ichseg.pipeline.labels import (
+    TOTAL_HEMORRHAGE_COLUMN,
+    VOLUME_COLUMNS,
+    volume_column_descriptions,
+)
+from ichseg.pipeline.naming import GROUP_TABLE, derivative_path
 
 CTS = (
     "sub-01/ses-1/anat/sub-01_ses-1_run-1_ct.nii.gz",

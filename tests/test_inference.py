@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pytest
 import torch
-
+from ichseg.pipeline.heap import keep_freed_memory
 from ichseg.pipeline.inference import (
     IntensityWindow,
     build_network,
@@ -23,7 +23,6 @@ from ichseg.pipeline.inference import (
     ras_to_network_axes,
     segment,
 )
-from ichseg.pipeline.heap import keep_freed_memory
 from ichseg.pipeline.streaming import (
     DEFAULT_BAND,
     DEFAULT_CHUNK,

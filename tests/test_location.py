@@ -5,11 +5,15 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
-from scipy import ndimage
-
 from ichseg.pipeline import assets
 from ichseg.pipeline.labels import IPH_INDEX
-from ichseg.pipeline.location import GROUP_OF_REGION, locate, read_region_names, side_map
+from ichseg.pipeline.location import (
+    GROUP_OF_REGION,
+    locate,
+    read_region_names,
+    side_map,
+)
+from scipy import ndimage
 
 pytestmark = pytest.mark.realdata
 

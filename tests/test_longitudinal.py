@@ -10,16 +10,14 @@ import nibabel as nb
 import numpy as np
 import pandas as pd
 import pytest
-
 from ichseg.bids_app.group import write_failure_record, write_group_table
 from ichseg.bids_app.longitudinal import (
     EXPANSION_DEFINITIONS,
-    LONGITUDINAL_TABLE,
     acquisition_time,
     scans_tsv_times,
 )
-from ichseg.bids_app.naming import derivative_path
 from ichseg.pipeline.labels import VOLUME_COLUMNS
+from ichseg.pipeline.naming import LONGITUDINAL_TABLE, derivative_path
 from ichseg.pipeline.reports import write_group_report
 
 RULES = {d.column: d.rule for d in EXPANSION_DEFINITIONS}

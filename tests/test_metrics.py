@@ -6,8 +6,13 @@ import math
 
 import numpy as np
 import pytest
-
-from ichseg.pipeline.metrics import agreement, compare_labels, dice, hausdorff95, icc_agreement
+from ichseg.pipeline.metrics import (
+    agreement,
+    compare_labels,
+    dice,
+    hausdorff95,
+    icc_agreement,
+)
 
 
 def _ball(shape, centre, radius, spacing=(1.0, 1.0, 1.0)):

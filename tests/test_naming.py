@@ -1,4 +1,4 @@
-"""Tests of ichseg.bids_app.naming: derivative names, entity parsing, dseg table."""
+"""Tests of ichseg.pipeline.naming: derivative names, entity parsing, dseg table."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from ichseg.bids_app import naming
-from ichseg.bids_app.naming import (
+from ichseg.pipeline.labels import FOREGROUND_LABELS, dseg_tsv_text, write_dseg_tsv
+from ichseg.pipeline.naming import (
     DERIVATIVES,
     ENTITIES,
     derivative_path,
@@ -18,9 +17,7 @@ from ichseg.bids_app.naming import (
     entities_sort_key,
     find_derivatives,
     scan_id,
-    write_dseg_tsv,
 )
-from ichseg.pipeline.labels import FOREGROUND_LABELS
 
 SOURCE = "/bids/sub-01/ses-1/anat/sub-01_ses-1_run-2_ct.nii.gz"
 
@@ -253,5 +250,5 @@ def test_write_dseg_tsv(tmp_path):
     assert list(table["name"]) == [lab.name for lab in FOREGROUND_LABELS]
     assert list(table["color"]) == [lab.color for lab in FOREGROUND_LABELS]
     assert 0 not in set(table["index"])
-    assert naming.dseg_tsv_text() == path.read_text()
+    assert dseg_tsv_text() == path.read_text()
     assert [p.name for p in path.parent.iterdir()] == [path.name]

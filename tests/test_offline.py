@@ -9,11 +9,10 @@ import subprocess
 import sys
 
 import pytest
-
 from ichseg.bids_app.cli import main
 from ichseg.bids_app.demo import write_demo_dataset
-from ichseg.bids_app.naming import derivative_path
 from ichseg.pipeline.assets import ASSETS, assets_in_group, file_sha256
+from ichseg.pipeline.naming import derivative_path
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 

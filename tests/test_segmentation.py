@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy import ndimage
-
 from ichseg.pipeline.segmentation import crop_to_roi, region_of_interest
+from scipy import ndimage
 
 
 def _reference_roi(mask, spacing, margin_mm):

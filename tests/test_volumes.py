@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-
 from ichseg.pipeline.labels import (
     BRAIN_VOLUME_COLUMN,
     FOREGROUND_LABELS,

@@ -17,11 +17,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-
 from conftest import derivative_hashes as _outputs
 from ichseg.bids_app.cli import main
 from ichseg.bids_app.demo import write_demo_dataset
-from ichseg.bids_app.naming import derivative_path
+from ichseg.pipeline.naming import derivative_path
 
 pytestmark = [pytest.mark.realdata]  # the CT template comes from the asset lookup
 

@@ -1,8 +1,8 @@
 """Store a workflow result under its BIDS derivative name.
 
 A small cousin of niworkflows' ``DerivativesDataSink``: the name comes from
-:func:`ichseg.bids_app.naming.derivative_path` (the one place that names outputs) for one
-``kind`` of :data:`ichseg.bids_app.naming.DERIVATIVES`, and the file is copied byte for byte
+:func:`ichseg.pipeline.naming.derivative_path` (the one place that names outputs) for one
+``kind`` of :data:`ichseg.pipeline.naming.DERIVATIVES`, and the file is copied byte for byte
 (no re-encoding, no header edits) with an atomic rename, so an output is either absent or
 complete. An uncompressed ``.nii`` for a ``.nii.gz`` kind is gzip-compressed on the way:
 steps write uncompressed NIfTI, which the next step reads at once, and the compression
@@ -11,6 +11,8 @@ runs here, beside the steps that follow.
 
 from __future__ import annotations
 
+from ichseg.pipeline.fileutils import atomic_copy, atomic_gzip
+from ichseg.pipeline.naming import DERIVATIVES, derivative_path
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     Directory,
@@ -21,9 +23,6 @@ from nipype.interfaces.base import (
     isdefined,
     traits,
 )
-
-from ichseg.bids_app.naming import DERIVATIVES, derivative_path
-from ichseg.pipeline.fileutils import atomic_copy, atomic_gzip
 
 
 class _DerivativesDataSinkInputSpec(BaseInterfaceInputSpec):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from ichseg.pipeline.labels import write_dseg_tsv
 from nipype.interfaces.base import File, SimpleInterface, TraitedSpec
 
 
@@ -17,7 +18,5 @@ class LabelTable(SimpleInterface):
     output_spec = _LabelTableOutputSpec
 
     def _run_interface(self, runtime):
-        from ichseg.bids_app.naming import write_dseg_tsv
-
         self._results["out_file"] = str(write_dseg_tsv(os.path.join(runtime.cwd, "dseg.tsv")))
         return runtime

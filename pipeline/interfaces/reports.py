@@ -6,6 +6,11 @@ import json
 import os
 from pathlib import Path
 
+from ichseg.pipeline.reports import (
+    plot_registration_check,
+    plot_segmentation_mosaic,
+    write_scan_report,
+)
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     File,
@@ -15,8 +20,6 @@ from nipype.interfaces.base import (
     isdefined,
     traits,
 )
-
-from ..reports import plot_registration_check, plot_segmentation_mosaic, write_scan_report
 
 
 class _ScanReportInputSpec(BaseInterfaceInputSpec):
@@ -48,7 +51,7 @@ class _ScanReportOutputSpec(TraitedSpec):
 def _scan_id(source_file: str) -> str:
     """``sub-01_ses-1`` from a BIDS source name; the bare file name otherwise."""
     try:
-        from ichseg.bids_app.naming import scan_id
+        from ichseg.pipeline.naming import scan_id
 
         return scan_id(source_file)
     except ValueError:

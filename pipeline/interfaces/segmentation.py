@@ -8,18 +8,13 @@ import os
 
 import nibabel as nib
 import numpy as np
-from nipype.interfaces.base import (
-    BaseInterfaceInputSpec,
-    File,
-    SimpleInterface,
-    TraitedSpec,
-    traits,
-)
-
-from ..cpu import PRECISIONS
-from ..labels import HEMORRHAGE_INDICES
-from ..niftiio import save_like
-from ..segmentation import (
+from ichseg.pipeline.cpu import PRECISIONS
+from ichseg.pipeline.geometry import ants_affine_to_ras, voxel_volume_ml
+from ichseg.pipeline.labels import HEMORRHAGE_INDICES
+from ichseg.pipeline.niftiio import save_like
+from ichseg.pipeline.qc import segmentation_qc
+from ichseg.pipeline.registration import warp_to_scan
+from ichseg.pipeline.segmentation import (
     DEFAULT_HEMORRHAGE_THRESHOLD,
     DEFAULT_MARGIN_MM,
     crop_to_roi,
@@ -27,9 +22,13 @@ from ..segmentation import (
     region_of_interest,
     run_model,
 )
-from ..registration import warp_to_scan
-from ..geometry import ants_affine_to_ras, voxel_volume_ml
-from ..qc import segmentation_qc
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    traits,
+)
 
 LOGGER = logging.getLogger("nipype.interface")
 

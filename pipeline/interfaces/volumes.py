@@ -8,6 +8,21 @@ import os
 import nibabel as nib
 import numpy as np
 import pandas as pd
+from ichseg.pipeline.labels import (
+    BRAIN_VOLUME_COLUMN,
+    IPH_INDEX,
+    VOLUME_COLUMNS,
+    volume_column_descriptions,
+)
+from ichseg.pipeline.location import (
+    LOCATION_COLUMNS,
+    locate,
+    read_region_names,
+    side_map,
+)
+from ichseg.pipeline.provenance import software_versions
+from ichseg.pipeline.qc import qc_column_descriptions, qc_columns
+from ichseg.pipeline.volumes import ABC2_COLUMNS, abc2_ml, label_volumes_ml
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     File,
@@ -15,12 +30,6 @@ from nipype.interfaces.base import (
     TraitedSpec,
     traits,
 )
-
-from ..labels import BRAIN_VOLUME_COLUMN, IPH_INDEX, VOLUME_COLUMNS, volume_column_descriptions
-from ..qc import qc_column_descriptions, qc_columns
-from ..provenance import software_versions
-from ..location import LOCATION_COLUMNS, locate, read_region_names, side_map
-from ..volumes import ABC2_COLUMNS, abc2_ml, label_volumes_ml
 
 
 class _TabulateInputSpec(BaseInterfaceInputSpec):
@@ -101,8 +110,8 @@ class LocateHemorrhage(SimpleInterface):
     output_spec = _LocateOutputSpec
 
     def _run_interface(self, runtime):
-        from ..geometry import ants_affine_to_ras, voxel_volume_ml
-        from ..registration import warp_to_scan
+        from ichseg.pipeline.geometry import ants_affine_to_ras, voxel_volume_ml
+        from ichseg.pipeline.registration import warp_to_scan
 
         dseg = nib.load(self.inputs.dseg)
         atlas = nib.load(self.inputs.atlas)

@@ -5,18 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from ichseg.pipeline import assets
+from ichseg.pipeline.interfaces.ct import BrainExtraction, ConformCT, ToSourceGrid
+from ichseg.pipeline.interfaces.labels import LabelTable
+from ichseg.pipeline.interfaces.registration import RegisterToTemplate
+from ichseg.pipeline.interfaces.reports import ScanReport
+from ichseg.pipeline.interfaces.segmentation import (
+    ProbabilitiesToScan,
+    SegmentHemorrhage,
+)
+from ichseg.pipeline.interfaces.volumes import LocateHemorrhage, TabulateVolumes
+from ichseg.pipeline.segmentation import DEFAULT_HEMORRHAGE_THRESHOLD, DEFAULT_MARGIN_MM
+from ichseg.pipeline.workflows.outputs import init_ct_derivatives_wf
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
-
-from .. import assets
-from ..interfaces.ct import BrainExtraction, ConformCT, ToSourceGrid
-from ..interfaces.labels import LabelTable
-from ..interfaces.registration import RegisterToTemplate
-from ..interfaces.reports import ScanReport
-from ..interfaces.segmentation import ProbabilitiesToScan, SegmentHemorrhage
-from ..interfaces.volumes import LocateHemorrhage, TabulateVolumes
-from .outputs import init_ct_derivatives_wf
-from ..segmentation import DEFAULT_HEMORRHAGE_THRESHOLD, DEFAULT_MARGIN_MM
 
 #: Memory (GB) that each step may use at most, so that Nipype's MultiProc scheduler never
 #: runs more scans side by side than the RAM allows (figures measured in bench/).

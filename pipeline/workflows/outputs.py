@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ichseg.pipeline.interfaces.derivatives import DerivativesDataSink
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from ..interfaces.derivatives import DerivativesDataSink
-
 #: Outputs written for every scan: input field -> (derivative kind of
-#: ``ichseg.bids_app.naming.DERIVATIVES``, extra entities). The volume table is not listed:
+#: ``ichseg.pipeline.naming.DERIVATIVES``, extra entities). The volume table is not listed:
 #: it is written last, so that its presence means the scan's outputs are complete.
 SCAN_DERIVATIVES = {
     "brain_mask": ("brain_mask", {}),

@@ -50,24 +50,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-from ichseg.pipeline.fileutils import atomic_write_text
-from ichseg.pipeline.labels import FOREGROUND_LABELS
-
 __all__ = [
+    "GROUP_TABLE",
+    "LONGITUDINAL_TABLE",
     "DERIVATIVES",
     "ENTITIES",
     "DerivativeSpec",
     "Entity",
     "derivative_path",
     "derivative_relpath",
-    "dseg_tsv_text",
     "entities_from_path",
     "entities_sort_key",
     "find_derivatives",
     "output_scan_id",
     "scan_id",
     "scan_lock_path",
-    "write_dseg_tsv",
 ]
 
 
@@ -139,6 +136,10 @@ DERIVATIVE_ENTITIES = frozenset(
 
 #: Keys of an entity dict that are not part of a scan's identity.
 _NON_IDENTITY = frozenset({"suffix", "extension", "datatype"})
+
+#: The group level's tables, at the top of the output directory.
+GROUP_TABLE = "group_volumes.tsv"
+LONGITUDINAL_TABLE = "group_longitudinal.tsv"
 
 #: Name of the CT template space in derivative names (``space-scct``).
 TEMPLATE_SPACE = "scct"
@@ -431,22 +432,3 @@ def find_derivatives(output_dir: str | os.PathLike, kind: str) -> list[tuple[dic
             found.append((source, path))
     found.sort(key=lambda pair: entities_sort_key(pair[0]))
     return found
-
-
-def dseg_tsv_text() -> str:
-    """Content of the BIDS ``_dseg.tsv`` label table of ichseg's label maps.
-
-    Columns ``index``, ``name``, ``abbreviation``, ``color`` (BIDS common derivatives,
-    segmentations). Background (0) is left out, as BIDS reads 0 as "no label". There is no
-    ``mapping`` column: the BIDS standard lookup table has no hemorrhage classes.
-    """
-    lines = ["index\tname\tabbreviation\tcolor"]
-    lines += [
-        f"{lab.index}\t{lab.name}\t{lab.abbreviation}\t{lab.color}" for lab in FOREGROUND_LABELS
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def write_dseg_tsv(path: str | os.PathLike) -> Path:
-    """Write the ``_dseg.tsv`` label table (see :func:`dseg_tsv_text`) atomically to ``path``."""
-    return atomic_write_text(path, dseg_tsv_text())
