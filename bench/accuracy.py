@@ -28,6 +28,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+
 from ichseg.bids_app.evaluate import evaluate, find_references
 from ichseg.pipeline.metrics import HEMORRHAGE, agreement, compare_labels
 from ichseg.pipeline.naming import find_derivatives, scan_id

@@ -31,12 +31,13 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from run_benchmark import DEFAULT_SCANS, _cpu_line, make_dataset  # noqa: E402
+
 from ichseg.bids_app.demo import write_demo_dataset  # noqa: E402
 from ichseg.pipeline.cpu import machine_description  # noqa: E402
 from ichseg.pipeline.geometry import voxel_volume_ml  # noqa: E402
 from ichseg.pipeline.labels import HEMORRHAGE_INDICES  # noqa: E402
 from ichseg.pipeline.naming import derivative_path  # noqa: E402
-from run_benchmark import DEFAULT_SCANS, _cpu_line, make_dataset  # noqa: E402
 
 VOLUMES = ("iph_ml", "eah_ml", "ivh_ml", "oed_ml", "hemorrhage_ml")
 MAX_RELATIVE = 0.01

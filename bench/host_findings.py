@@ -26,10 +26,11 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from scipy import ndimage
+
 from ichseg.pipeline.assets import get_asset
 from ichseg.pipeline.geometry import voxel_sizes, voxel_volume_ml
 from ichseg.pipeline.labels import HEMORRHAGE_INDICES
-from scipy import ndimage
 
 GROW_MM = 3.0
 

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+
 from ichseg.pipeline.assets import LESION_SHAPES, get_asset
 from ichseg.pipeline.geometry import voxel_volume_ml
 from ichseg.pipeline.labels import write_dseg_tsv

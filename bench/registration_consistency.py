@@ -32,6 +32,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
+from run_benchmark import _cpu_line  # noqa: E402
+
 from ichseg.pipeline.assets import TEMPLATE_CT, TEMPLATE_MASK, get_asset  # noqa: E402
 from ichseg.pipeline.brain import extract_brain  # noqa: E402
 from ichseg.pipeline.cpu import machine_description  # noqa: E402
@@ -41,7 +43,6 @@ from ichseg.pipeline.registration import (  # noqa: E402
     PREVIOUS_REGISTRATION,
     register_to_template,
 )
-from run_benchmark import _cpu_line  # noqa: E402
 
 SCANS = {
     "mistie-0034": "ct/mistie-0034_ct.nii.gz",

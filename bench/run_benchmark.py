@@ -326,6 +326,7 @@ def peer_volumes(label_file: Path) -> dict:
     """Volumes (mL) of BLAST-CT's label map (the same label table as ichseg's), ichseg's columns."""
     import nibabel as nib
     import numpy as np
+
     from ichseg.pipeline.labels import BRAIN_VOLUME_COLUMN
     from ichseg.pipeline.volumes import label_volumes_ml
 

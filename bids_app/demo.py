@@ -16,6 +16,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+
 from ichseg.pipeline import __version__
 from ichseg.pipeline.phantom import make_head_phantom
 

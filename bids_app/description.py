@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ichseg.pipeline.fileutils import atomic_write_text
+from ichseg.pipeline.naming import SOURCE_DATASET
 
 LOGGER = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ def _source_dataset(bids_dir: Path) -> dict[str, str]:
 def derivatives_description(bids_dir: str | os.PathLike, version: str) -> dict[str, Any]:
     """Content of the derivatives' ``dataset_description.json`` (see the write function)."""
     generated_by: dict[str, Any] = {"Name": "ichseg", "Version": version}
+    source = _source_dataset(Path(bids_dir).expanduser().absolute())
     container = _container()
     if container:
         generated_by["Container"] = container
@@ -81,7 +83,9 @@ def derivatives_description(bids_dir: str | os.PathLike, version: str) -> dict[s
         "BIDSVersion": BIDS_VERSION,
         "DatasetType": "derivative",
         "GeneratedBy": [generated_by],
-        "SourceDatasets": [_source_dataset(Path(bids_dir).expanduser().absolute())],
+        "SourceDatasets": [source],
+        # BIDS URIs in the derivatives' sidecars ("Sources": ["bids:raw:sub-01/..."]) resolve here.
+        "DatasetLinks": {SOURCE_DATASET: source.get("DOI") or source["URL"]},
         "HowToAcknowledge": HOW_TO_ACKNOWLEDGE,
     }
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+
 from ichseg.pipeline import __version__
 from ichseg.pipeline.fileutils import atomic_output
 from ichseg.pipeline.metrics import HEMORRHAGE, agreement, class_masks, compare_labels

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
 from ichseg.bids_app.bids import collect_ct_images
 from ichseg.bids_app.longitudinal import (
     acquisition_time,

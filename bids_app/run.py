@@ -115,9 +115,10 @@ def select_listed(images: list[CTImage], bids_dir: Path, scans_file: Path) -> li
 
 def _process(args, images: list[CTImage], output_dir: Path, work_dir: Path, resources: Resources) -> int:
     """Run the workflow over the images this process holds the locks of; record the results."""
-    from ichseg.pipeline.workflows.base import init_ichseg_wf
     from nipype import config as nipype_config
     from nipype import logging as nipype_logging
+
+    from ichseg.pipeline.workflows.base import init_ichseg_wf
 
     crash_root = work_dir / "crash"
     nipype_config.update_config({

@@ -25,6 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+
 from ichseg.pipeline import __version__
 
 LOGGER = logging.getLogger("ichseg")

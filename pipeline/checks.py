@@ -13,6 +13,7 @@ from typing import Mapping
 
 import nibabel as nib
 import numpy as np
+
 from ichseg.pipeline.geometry import shear_degrees, slice_geometry, voxel_sizes
 
 #: Voxel edges outside this range (mm) are not a head CT or a broken header: error.

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+
 from ichseg.pipeline.checks import CheckResult, InputImageError, check_ct
 
 __all__ = ["InputImageError", "check_ct", "conform_ct", "load_ct", "to_source_orientation"]

@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+
 from ichseg.pipeline.heap import keep_freed_memory
 from ichseg.pipeline.streaming import region_probabilities
 

@@ -54,6 +54,21 @@ VOLUME_COLUMNS: tuple[str, ...] = tuple(lab.volume_column for lab in FOREGROUND_
 )
 
 
+def label_map_metadata() -> dict[str, dict[str, str]]:
+    """``{"Labels": {index: name}}`` of a label map's JSON sidecar (with its ``_dseg.tsv``)."""
+    return {"Labels": {str(lab.index): lab.name for lab in FOREGROUND_LABELS}}
+
+
+def hemorrhage_probability_metadata() -> dict[str, object]:
+    """JSON sidecar fields of the total hemorrhage probability map (``label-hemorrhage``)."""
+    hemorrhage = [lab for lab in FOREGROUND_LABELS if lab.index in HEMORRHAGE_INDICES]
+    return {
+        "Labels": {str(lab.index): lab.name for lab in hemorrhage},
+        "Description": "Probability of hemorrhage: the sum of the class probabilities of "
+        + ", ".join(f"{lab.name} ({lab.abbreviation})" for lab in hemorrhage) + ".",
+    }
+
+
 def volume_column_descriptions() -> dict[str, dict[str, str]]:
     """BIDS column descriptions (``Description``, ``Units``) of the volume columns."""
     hemorrhage = [lab for lab in FOREGROUND_LABELS if lab.index in HEMORRHAGE_INDICES]

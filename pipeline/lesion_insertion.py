@@ -26,10 +26,11 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from scipy import ndimage as ndi
+
 from ichseg.pipeline.brain import extract_brain
 from ichseg.pipeline.geometry import voxel_sizes, voxel_volume_ml
 from ichseg.pipeline.labels import LABELS
-from scipy import ndimage as ndi
 
 #: Sub-voxel sampling step (mm) of the occupancy of host voxels.
 SUBSAMPLE_MM = 0.5

@@ -20,6 +20,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
+
 from ichseg.pipeline.labels import HEMORRHAGE_INDICES, IPH_INDEX
 
 #: Location groups by the atlas' region names (checked against the label table in the tests).

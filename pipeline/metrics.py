@@ -16,9 +16,10 @@ import math
 from typing import Sequence
 
 import numpy as np
+from scipy import ndimage as ndi
+
 from ichseg.pipeline.geometry import voxel_sizes, voxel_volume_ml
 from ichseg.pipeline.labels import FOREGROUND_LABELS, HEMORRHAGE_INDICES
-from scipy import ndimage as ndi
 
 #: Name of the measure for all hemorrhage classes together.
 HEMORRHAGE = "hemorrhage"

@@ -49,6 +49,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
+
+from ichseg.pipeline.labels import hemorrhage_probability_metadata, label_map_metadata
 
 __all__ = [
     "GROUP_TABLE",
@@ -62,6 +65,8 @@ __all__ = [
     "entities_from_path",
     "entities_sort_key",
     "find_derivatives",
+    "sidecar_path",
+    "source_uri",
     "output_scan_id",
     "scan_id",
     "scan_lock_path",
@@ -137,6 +142,9 @@ DERIVATIVE_ENTITIES = frozenset(
 #: Keys of an entity dict that are not part of a scan's identity.
 _NON_IDENTITY = frozenset({"suffix", "extension", "datatype"})
 
+#: Name under which the input dataset is linked (``DatasetLinks``) in BIDS URIs.
+SOURCE_DATASET = "raw"
+
 #: The group level's tables, at the top of the output directory.
 GROUP_TABLE = "group_volumes.tsv"
 LONGITUDINAL_TABLE = "group_longitudinal.tsv"
@@ -161,22 +169,32 @@ class DerivativeSpec:
     folder: str = "anat"
     required: tuple[str, ...] = ()
     description: str = ""
+    metadata: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         # Read-only, so that no caller can rename a kind for everyone else by accident.
         object.__setattr__(self, "entities", MappingProxyType(dict(self.entities)))
+        object.__setattr__(self, "metadata", MappingProxyType(dict(self.metadata)))
+
+    @property
+    def has_sidecar(self) -> bool:
+        """NIfTI derivatives get a JSON sidecar (``Sources``, ``Description``, labels)."""
+        return self.extension in (".nii", ".nii.gz")
 
 
 #: Every kind of output of ichseg, by name. Use :func:`derivative_path` to get a path.
 DERIVATIVES: Mapping[str, DerivativeSpec] = MappingProxyType(
     {
         "brain_mask": DerivativeSpec(
-            "mask", ".nii.gz", {"desc": "brain"}, description="Brain (intracranial) mask."
+            "mask", ".nii.gz", {"desc": "brain"}, description="Brain (intracranial) mask.",
+            metadata={"Type": "Brain"},
         ),
-        "dseg": DerivativeSpec("dseg", ".nii.gz", description="Label map in the CT's space."),
+        "dseg": DerivativeSpec("dseg", ".nii.gz", description="Label map in the CT's space.",
+                               metadata=label_map_metadata()),
         "dseg_tsv": DerivativeSpec("dseg", ".tsv", description="Label table of the dseg."),
         "hemorrhage_probseg": DerivativeSpec(
-            "probseg", ".nii.gz", {"label": "hemorrhage"}, description="Hemorrhage probability."
+            "probseg", ".nii.gz", {"label": "hemorrhage"}, description="Hemorrhage probability.",
+            metadata=hemorrhage_probability_metadata(),
         ),
         "template_ct": DerivativeSpec(
             "ct",
@@ -185,7 +203,8 @@ DERIVATIVES: Mapping[str, DerivativeSpec] = MappingProxyType(
             description="CT resampled to the CT template.",
         ),
         "template_dseg": DerivativeSpec(
-            "dseg", ".nii.gz", {"space": TEMPLATE_SPACE}, description="Label map in template space."
+            "dseg", ".nii.gz", {"space": TEMPLATE_SPACE}, description="Label map in template space.",
+            metadata=label_map_metadata(),
         ),
         "xfm": DerivativeSpec(
             "xfm",
@@ -303,6 +322,26 @@ def scan_id(entities: EntitiesOrPath) -> str:
     workflow names. Accepts an entity dict or a path.
     """
     return _join(_identity(entities))
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """The JSON sidecar of a derivative file (``x_dseg.nii.gz`` -> ``x_dseg.json``)."""
+    path = Path(path)
+    name = path.name
+    for extension in (".nii.gz", ".nii"):
+        if name.endswith(extension):
+            return path.with_name(name[: -len(extension)] + ".json")
+    return path.with_suffix(".json")
+
+
+def source_uri(source_file: str | os.PathLike) -> str:
+    """BIDS URI of a source CT in the input dataset, ``bids:raw:sub-01/anat/sub-01_ct.nii.gz``
+    (``raw`` is a ``DatasetLinks`` key of the derivatives' ``dataset_description.json``)."""
+    path = Path(source_file)
+    subject = f"sub-{entities_from_path(path.name)['subject']}"
+    folders = [i for i, part in enumerate(path.parts[:-1]) if part == subject]
+    relative = Path(*path.parts[folders[-1]:]) if folders else Path(path.name)
+    return f"bids:{SOURCE_DATASET}:{relative.as_posix()}"
 
 
 def scan_lock_path(output_dir: str | os.PathLike, source_entities: EntitiesOrPath) -> Path:

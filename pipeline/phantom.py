@@ -14,8 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from ichseg.pipeline.geometry import voxel_volume_ml
 from scipy import ndimage as ndi
+
+from ichseg.pipeline.geometry import voxel_volume_ml
 
 # Intracranial ellipsoid semi-axes (L-R, A-P, I-S) in mm: an adult intracranial cavity of
 # about 140 x 170 x 120 mm, i.e. about 1.5 L.

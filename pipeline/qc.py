@@ -7,9 +7,10 @@ synthetic phantoms (figures in docs/method.md).
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
+
 from ichseg.pipeline.checks import MIN_HEAD_COVERAGE_MM
 from ichseg.pipeline.labels import HEMORRHAGE_INDICES
-from scipy import ndimage
 
 #: Plausible intracranial volume inside the field of view (mL). Adult intracranial volume is
 #: about 1200-1800 mL; scans whose field of view cuts the vertex or skull base hold less.

@@ -14,9 +14,10 @@ to tell apart.
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage as ndi
+
 from ichseg.pipeline.geometry import voxel_sizes
 from ichseg.pipeline.labels import HEMORRHAGE_INDICES
-from scipy import ndimage as ndi
 
 #: Millimetres the edge may move, in or out, from the network's outline.
 REACH_MM = 4.0

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from scipy import ndimage as ndi
+
 from ichseg.pipeline.geometry import (
     LPS_TO_RAS,
     ants_affine_to_ras,
     resample,
     world_aligned_grid,
 )
-from scipy import ndimage as ndi
 
 #: ANTs registration runs on one ITK thread: with a fixed seed it then gives the same transform
 #: on every run. With the earlier schedule two threads were 2-3x faster but moved the

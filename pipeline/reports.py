@@ -45,6 +45,11 @@ from typing import Any
 import matplotlib
 import nibabel as nib
 import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from scipy import ndimage as ndi
+
 from ichseg.pipeline import __version__
 from ichseg.pipeline.fileutils import atomic_write_text
 from ichseg.pipeline.labels import (
@@ -62,10 +67,6 @@ from ichseg.pipeline.qc import (
     QC_RULE,
     qc_column_descriptions,
 )
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
-from scipy import ndimage as ndi
 
 __all__ = [
     "BRAIN_WINDOW_HU",
@@ -1191,6 +1192,7 @@ def write_group_report(output_dir: str | os.PathLike) -> Path:
         When there is no group table (run the group level first).
     """
     import pandas as pd
+
     from ichseg.pipeline.naming import GROUP_TABLE, derivative_relpath
 
     root = Path(output_dir).absolute()

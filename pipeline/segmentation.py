@@ -6,9 +6,10 @@ import time
 from typing import Callable
 
 import numpy as np
+from scipy import ndimage
+
 from ichseg.pipeline.geometry import voxel_sizes
 from ichseg.pipeline.models import resolve_model, weights_sha256
-from scipy import ndimage
 
 #: Margin (mm) around the brain mask inside which the network runs. The ROI is the scan's own
 #: (warped) intracranial mask, which reaches the inner table of the skull, so the margin only
@@ -93,6 +94,7 @@ def run_model(
     """
     # torch is imported here, not at module level, so that the command line starts quickly
     import torch
+
     from ichseg.pipeline.cpu import (
         configure_torch,
         machine_description,

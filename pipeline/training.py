@@ -28,6 +28,7 @@ from typing import Callable, Sequence
 
 import nibabel as nib
 import numpy as np
+
 from ichseg.pipeline.brain import extract_brain
 from ichseg.pipeline.geometry import voxel_sizes
 from ichseg.pipeline.image import load_ct
@@ -179,6 +180,7 @@ def train(network, config: dict, window, training: Sequence[PreparedScan], valid
     """Fine-tune ``network`` in place; writes ``checkpoint.pt`` and the best ``model_1.pt``
     into ``out_dir`` and returns the history."""
     import torch
+
     from ichseg.pipeline.cpu import configure_torch
     from ichseg.pipeline.inference import COMPUTE_DTYPES
     from ichseg.pipeline.streaming import context_and_period

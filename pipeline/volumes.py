@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from ichseg.pipeline.geometry import voxel_volume_ml
 from ichseg.pipeline.labels import (
     BRAIN_VOLUME_COLUMN,
@@ -74,8 +75,9 @@ def abc2_ml(mask: np.ndarray, affine: np.ndarray) -> dict[str, float]:
     (26-connectivity) of the mask. Diameters are measured on the voxels' outlines (each voxel a
     parallelogram of its in-plane edges), so one voxel has A and B of its own size.
     """
-    from ichseg.pipeline.geometry import slice_geometry
     from scipy import ndimage
+
+    from ichseg.pipeline.geometry import slice_geometry
 
     mask = np.asarray(mask, dtype=bool)
     empty = {"abc2_ml": 0.0, "abc2_unweighted_ml": 0.0, "a_mm": 0.0, "b_mm": 0.0, "c_mm": 0.0}

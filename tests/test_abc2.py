@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from ichseg.pipeline.volumes import abc2_ml
 
 

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from ichseg.pipeline import assets
 from ichseg.pipeline.assets import (
     ASSETS,

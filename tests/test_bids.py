@@ -10,6 +10,7 @@ from pathlib import Path
 import nibabel as nb
 import numpy as np
 import pytest
+
 from ichseg.bids_app.bids import (
     BIDSInputError,
     CTImage,

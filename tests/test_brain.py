@@ -5,9 +5,10 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
+
 from ichseg.pipeline.brain import extract_brain
 from ichseg.pipeline.phantom import make_head_phantom
-from scipy import ndimage as ndi
 
 
 def dice(a, b):

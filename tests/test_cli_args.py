@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from ichseg.bids_app.cli import build_parser
 from ichseg.pipeline.segmentation import DEFAULT_HEMORRHAGE_THRESHOLD
 

@@ -19,10 +19,11 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import ndimage
+
 from ichseg.bids_app.cli import main
 from ichseg.pipeline.labels import VOLUME_COLUMNS
 from ichseg.pipeline.naming import DERIVATIVES, derivative_path, scan_id
-from scipy import ndimage
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 

@@ -17,12 +17,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import derivative_hashes
+from nipype.utils.filemanip import loadpkl
+
 from ichseg.bids_app.cli import main
 from ichseg.bids_app.demo import write_demo_dataset
 from ichseg.bids_app.scanlock import ScanLock, lock_holder
 from ichseg.bids_app.status import collect_states
 from ichseg.pipeline.naming import derivative_path, scan_lock_path
-from nipype.utils.filemanip import loadpkl
 
 pytestmark = [pytest.mark.realdata]  # the CT template comes from the asset lookup
 

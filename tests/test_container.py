@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from ichseg.bids_app.demo import write_demo_dataset
 from ichseg.pipeline import __version__
 from ichseg.pipeline.assets import fetch_into

@@ -16,6 +16,7 @@ import textwrap
 
 import pytest
 import torch
+
 from ichseg.pipeline import cpu
 from ichseg.pipeline.inference import build_network, zero_subnormal_parameters
 

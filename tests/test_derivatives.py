@@ -11,6 +11,7 @@ from pathlib import Path
 import nibabel as nb
 import numpy as np
 import pytest
+
 from ichseg.bids_app.description import (
     BIDS_VERSION,
     derivatives_description,
@@ -113,7 +114,33 @@ def test_datasink_copies_bytes(tmp_path):
     out_file = tmp_path / "out/sub-01/ses-1/anat/sub-01_ses-1_run-2_dseg.nii.gz"
     assert result.outputs.out_file == str(out_file)
     assert out_file.read_bytes() == in_file.read_bytes()  # no re-encoding
-    assert [p.name for p in out_file.parent.iterdir()] == [out_file.name]
+    sidecar = out_file.with_name("sub-01_ses-1_run-2_dseg.json")
+    assert sorted(p.name for p in out_file.parent.iterdir()) == sorted([out_file.name, sidecar.name])
+    assert result.outputs.out_meta == str(sidecar)
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("dseg", {"Labels": {"1": "intraparenchymal hemorrhage", "2": "extra-axial hemorrhage",
+                         "3": "perilesional oedema", "4": "intraventricular hemorrhage"}}),
+    ("template_dseg", {"Labels": {"1": "intraparenchymal hemorrhage", "2": "extra-axial hemorrhage",
+                                  "3": "perilesional oedema", "4": "intraventricular hemorrhage"}}),
+    ("hemorrhage_probseg", {"Labels": {"1": "intraparenchymal hemorrhage", "2": "extra-axial hemorrhage",
+                                       "4": "intraventricular hemorrhage"}}),
+    ("brain_mask", {"Type": "Brain"}),
+    ("template_ct", {}),
+])
+def test_nifti_derivatives_get_sidecars(tmp_path, kind, expected):
+    """BIDS derivatives: Sources (a BIDS URI of the CT, resolved by DatasetLinks) and labels."""
+    from ichseg.pipeline.naming import sidecar_path
+
+    in_file = _image(tmp_path / "x.nii.gz")
+    out = DerivativesDataSink(base_directory=str(tmp_path / "out"), source_file=SOURCE,
+                              in_file=str(in_file), kind=kind).run().outputs.out_file
+    meta = json.loads(sidecar_path(out).read_text())
+    assert meta["Sources"] == ["bids:raw:sub-01/ses-1/anat/sub-01_ses-1_run-2_ct.nii.gz"]
+    assert meta["Description"]
+    for key, value in expected.items():
+        assert meta[key] == value
 
 
 def test_datasink_kinds_and_entities(tmp_path):
@@ -219,6 +246,7 @@ def test_derivatives_description(tmp_path, monkeypatch):
     assert desc["DatasetType"] == "derivative"
     assert desc["GeneratedBy"] == [{"Name": "ichseg", "Version": "0.1.0"}]
     assert desc["SourceDatasets"] == [{"URL": bids.absolute().as_uri()}]
+    assert desc["DatasetLinks"] == {"raw": bids.absolute().as_uri()}
     assert "Monteiro" in desc["HowToAcknowledge"] and "Sharrock" in desc["HowToAcknowledge"]
 
     # Idempotent: the same content is not rewritten (parallel jobs may all call this).

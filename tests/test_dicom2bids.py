@@ -8,6 +8,7 @@ import shutil
 import nibabel as nib
 import numpy as np
 import pytest
+
 from ichseg.bids_app.bids import collect_ct_images
 from ichseg.bids_app.cli import main
 from ichseg.bids_app.dicom2bids import Dicom2BidsError, dicom_to_bids

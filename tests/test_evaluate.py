@@ -9,6 +9,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+
 from ichseg.bids_app.cli import main
 from ichseg.bids_app.evaluate import EvaluationError, evaluate, find_references
 

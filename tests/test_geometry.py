@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
+
 from ichseg.pipeline.geometry import (
     LPS_TO_RAS,
     ants_affine_to_ras,
@@ -14,7 +16,6 @@ from ichseg.pipeline.geometry import (
     world_aligned_grid,
 )
 from ichseg.pipeline.phantom import phantom_affine
-from scipy import ndimage
 
 
 def _affine(linear, offset) -> np.ndarray:

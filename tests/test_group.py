@@ -10,6 +10,7 @@ import nibabel as nb
 import numpy as np
 import pandas as pd
 import pytest
+
 from ichseg.bids_app.bids import BIDSInputError
 from ichseg.bids_app.group import (
     GroupLevelError,

@@ -7,6 +7,13 @@ import gzip
 import nibabel as nib
 import numpy as np
 import pytest
+from nibabel.orientations import (
+    apply_orientation,
+    axcodes2ornt,
+    inv_ornt_aff,
+    ornt_transform,
+)
+
 from ichseg.pipeline.checks import MIN_HEAD_COVERAGE_MM, check_ct
 from ichseg.pipeline.geometry import shear_degrees
 from ichseg.pipeline.image import (
@@ -16,12 +23,6 @@ from ichseg.pipeline.image import (
     to_source_orientation,
 )
 from ichseg.pipeline.phantom import make_head_phantom, phantom_affine
-from nibabel.orientations import (
-    apply_orientation,
-    axcodes2ornt,
-    inv_ornt_aff,
-    ornt_transform,
-)
 
 ORIENTATIONS = [
     ("R", "A", "S"),

@@ -13,6 +13,7 @@ import json
 import numpy as np
 import pytest
 import torch
+
 from ichseg.pipeline.heap import keep_freed_memory
 from ichseg.pipeline.inference import (
     IntensityWindow,

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+
 from ichseg.pipeline.checks import CheckResult, InputImageError, check_ct
 
 SETTINGS = settings(max_examples=150, deadline=None, derandomize=True,

@@ -9,6 +9,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+
 from ichseg.pipeline import __version__
 from ichseg.pipeline.geometry import shear_degrees
 from ichseg.pipeline.interfaces.ct import BrainExtraction, ConformCT, ToSourceGrid

@@ -5,6 +5,7 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
+
 from ichseg.pipeline.assets import LESION_SHAPES
 from ichseg.pipeline.geometry import voxel_volume_ml
 from ichseg.pipeline.lesion_insertion import (

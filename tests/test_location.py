@@ -5,6 +5,8 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
+from scipy import ndimage
+
 from ichseg.pipeline import assets
 from ichseg.pipeline.labels import IPH_INDEX
 from ichseg.pipeline.location import (
@@ -13,7 +15,6 @@ from ichseg.pipeline.location import (
     read_region_names,
     side_map,
 )
-from scipy import ndimage
 
 pytestmark = pytest.mark.realdata
 

@@ -10,6 +10,7 @@ import nibabel as nb
 import numpy as np
 import pandas as pd
 import pytest
+
 from ichseg.bids_app.group import write_failure_record, write_group_table
 from ichseg.bids_app.longitudinal import (
     EXPANSION_DEFINITIONS,

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from ichseg.pipeline.metrics import (
     agreement,
     compare_labels,

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from ichseg.pipeline import assets, labels, models
 from ichseg.pipeline.models import MODELS, ModelError, resolve_model, weights_sha256
 

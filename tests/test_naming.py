@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
 from ichseg.pipeline.labels import FOREGROUND_LABELS, dseg_tsv_text, write_dseg_tsv
 from ichseg.pipeline.naming import (
     DERIVATIVES,

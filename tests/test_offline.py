@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+
 from ichseg.bids_app.cli import main
 from ichseg.bids_app.demo import write_demo_dataset
 from ichseg.pipeline.assets import ASSETS, assets_in_group, file_sha256

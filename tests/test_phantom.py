@@ -8,9 +8,10 @@ import shutil
 import nibabel as nib
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
+
 from ichseg.bids_app.demo import DemoDatasetError, main, write_demo_dataset
 from ichseg.pipeline.phantom import HEAD_CENTRE_RAS, make_head_phantom
-from scipy import ndimage as ndi
 
 
 @pytest.fixture(scope="module")

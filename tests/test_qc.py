@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from ichseg.pipeline.checks import MIN_HEAD_COVERAGE_MM
 from ichseg.pipeline.qc import QC_FAIL, QC_PASS, QC_REVIEW, qc_columns, qc_rating
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
+from scipy import ndimage
+
 from ichseg.pipeline.geometry import resample, voxel_volume_ml
 from ichseg.pipeline.registration import (
     _to_ants,
@@ -18,7 +20,6 @@ from ichseg.pipeline.registration import (
     warp_to_scan,
     warp_to_template,
 )
-from scipy import ndimage
 
 TEMPLATE = "templates/scct_unsmooth_SS_0.01.nii.gz"
 TEMPLATE_MASK = "templates/scct_unsmooth_SS_0.01_Mask.nii.gz"

@@ -14,6 +14,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+
 from ichseg.pipeline.labels import FOREGROUND_LABELS, VOLUME_COLUMNS
 from ichseg.pipeline.naming import derivative_relpath
 from ichseg.pipeline.phantom import make_head_phantom

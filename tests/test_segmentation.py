@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from ichseg.pipeline.segmentation import crop_to_roi, region_of_interest
 from scipy import ndimage
+
+from ichseg.pipeline.segmentation import crop_to_roi, region_of_interest
 
 
 def _reference_roi(mask, spacing, margin_mm):

@@ -17,10 +17,11 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from slurm_cluster import SlurmCluster, missing_requirements
+
 from ichseg.bids_app.cli import main
 from ichseg.bids_app.status import collect_states, latest_submission
 from ichseg.pipeline.naming import derivative_path, scan_id
-from slurm_cluster import SlurmCluster, missing_requirements
 
 pytestmark = [pytest.mark.slurm, pytest.mark.realdata, pytest.mark.slow]
 

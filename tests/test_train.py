@@ -8,6 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+
 from ichseg.bids_app.cli import main
 from ichseg.bids_app.train import split_subjects
 from ichseg.pipeline.inference import build_network

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from ichseg.pipeline.labels import (
     BRAIN_VOLUME_COLUMN,
     FOREGROUND_LABELS,

@@ -18,6 +18,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from conftest import derivative_hashes as _outputs
+
 from ichseg.bids_app.cli import main
 from ichseg.bids_app.demo import write_demo_dataset
 from ichseg.pipeline.naming import derivative_path

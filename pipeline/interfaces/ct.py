@@ -6,10 +6,6 @@ import os
 
 import nibabel as nib
 import numpy as np
-from ichseg.pipeline.brain import extract_brain
-from ichseg.pipeline.geometry import shear_degrees, voxel_sizes
-from ichseg.pipeline.image import conform_ct, to_source_orientation
-from ichseg.pipeline.niftiio import save_like
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     File,
@@ -17,6 +13,11 @@ from nipype.interfaces.base import (
     TraitedSpec,
     traits,
 )
+
+from ichseg.pipeline.brain import extract_brain
+from ichseg.pipeline.geometry import shear_degrees, voxel_sizes
+from ichseg.pipeline.image import conform_ct, to_source_orientation
+from ichseg.pipeline.niftiio import save_like
 
 
 class _ConformCTInputSpec(BaseInterfaceInputSpec):

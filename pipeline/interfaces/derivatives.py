@@ -6,13 +6,14 @@ A small cousin of niworkflows' ``DerivativesDataSink``: the name comes from
 (no re-encoding, no header edits) with an atomic rename, so an output is either absent or
 complete. An uncompressed ``.nii`` for a ``.nii.gz`` kind is gzip-compressed on the way:
 steps write uncompressed NIfTI, which the next step reads at once, and the compression
-runs here, beside the steps that follow.
+runs here, beside the steps that follow. A NIfTI derivative gets its JSON sidecar here too:
+``Description``, ``Sources`` (the CT, as a BIDS URI) and the kind's metadata (labels).
 """
 
 from __future__ import annotations
 
-from ichseg.pipeline.fileutils import atomic_copy, atomic_gzip
-from ichseg.pipeline.naming import DERIVATIVES, derivative_path
+import json
+
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     Directory,
@@ -22,6 +23,14 @@ from nipype.interfaces.base import (
     TraitedSpec,
     isdefined,
     traits,
+)
+
+from ichseg.pipeline.fileutils import atomic_copy, atomic_gzip, atomic_write_text
+from ichseg.pipeline.naming import (
+    DERIVATIVES,
+    derivative_path,
+    sidecar_path,
+    source_uri,
 )
 
 
@@ -43,6 +52,7 @@ class _DerivativesDataSinkInputSpec(BaseInterfaceInputSpec):
 
 class _DerivativesDataSinkOutputSpec(TraitedSpec):
     out_file = File(exists=True, desc="The stored derivative.")
+    out_meta = File(desc="Its JSON sidecar (NIfTI derivatives only).")
 
 
 class DerivativesDataSink(SimpleInterface):
@@ -87,4 +97,10 @@ class DerivativesDataSink(SimpleInterface):
                 "bytes, and only gzips an uncompressed .nii)."
             )
         self._results["out_file"] = str(out_file)
+        spec = DERIVATIVES[kind]
+        if spec.has_sidecar:
+            metadata = {"Description": spec.description, **spec.metadata,
+                        "Sources": [source_uri(self.inputs.source_file)]}
+            self._results["out_meta"] = str(atomic_write_text(
+                sidecar_path(out_file), json.dumps(metadata, indent=2) + "\n"))
         return runtime

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 
-from ichseg.pipeline.labels import write_dseg_tsv
 from nipype.interfaces.base import File, SimpleInterface, TraitedSpec
+
+from ichseg.pipeline.labels import write_dseg_tsv
 
 
 class _LabelTableOutputSpec(TraitedSpec):

@@ -6,8 +6,6 @@ import os
 
 import nibabel as nib
 import numpy as np
-from ichseg.pipeline.niftiio import save_like
-from ichseg.pipeline.registration import register_to_template, warp_to_template
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     File,
@@ -15,6 +13,9 @@ from nipype.interfaces.base import (
     TraitedSpec,
     traits,
 )
+
+from ichseg.pipeline.niftiio import save_like
+from ichseg.pipeline.registration import register_to_template, warp_to_template
 
 #: HU given to template voxels outside the scan's field of view: air.
 OUTSIDE_FOV_HU = -1000.0

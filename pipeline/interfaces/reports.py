@@ -6,11 +6,6 @@ import json
 import os
 from pathlib import Path
 
-from ichseg.pipeline.reports import (
-    plot_registration_check,
-    plot_segmentation_mosaic,
-    write_scan_report,
-)
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     File,
@@ -19,6 +14,12 @@ from nipype.interfaces.base import (
     TraitedSpec,
     isdefined,
     traits,
+)
+
+from ichseg.pipeline.reports import (
+    plot_registration_check,
+    plot_segmentation_mosaic,
+    write_scan_report,
 )
 
 

@@ -8,6 +8,14 @@ import os
 
 import nibabel as nib
 import numpy as np
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    traits,
+)
+
 from ichseg.pipeline.cpu import PRECISIONS
 from ichseg.pipeline.geometry import ants_affine_to_ras, voxel_volume_ml
 from ichseg.pipeline.labels import HEMORRHAGE_INDICES
@@ -21,13 +29,6 @@ from ichseg.pipeline.segmentation import (
     label_map,
     region_of_interest,
     run_model,
-)
-from nipype.interfaces.base import (
-    BaseInterfaceInputSpec,
-    File,
-    SimpleInterface,
-    TraitedSpec,
-    traits,
 )
 
 LOGGER = logging.getLogger("nipype.interface")

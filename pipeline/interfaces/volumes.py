@@ -8,6 +8,14 @@ import os
 import nibabel as nib
 import numpy as np
 import pandas as pd
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    traits,
+)
+
 from ichseg.pipeline.labels import (
     BRAIN_VOLUME_COLUMN,
     IPH_INDEX,
@@ -23,13 +31,6 @@ from ichseg.pipeline.location import (
 from ichseg.pipeline.provenance import software_versions
 from ichseg.pipeline.qc import qc_column_descriptions, qc_columns
 from ichseg.pipeline.volumes import ABC2_COLUMNS, abc2_ml, label_volumes_ml
-from nipype.interfaces.base import (
-    BaseInterfaceInputSpec,
-    File,
-    SimpleInterface,
-    TraitedSpec,
-    traits,
-)
 
 
 class _TabulateInputSpec(BaseInterfaceInputSpec):

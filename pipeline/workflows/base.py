@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
 from ichseg.pipeline import assets
 from ichseg.pipeline.interfaces.ct import BrainExtraction, ConformCT, ToSourceGrid
 from ichseg.pipeline.interfaces.labels import LabelTable
@@ -17,8 +20,6 @@ from ichseg.pipeline.interfaces.segmentation import (
 from ichseg.pipeline.interfaces.volumes import LocateHemorrhage, TabulateVolumes
 from ichseg.pipeline.segmentation import DEFAULT_HEMORRHAGE_THRESHOLD, DEFAULT_MARGIN_MM
 from ichseg.pipeline.workflows.outputs import init_ct_derivatives_wf
-from nipype.interfaces import utility as niu
-from nipype.pipeline import engine as pe
 
 #: Memory (GB) that each step may use at most, so that Nipype's MultiProc scheduler never
 #: runs more scans side by side than the RAM allows (figures measured in bench/).

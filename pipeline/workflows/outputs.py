@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ichseg.pipeline.interfaces.derivatives import DerivativesDataSink
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
+
+from ichseg.pipeline.interfaces.derivatives import DerivativesDataSink
 
 #: Outputs written for every scan: input field -> (derivative kind of
 #: ``ichseg.pipeline.naming.DERIVATIVES``, extra entities). The volume table is not listed:
