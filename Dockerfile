@@ -54,6 +54,7 @@ RUN --mount=type=bind,from=wheels,target=/wheels --mount=type=bind,from=certs,ta
 
 # Only what the package build needs (setup.cfg reads README.md for long_description).
 COPY pyproject.toml setup.cfg README.md /src/
+COPY ichseg /src/ichseg
 COPY pipeline /src/pipeline
 COPY bids_app /src/bids_app
 # Not editable: the runtime stage gets the installed package, not /src. The torch installed above

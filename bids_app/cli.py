@@ -11,7 +11,7 @@ from pathlib import Path
 from ichseg.bids_app.resources import SUBMIT_N_PROCS
 from ichseg.pipeline import __version__
 from ichseg.pipeline.cpu import PRECISIONS
-from ichseg.pipeline.segmentation import DEFAULT_HEMORRHAGE_THRESHOLD, DEFAULT_MARGIN_MM
+from ichseg.pipeline.settings import NETWORK_INPUTS, TRANSFORMS, MethodSettings
 
 
 def _threshold(text: str) -> float | None:
@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="network precision: auto = fp32 (bf16 moved some volumes by more than 1 %%, "
                           "docs/benchmarks.md); bf16 is fast on CPUs with AMX or AVX-512-BF16 and "
                           "on CUDA; fp16 is CUDA only")
-    run.add_argument("--model", default="blastct-v1", metavar="NAME_OR_PATH",
+    run.add_argument("--model", default=MethodSettings.model, metavar="NAME_OR_PATH",
                      help="registered model (blastct-v1, blastct-v1-ensemble) or a .pt file / folder")
 
     cluster = parser.add_argument_group("cluster (docs/hpc.md)")
@@ -130,13 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="scans per array task (more per task: fewer jobs, less start-up cost)")
 
     method = parser.add_argument_group("method")
-    method.add_argument("--transform", choices=["rigid", "affine"], default="rigid",
+    method.add_argument("--transform", choices=TRANSFORMS, default=MethodSettings.transform,
                         help="ANTs transform to the CT template")
-    method.add_argument("--network-input", choices=["head", "brain"], default="head",
+    method.add_argument("--network-input", choices=NETWORK_INPUTS, default=MethodSettings.network_input,
                         help="the network sees the whole head or the extracted brain")
-    method.add_argument("--margin-mm", type=float, default=DEFAULT_MARGIN_MM,
+    method.add_argument("--margin-mm", type=float, default=MethodSettings.margin_mm,
                         help="margin around the brain mask where the network is run")
-    method.add_argument("--hemorrhage-threshold", type=_threshold, default=DEFAULT_HEMORRHAGE_THRESHOLD,
+    method.add_argument("--hemorrhage-threshold", type=_threshold, default=MethodSettings.hemorrhage_threshold,
                         metavar="P|argmax",
                         help="total hemorrhage probability from which a voxel is labelled blood "
                              "(docs/method.md, accuracy); 'argmax' labels the most likely class")

@@ -32,6 +32,7 @@ from ichseg.pipeline.fileutils import remove_stale_temporaries
 from ichseg.pipeline.models import ModelError, resolve_model
 from ichseg.pipeline.naming import derivative_path, output_scan_id, scan_lock_path
 from ichseg.pipeline.reports import write_group_report
+from ichseg.pipeline.settings import MethodSettings
 
 LOGGER = logging.getLogger("ichseg")
 
@@ -157,14 +158,7 @@ def _process(args, images: list[CTImage], output_dir: Path, work_dir: Path, reso
             output_dir=output_dir,
             work_dir=work_dir,
             crash_dir=crash_root,
-            model=args.model,
-            device=args.device,
-            precision=args.precision,
-            omp_nthreads=resources.omp_nthreads,
-            transform_type=args.transform.capitalize(),
-            network_input=args.network_input,
-            margin_mm=args.margin_mm,
-            hemorrhage_threshold=args.hemorrhage_threshold,
+            settings=method_settings(args, resources),
         )
     except AssetError as exc:
         raise UserError(str(exc)) from None
@@ -199,6 +193,16 @@ def _process(args, images: list[CTImage], output_dir: Path, work_dir: Path, reso
             LOGGER.error("  %s: %s", sid, reason)
         return 1
     return 0
+
+
+def method_settings(args, resources: Resources) -> MethodSettings:
+    """The method options of the command line as the pipeline's settings object."""
+    return MethodSettings(
+        model=args.model, device=args.device, precision=args.precision,
+        omp_nthreads=resources.omp_nthreads, transform=args.transform,
+        network_input=args.network_input, margin_mm=args.margin_mm,
+        hemorrhage_threshold=args.hemorrhage_threshold,
+    )
 
 
 def nipype_plugin(args, resources: Resources, progress=None) -> tuple[str, dict]:

@@ -97,3 +97,16 @@ def locate(labels: np.ndarray, regions: np.ndarray, sides: np.ndarray, voxel_ml:
     summary["side"] = (None if not located
                        else "left" if summary["left_ml"] > summary["right_ml"] else "right")
     return rows, summary
+
+
+def locate_on_scan(labels: np.ndarray, affine: np.ndarray, template_to_scan: np.ndarray,
+                   atlas_img, region_names: dict[int, str]) -> tuple[list[dict], dict]:
+    """Map the atlas onto a scan's label map through the inverse registration; return the
+    rows of the regions table and the summary columns (:func:`locate`)."""
+    from ichseg.pipeline.geometry import voxel_volume_ml
+    from ichseg.pipeline.registration import warp_to_scan
+
+    channels = np.stack([np.asanyarray(atlas_img.dataobj, dtype=np.float32),
+                         side_map(atlas_img.shape[:3], atlas_img.affine).astype(np.float32)])
+    regions, sides = warp_to_scan(channels, atlas_img.affine, labels.shape[:3], affine, template_to_scan, order=0)
+    return locate(labels, regions, sides, voxel_volume_ml(affine), region_names)

@@ -9,7 +9,13 @@ import numpy as np
 
 
 def save_like(data: np.ndarray, reference: nib.Nifti1Image, out_file: str | Path, affine=None) -> Path:
-    """Save ``data`` with the reference's grid (affine and both sform/qform codes).
+    """Save :func:`image_like` ``(data, reference, affine)`` to ``out_file``."""
+    nib.save(image_like(data, reference, affine), str(out_file))
+    return Path(out_file)
+
+
+def image_like(data: np.ndarray, reference: nib.Nifti1Image, affine=None) -> nib.Nifti1Image:
+    """``data`` as an image with the reference's grid (affine and both sform/qform codes).
 
     The header is rebuilt rather than copied so that the reference's intensity scaling
     (``scl_slope``) and data type never leak into label maps or probabilities. A sheared
@@ -24,5 +30,4 @@ def save_like(data: np.ndarray, reference: nib.Nifti1Image, out_file: str | Path
     img.set_qform(affine, code=qform_code)
     if header is not None:
         img.header.set_xyzt_units(*header.get_xyzt_units())
-    nib.save(img, str(out_file))
-    return Path(out_file)
+    return img

@@ -127,6 +127,61 @@ def register_to_template(
     return {"transform": Path(out_transform), "template_to_scan": ants_affine_to_ras(out_transform)}
 
 
+#: HU given to template voxels outside the scan's field of view: air.
+OUTSIDE_FOV_HU = -1000.0
+
+
+@dataclass(frozen=True)
+class TemplateSpace:
+    """A scan brought onto the template grid (:func:`to_template_space`)."""
+
+    ct: np.ndarray  # HU; air outside the scan's field of view
+    brain_mask: np.ndarray  # bool
+    template_to_scan: np.ndarray  # 4x4 RAS affine (template points -> scan points)
+    qc: dict  # registration_dice, registration_similarity
+
+
+def to_template_space(
+    ct: np.ndarray,
+    ct_affine: np.ndarray,
+    brain_mask: np.ndarray,
+    template_img: nib.Nifti1Image,
+    template_mask: np.ndarray,
+    out_transform: str | Path,
+    transform_type: str = "Rigid",
+    seed: int = 1,
+) -> TemplateSpace:
+    """Register a CT's brain to the template (:func:`register_to_template`, which writes the
+    transform to ``out_transform``), warp CT and brain mask onto the template grid, and
+    measure how well the brains overlap inside the scan's field of view."""
+    template_file = template_img.get_filename()
+    template_to_scan = register_to_template(
+        ct, ct_affine, brain_mask, template_file, out_transform, transform_type, seed,
+    )["template_to_scan"]
+    # CT and mask in one pass (the sample coordinates are computed once). Interpolation is
+    # linear, so warping CT - OUTSIDE_FOV_HU with fill 0 and adding it back is the CT
+    # warped with fill OUTSIDE_FOV_HU.
+    channels = np.stack([ct - OUTSIDE_FOV_HU, brain_mask.astype(np.float32), np.ones_like(ct)])
+    warped = warp_to_template(channels, ct_affine, template_img, template_to_scan)
+    warped_ct = warped[0] + OUTSIDE_FOV_HU
+    warped_mask = warped[1] >= 0.5
+    in_view = warped[2] >= 0.5
+
+    template = np.asanyarray(template_img.dataobj, dtype=np.float32)
+    # Compared inside the scan's field of view only: a scan that covers part of the head
+    # (flag_head_coverage) is judged on the part it has.
+    inside = template_mask & in_view
+    both = warped_mask & inside
+    qc = {
+        "registration_dice": float(2 * both.sum() / max(1, warped_mask.sum() + inside.sum())),
+        "registration_similarity": (
+            float(np.corrcoef(np.clip(warped_ct[both], 0, 100), template[both])[0, 1])
+            if both.sum() > 10 else 0.0
+        ),
+    }
+    return TemplateSpace(warped_ct, warped_mask, template_to_scan, qc)
+
+
 def warp_to_template(
     data: np.ndarray,
     affine: np.ndarray,

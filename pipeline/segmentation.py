@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -134,3 +135,66 @@ def run_model(
         "machine": machine_description(),
     }
     return probs, info
+
+
+@dataclass(frozen=True)
+class TemplateSegmentation:
+    """The network's result on the template grid (:func:`segment_template_space`)."""
+
+    probabilities: np.ndarray  # (classes, x, y, z) within the segmented box
+    box_affine: np.ndarray  # affine of that box
+    labels: np.ndarray  # label map on the whole template grid
+    qc: dict  # segmentation QC measures (ichseg.pipeline.qc.segmentation_qc)
+    info: dict  # model, weights, precision, threads, timing (run_model)
+
+
+def segment_template_space(
+    hu: np.ndarray,
+    brain: np.ndarray,
+    affine: np.ndarray,
+    model: str = "blastct-v1",
+    device: str = "cpu",
+    precision: str = "auto",
+    num_threads: int | None = None,
+    network_input: str = "head",
+    margin_mm: float = DEFAULT_MARGIN_MM,
+    hemorrhage_threshold: float | None = DEFAULT_HEMORRHAGE_THRESHOLD,
+    log: Callable[[str], None] | None = None,
+) -> TemplateSegmentation:
+    """Run the network over the brain (and ``margin_mm`` around it) of a template-space CT."""
+    from ichseg.pipeline.geometry import voxel_volume_ml
+    from ichseg.pipeline.qc import segmentation_qc
+
+    roi = region_of_interest(brain, affine, margin_mm)
+    if network_input == "brain":
+        hu = np.where(brain, hu, 0.0).astype(np.float32)
+    probs, info = run_model(hu, roi, model, device, log, precision=precision, num_threads=num_threads)
+    labels = label_map(probs, hemorrhage_threshold)
+    qc = segmentation_qc(probs, labels, brain, roi, voxel_volume_ml(affine))
+    box_probs, box_affine = crop_to_roi(probs, roi, affine)
+    info.update(network_input=network_input, margin_mm=margin_mm, device=device,
+                hemorrhage_threshold=hemorrhage_threshold)
+    return TemplateSegmentation(box_probs, box_affine, labels, qc, info)
+
+
+def probabilities_to_scan(
+    probabilities: np.ndarray,
+    probabilities_affine: np.ndarray,
+    scan_shape: tuple[int, int, int],
+    scan_affine: np.ndarray,
+    template_to_scan: np.ndarray,
+    hemorrhage_threshold: float | None = DEFAULT_HEMORRHAGE_THRESHOLD,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities mapped onto the scan's grid; returns its label map and the total
+    hemorrhage probability there."""
+    from ichseg.pipeline.labels import HEMORRHAGE_INDICES
+    from ichseg.pipeline.registration import warp_to_scan
+
+    scan_probs = warp_to_scan(probabilities, probabilities_affine, scan_shape, scan_affine, template_to_scan)
+    # Outside the segmented box every class but background has probability 0, and
+    # background 1; linear interpolation is linear, so adding the missing mass to the
+    # background channel equals warping with those per-class fill values.
+    scan_probs[0] += np.clip(1.0 - scan_probs.sum(axis=0), 0.0, 1.0)
+    labels = label_map(scan_probs, hemorrhage_threshold)
+    hemorrhage = np.clip(scan_probs[list(HEMORRHAGE_INDICES)].sum(axis=0), 0, 1).astype(np.float32)
+    return labels, hemorrhage

@@ -33,15 +33,17 @@ from ichseg.pipeline.brain import extract_brain
 from ichseg.pipeline.geometry import voxel_sizes
 from ichseg.pipeline.image import load_ct
 from ichseg.pipeline.labels import HEMORRHAGE_INDICES, LABELS
-from ichseg.pipeline.registration import register_to_template, warp_to_template
+from ichseg.pipeline.registration import (
+    OUTSIDE_FOV_HU,
+    register_to_template,
+    warp_to_template,
+)
 from ichseg.pipeline.segmentation import DEFAULT_MARGIN_MM, region_of_interest
 
 LOGGER = logging.getLogger(__name__)
 
 #: BLAST-CT's patch sampling: probability of centring a patch on each class.
 CLASS_PROBABILITIES = (0.3, 0.175, 0.175, 0.175, 0.175)
-#: HU given to template voxels outside the scan's field of view.
-OUTSIDE_FOV_HU = -1000.0
 
 
 @dataclass

@@ -9,7 +9,9 @@ from ichseg.pipeline.labels import (
     BRAIN_VOLUME_COLUMN,
     FOREGROUND_LABELS,
     HEMORRHAGE_INDICES,
+    IPH_INDEX,
     TOTAL_HEMORRHAGE_COLUMN,
+    VOLUME_COLUMNS,
 )
 
 
@@ -105,3 +107,44 @@ def abc2_ml(mask: np.ndarray, affine: np.ndarray) -> dict[str, float]:
         "abc2_unweighted_ml": a_mm * b_mm * c_all / 2 / 1000,
         "a_mm": a_mm, "b_mm": b_mm, "c_mm": c_weighted,
     }
+
+
+def volume_row(labels: np.ndarray, affine: np.ndarray, brain_mask: np.ndarray, qc: dict | None = None,
+               warnings: list[str] | None = None, location: dict | None = None) -> tuple[dict, dict]:
+    """The one row of a scan's volume table (volumes, ABC/2, location, QC measures, flags and
+    rating) and the unrounded volumes."""
+    from ichseg.pipeline.qc import qc_columns
+
+    volumes = label_volumes_ml(labels, affine, brain_mask)
+    row = {column: round(volumes[column], 4) for column in VOLUME_COLUMNS}
+    row["status"] = "ok"
+    abc2 = abc2_ml(labels == IPH_INDEX, affine)
+    row["iph_abc2_ml"] = round(abc2["abc2_ml"], 4)
+    row["iph_abc2_unweighted_ml"] = round(abc2["abc2_unweighted_ml"], 4)
+    qc = dict(qc or {})
+    row.update(location or {})
+    row.update({key: round(float(value), 4) for key, value in sorted(qc.items())})
+    row.update(qc_columns(volumes[BRAIN_VOLUME_COLUMN], qc, list(warnings or [])))
+    return row, volumes
+
+
+def volume_sidecar(source_file: str, model_info: dict, warnings: list[str] | None = None,
+                   extra: dict | None = None) -> dict:
+    """The JSON sidecar of a volume table: every column described, sources, warnings, model
+    and software versions."""
+    from ichseg.pipeline.labels import volume_column_descriptions
+    from ichseg.pipeline.location import LOCATION_COLUMNS
+    from ichseg.pipeline.provenance import software_versions
+    from ichseg.pipeline.qc import qc_column_descriptions
+
+    sidecar = volume_column_descriptions()
+    sidecar["status"] = {"Description": "Processing status of the scan", "Levels": {"ok": "processed"}}
+    sidecar.update(ABC2_COLUMNS)
+    sidecar.update(LOCATION_COLUMNS)
+    sidecar.update(qc_column_descriptions())
+    sidecar["Sources"] = [str(source_file)]
+    sidecar["Warnings"] = list(warnings or [])
+    sidecar["Model"] = model_info
+    sidecar["SoftwareVersions"] = software_versions()
+    sidecar.update(extra or {})
+    return sidecar

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = sorted([*ROOT.glob("pipeline/**/*.py"), *ROOT.glob("bids_app/**/*.py")])
+MODULES = sorted([*ROOT.glob("ichseg/*.py"), *ROOT.glob("pipeline/**/*.py"), *ROOT.glob("bids_app/**/*.py")])
 
 
 def _imports(path: Path) -> list[tuple[int, str, int]]:

@@ -15,10 +15,7 @@ from nipype.interfaces.base import (
 )
 
 from ichseg.pipeline.niftiio import save_like
-from ichseg.pipeline.registration import register_to_template, warp_to_template
-
-#: HU given to template voxels outside the scan's field of view: air.
-OUTSIDE_FOV_HU = -1000.0
+from ichseg.pipeline.registration import to_template_space
 
 
 class _RegisterInputSpec(BaseInterfaceInputSpec):
@@ -46,40 +43,19 @@ class RegisterToTemplate(SimpleInterface):
 
     def _run_interface(self, runtime):
         ct_img = nib.load(self.inputs.in_file)
-        ct = np.asanyarray(ct_img.dataobj, dtype=np.float32)
-        mask = np.asanyarray(nib.load(self.inputs.brain_mask).dataobj) > 0
         transform = os.path.join(runtime.cwd, "template_to_ct.mat")
-        result = register_to_template(
-            ct, ct_img.affine, mask, self.inputs.template, transform,
+        template_img = nib.load(self.inputs.template)
+        result = to_template_space(
+            np.asanyarray(ct_img.dataobj, dtype=np.float32), ct_img.affine,
+            np.asanyarray(nib.load(self.inputs.brain_mask).dataobj) > 0, template_img,
+            np.asanyarray(nib.load(self.inputs.template_mask).dataobj) > 0.5, transform,
             self.inputs.transform_type, self.inputs.seed,
         )
-        template_img = nib.load(self.inputs.template)
-        template_to_scan = result["template_to_scan"]
-        # CT and mask in one pass (the sample coordinates are computed once). Interpolation is
-        # linear, so warping CT - OUTSIDE_FOV_HU with fill 0 and adding it back is the CT
-        # warped with fill OUTSIDE_FOV_HU.
-        channels = np.stack([ct - OUTSIDE_FOV_HU, mask.astype(np.float32), np.ones_like(ct)])
-        warped = warp_to_template(channels, ct_img.affine, template_img, template_to_scan)
-        warped_ct = warped[0] + OUTSIDE_FOV_HU
-        warped_mask = warped[1] >= 0.5
-        in_view = warped[2] >= 0.5
         self._results["out_transform"] = transform
         # uncompressed: the next steps read them at once; the derivative sink compresses
         self._results["template_ct"] = os.path.join(runtime.cwd, "ct_space-template.nii")
         self._results["template_brain_mask"] = os.path.join(runtime.cwd, "brain_mask_space-template.nii")
-        save_like(warped_ct.astype(np.float32), template_img, self._results["template_ct"])
-        save_like(warped_mask.astype(np.uint8), template_img, self._results["template_brain_mask"])
-
-        template = np.asanyarray(template_img.dataobj, dtype=np.float32)
-        # Compared inside the scan's field of view only: a scan that covers part of the head
-        # (flag_head_coverage) is judged on the part it has.
-        template_mask = (np.asanyarray(nib.load(self.inputs.template_mask).dataobj) > 0.5) & in_view
-        both = warped_mask & template_mask
-        self._results["qc"] = {
-            "registration_dice": float(2 * both.sum() / max(1, warped_mask.sum() + template_mask.sum())),
-            "registration_similarity": (
-                float(np.corrcoef(np.clip(warped_ct[both], 0, 100), template[both])[0, 1])
-                if both.sum() > 10 else 0.0
-            ),
-        }
+        save_like(result.ct.astype(np.float32), template_img, self._results["template_ct"])
+        save_like(result.brain_mask.astype(np.uint8), template_img, self._results["template_brain_mask"])
+        self._results["qc"] = result.qc
         return runtime

@@ -17,18 +17,13 @@ from nipype.interfaces.base import (
 )
 
 from ichseg.pipeline.cpu import PRECISIONS
-from ichseg.pipeline.geometry import ants_affine_to_ras, voxel_volume_ml
-from ichseg.pipeline.labels import HEMORRHAGE_INDICES
+from ichseg.pipeline.geometry import ants_affine_to_ras
 from ichseg.pipeline.niftiio import save_like
-from ichseg.pipeline.qc import segmentation_qc
-from ichseg.pipeline.registration import warp_to_scan
 from ichseg.pipeline.segmentation import (
     DEFAULT_HEMORRHAGE_THRESHOLD,
     DEFAULT_MARGIN_MM,
-    crop_to_roi,
-    label_map,
-    region_of_interest,
-    run_model,
+    probabilities_to_scan,
+    segment_template_space,
 )
 
 LOGGER = logging.getLogger("nipype.interface")
@@ -64,29 +59,23 @@ class SegmentHemorrhage(SimpleInterface):
 
     def _run_interface(self, runtime):
         ct_img = nib.load(self.inputs.template_ct)
-        hu = np.asanyarray(ct_img.dataobj, dtype=np.float32)
-        brain = np.asanyarray(nib.load(self.inputs.template_brain_mask).dataobj) > 0
-        roi = region_of_interest(brain, ct_img.affine, self.inputs.margin_mm)
-        if self.inputs.network_input == "brain":
-            hu = np.where(brain, hu, 0.0).astype(np.float32)
-        probs, info = run_model(
-            hu, roi, self.inputs.model, self.inputs.device, LOGGER.info,
-            precision=self.inputs.precision, num_threads=self.inputs.num_threads,
+        result = segment_template_space(
+            np.asanyarray(ct_img.dataobj, dtype=np.float32),
+            np.asanyarray(nib.load(self.inputs.template_brain_mask).dataobj) > 0,
+            ct_img.affine, self.inputs.model, self.inputs.device, self.inputs.precision,
+            self.inputs.num_threads, self.inputs.network_input, self.inputs.margin_mm,
+            self.inputs.hemorrhage_threshold, LOGGER.info,
         )
-
-        labels = label_map(probs, self.inputs.hemorrhage_threshold)
-        self._results["qc"] = segmentation_qc(probs, labels, brain, roi, voxel_volume_ml(ct_img.affine))
-        box_probs, box_affine = crop_to_roi(probs, roi, ct_img.affine)
+        self._results["qc"] = result.qc
         self._results["probabilities"] = os.path.join(runtime.cwd, "probabilities_space-template.nii")
         # uncompressed: a 5-class float map is large and is read back at once by the next node
-        save_like(np.moveaxis(box_probs, 0, -1), ct_img, self._results["probabilities"], affine=box_affine)
+        save_like(np.moveaxis(result.probabilities, 0, -1), ct_img, self._results["probabilities"],
+                  affine=result.box_affine)
         self._results["template_dseg"] = os.path.join(runtime.cwd, "dseg_space-template.nii")
-        save_like(labels, ct_img, self._results["template_dseg"])
+        save_like(result.labels, ct_img, self._results["template_dseg"])
         self._results["model_info"] = os.path.join(runtime.cwd, "model_info.json")
-        info.update(network_input=self.inputs.network_input, margin_mm=self.inputs.margin_mm,
-                    device=self.inputs.device, hemorrhage_threshold=self.inputs.hemorrhage_threshold)
         with open(self._results["model_info"], "w") as fobj:
-            json.dump(info, fobj, indent=2)
+            json.dump(result.info, fobj, indent=2)
         return runtime
 
 
@@ -112,19 +101,15 @@ class ProbabilitiesToScan(SimpleInterface):
 
     def _run_interface(self, runtime):
         prob_img = nib.load(self.inputs.probabilities)
-        probs = np.moveaxis(np.asanyarray(prob_img.dataobj, dtype=np.float32), -1, 0)
         source = nib.load(self.inputs.source_file)
-        template_to_scan = ants_affine_to_ras(self.inputs.transform)
-        scan_probs = warp_to_scan(probs, prob_img.affine, source.shape[:3], source.affine, template_to_scan)
-        # Outside the segmented box every class but background has probability 0, and
-        # background 1; linear interpolation is linear, so adding the missing mass to the
-        # background channel equals warping with those per-class fill values.
-        scan_probs[0] += np.clip(1.0 - scan_probs.sum(axis=0), 0.0, 1.0)
-        labels = label_map(scan_probs, self.inputs.hemorrhage_threshold)
-        hemorrhage = scan_probs[list(HEMORRHAGE_INDICES)].sum(axis=0)
+        labels, hemorrhage = probabilities_to_scan(
+            np.moveaxis(np.asanyarray(prob_img.dataobj, dtype=np.float32), -1, 0), prob_img.affine,
+            source.shape[:3], source.affine, ants_affine_to_ras(self.inputs.transform),
+            self.inputs.hemorrhage_threshold,
+        )
         # uncompressed: the next steps read them at once; the derivative sinks compress
         self._results["dseg"] = os.path.join(runtime.cwd, "dseg.nii")
         self._results["hemorrhage_probseg"] = os.path.join(runtime.cwd, "hemorrhage_probseg.nii")
         save_like(labels, source, self._results["dseg"])
-        save_like(np.clip(hemorrhage, 0, 1).astype(np.float32), source, self._results["hemorrhage_probseg"])
+        save_like(hemorrhage, source, self._results["hemorrhage_probseg"])
         return runtime

@@ -16,21 +16,9 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from ichseg.pipeline.labels import (
-    BRAIN_VOLUME_COLUMN,
-    IPH_INDEX,
-    VOLUME_COLUMNS,
-    volume_column_descriptions,
-)
-from ichseg.pipeline.location import (
-    LOCATION_COLUMNS,
-    locate,
-    read_region_names,
-    side_map,
-)
-from ichseg.pipeline.provenance import software_versions
-from ichseg.pipeline.qc import qc_column_descriptions, qc_columns
-from ichseg.pipeline.volumes import ABC2_COLUMNS, abc2_ml, label_volumes_ml
+from ichseg.pipeline.geometry import ants_affine_to_ras
+from ichseg.pipeline.location import locate_on_scan, read_region_names
+from ichseg.pipeline.volumes import volume_row, volume_sidecar
 
 
 class _TabulateInputSpec(BaseInterfaceInputSpec):
@@ -58,34 +46,17 @@ class TabulateVolumes(SimpleInterface):
 
     def _run_interface(self, runtime):
         dseg = nib.load(self.inputs.dseg)
-        mask = np.asanyarray(nib.load(self.inputs.brain_mask).dataobj) > 0
-        labels = np.asanyarray(dseg.dataobj)
-        volumes = label_volumes_ml(labels, dseg.affine, mask)
-        row = {column: round(volumes[column], 4) for column in VOLUME_COLUMNS}
-        row["status"] = "ok"
-        abc2 = abc2_ml(labels == IPH_INDEX, dseg.affine)
-        row["iph_abc2_ml"] = round(abc2["abc2_ml"], 4)
-        row["iph_abc2_unweighted_ml"] = round(abc2["abc2_unweighted_ml"], 4)
-        qc = dict(self.inputs.qc or {})
-        row.update(self.inputs.location or {})
-        row.update({key: round(float(value), 4) for key, value in sorted(qc.items())})
-        row.update(qc_columns(volumes[BRAIN_VOLUME_COLUMN], qc, list(self.inputs.warnings or [])))
+        row, volumes = volume_row(
+            np.asanyarray(dseg.dataobj), dseg.affine, np.asanyarray(nib.load(self.inputs.brain_mask).dataobj) > 0,
+            self.inputs.qc, self.inputs.warnings, self.inputs.location,
+        )
         self._results["volumes"] = volumes
         self._results["out_tsv"] = os.path.join(runtime.cwd, "volumes.tsv")
         pd.DataFrame([row]).to_csv(self._results["out_tsv"], sep="\t", index=False, na_rep="n/a")
         with open(self.inputs.model_info) as fobj:
             model_info = json.load(fobj)
-        sidecar = volume_column_descriptions()
-        sidecar["status"] = {"Description": "Processing status of the scan", "Levels": {"ok": "processed"}}
-        sidecar.update(ABC2_COLUMNS)
-        sidecar.update(LOCATION_COLUMNS)
-        sidecar.update(qc_column_descriptions())
-        sidecar["Sources"] = [str(self.inputs.source_file)]
-        sidecar["Warnings"] = list(self.inputs.warnings or [])
-        sidecar["Model"] = model_info
-        sidecar["SoftwareVersions"] = software_versions()
-        if self.inputs.extra_metadata:
-            sidecar.update(self.inputs.extra_metadata)
+        sidecar = volume_sidecar(self.inputs.source_file, model_info, self.inputs.warnings,
+                                 self.inputs.extra_metadata or None)
         self._results["out_json"] = os.path.join(runtime.cwd, "volumes.json")
         with open(self._results["out_json"], "w") as fobj:
             json.dump(sidecar, fobj, indent=2, default=str)
@@ -111,17 +82,10 @@ class LocateHemorrhage(SimpleInterface):
     output_spec = _LocateOutputSpec
 
     def _run_interface(self, runtime):
-        from ichseg.pipeline.geometry import ants_affine_to_ras, voxel_volume_ml
-        from ichseg.pipeline.registration import warp_to_scan
-
         dseg = nib.load(self.inputs.dseg)
-        atlas = nib.load(self.inputs.atlas)
-        channels = np.stack([np.asanyarray(atlas.dataobj, dtype=np.float32),
-                             side_map(atlas.shape[:3], atlas.affine).astype(np.float32)])
-        regions, sides = warp_to_scan(channels, atlas.affine, dseg.shape[:3], dseg.affine,
-                                      ants_affine_to_ras(self.inputs.transform), order=0)
-        rows, summary = locate(np.asanyarray(dseg.dataobj), regions, sides, voxel_volume_ml(dseg.affine),
-                               read_region_names(self.inputs.atlas_labels))
+        rows, summary = locate_on_scan(np.asanyarray(dseg.dataobj), dseg.affine,
+                                       ants_affine_to_ras(self.inputs.transform), nib.load(self.inputs.atlas),
+                                       read_region_names(self.inputs.atlas_labels))
         self._results["regions_tsv"] = os.path.join(runtime.cwd, "regions.tsv")
         pd.DataFrame(rows).to_csv(self._results["regions_tsv"], sep="\t", index=False, na_rep="n/a")
         self._results["location"] = summary

@@ -18,7 +18,7 @@ from ichseg.pipeline.interfaces.segmentation import (
     SegmentHemorrhage,
 )
 from ichseg.pipeline.interfaces.volumes import LocateHemorrhage, TabulateVolumes
-from ichseg.pipeline.segmentation import DEFAULT_HEMORRHAGE_THRESHOLD, DEFAULT_MARGIN_MM
+from ichseg.pipeline.settings import MethodSettings
 from ichseg.pipeline.workflows.outputs import init_ct_derivatives_wf
 
 #: Memory (GB) that each step may use at most, so that Nipype's MultiProc scheduler never
@@ -33,14 +33,7 @@ def init_ichseg_wf(
     work_dir: str | Path,
     sidecars: Sequence[dict] | None = None,
     crash_dir: str | Path | None = None,
-    model: str = "blastct-v1",
-    device: str = "cpu",
-    precision: str = "auto",
-    omp_nthreads: int = 1,
-    transform_type: str = "Rigid",
-    network_input: str = "head",
-    margin_mm: float = DEFAULT_MARGIN_MM,
-    hemorrhage_threshold: float | None = DEFAULT_HEMORRHAGE_THRESHOLD,
+    settings: MethodSettings = MethodSettings(),
     name: str = "ichseg_wf",
 ):
     """Build the participant-level workflow: one :func:`init_single_ct_wf` per CT image.
@@ -61,9 +54,8 @@ def init_ichseg_wf(
         Each scan's crash files go to ``crash_dir/<scan_id>/`` (as sMRIPrep's per-subject
         crash folders), so that a failure is attributed to its scan by where it lies.
         Default: Nipype's crash folder for all.
-    model, device, precision, omp_nthreads, transform_type, network_input, margin_mm,
-    hemorrhage_threshold
-        Passed on to :func:`init_single_ct_wf`.
+    settings : MethodSettings
+        How every scan is processed (:class:`ichseg.pipeline.settings.MethodSettings`).
 
     Outputs
     -------
@@ -76,14 +68,7 @@ def init_ichseg_wf(
             ct_file=ct_file,
             output_dir=output_dir,
             sidecar=sidecar,
-            model=model,
-            device=device,
-            precision=precision,
-            omp_nthreads=omp_nthreads,
-            transform_type=transform_type,
-            network_input=network_input,
-            margin_mm=margin_mm,
-            hemorrhage_threshold=hemorrhage_threshold,
+            settings=settings,
             name=_node_name(scan_id),
         )
         if crash_dir is not None:
@@ -102,14 +87,7 @@ def init_single_ct_wf(
     ct_file: str | Path,
     output_dir: str | Path,
     sidecar: dict | None = None,
-    model: str = "blastct-v1",
-    device: str = "cpu",
-    precision: str = "auto",
-    omp_nthreads: int = 1,
-    transform_type: str = "Rigid",
-    network_input: str = "head",
-    margin_mm: float = DEFAULT_MARGIN_MM,
-    hemorrhage_threshold: float | None = DEFAULT_HEMORRHAGE_THRESHOLD,
+    settings: MethodSettings = MethodSettings(),
     name: str = "single_ct_wf",
 ):
     """Segment hemorrhage on one head CT and tabulate its volumes in the scan's own space.
@@ -126,22 +104,8 @@ def init_single_ct_wf(
         Root of the BIDS derivatives dataset.
     sidecar : dict
         The CT's BIDS JSON metadata (checked for localizer/contrast series).
-    model : str
-        Registered model name (see :mod:`ichseg.pipeline.models`) or a weights path.
-    device : str
-        Torch device for inference (``cpu``, ``cuda``).
-    precision : {"auto", "fp32", "bf16", "fp16"}
-        Network precision (:func:`ichseg.pipeline.cpu.resolve_precision`).
-    omp_nthreads : int
-        Threads a single step may use (torch, ITK); Nipype reserves them per node.
-    transform_type : {"Rigid", "Affine"}
-        ANTs transform of the registration to the template.
-    network_input : {"head", "brain"}
-        Whether the network sees the whole head or the brain only.
-    margin_mm : float
-        Margin around the brain mask inside which the network is run.
-    hemorrhage_threshold : float or None
-        Total hemorrhage probability from which a voxel is labelled blood (None: arg-max).
+    settings : MethodSettings
+        How the scan is processed (:class:`ichseg.pipeline.settings.MethodSettings`).
 
     Inputs
     ------
@@ -170,25 +134,26 @@ def init_single_ct_wf(
         RegisterToTemplate(
             template=str(assets.get_asset(assets.TEMPLATE_CT)),
             template_mask=str(assets.get_asset(assets.TEMPLATE_MASK)),
-            transform_type=transform_type,
+            transform_type=settings.ants_transform,
         ),
         name="register",
         mem_gb=MEM_GB["register"],
     )
     segment = pe.Node(
         SegmentHemorrhage(
-            model=model, device=device, precision=precision, num_threads=omp_nthreads,
-            network_input=network_input, margin_mm=margin_mm, hemorrhage_threshold=hemorrhage_threshold,
+            model=settings.model, device=settings.device, precision=settings.precision,
+            num_threads=settings.omp_nthreads, network_input=settings.network_input,
+            margin_mm=settings.margin_mm, hemorrhage_threshold=settings.hemorrhage_threshold,
         ),
         name="segment",
-        n_procs=omp_nthreads,
+        n_procs=settings.omp_nthreads,
         mem_gb=MEM_GB["segment"],
     )
-    to_scan = pe.Node(ProbabilitiesToScan(hemorrhage_threshold=hemorrhage_threshold),
+    to_scan = pe.Node(ProbabilitiesToScan(hemorrhage_threshold=settings.hemorrhage_threshold),
                       name="probabilities_to_scan", mem_gb=MEM_GB["to_scan"])
     mask_to_source = pe.Node(ToSourceGrid(), name="brain_mask_to_source")
     tabulate = pe.Node(
-        TabulateVolumes(extra_metadata={"Registration": {"Transform": transform_type, "Tool": "ANTsPy"}}),
+        TabulateVolumes(extra_metadata={"Registration": {"Transform": settings.ants_transform, "Tool": "ANTsPy"}}),
         name="tabulate_volumes",
         mem_gb=MEM_GB["tabulate"],
     )

@@ -1,0 +1,55 @@
+"""The method settings of a run: one frozen object from the command line or the API to
+every step (instead of the same parameter list in every builder)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ichseg.pipeline.cpu import PRECISIONS
+from ichseg.pipeline.segmentation import DEFAULT_HEMORRHAGE_THRESHOLD, DEFAULT_MARGIN_MM
+
+__all__ = ["MethodSettings", "TRANSFORMS", "NETWORK_INPUTS"]
+
+TRANSFORMS = ("rigid", "affine")
+NETWORK_INPUTS = ("head", "brain")
+
+
+@dataclass(frozen=True)
+class MethodSettings:
+    """How every scan of a run is processed.
+
+    model : registered model name (:mod:`ichseg.pipeline.models`) or a weights path
+    device : torch device of the network (``cpu``, ``cuda``, ``cuda:1``)
+    precision : network precision, one of :data:`ichseg.pipeline.cpu.PRECISIONS`
+    omp_nthreads : threads of one step (torch); Nipype reserves them per node
+    transform : ANTs transform to the CT template, ``rigid`` or ``affine``
+    network_input : the network sees the whole ``head`` or the extracted ``brain``
+    margin_mm : margin around the brain mask where the network is run
+    hemorrhage_threshold : total hemorrhage probability from which a voxel is blood (None: arg-max)
+    """
+
+    model: str = "blastct-v1"
+    device: str = "cpu"
+    precision: str = "auto"
+    omp_nthreads: int = 1
+    transform: str = "rigid"
+    network_input: str = "head"
+    margin_mm: float = DEFAULT_MARGIN_MM
+    hemorrhage_threshold: float | None = DEFAULT_HEMORRHAGE_THRESHOLD
+
+    def __post_init__(self):
+        for name, value, allowed in (("transform", self.transform, TRANSFORMS),
+                                     ("network_input", self.network_input, NETWORK_INPUTS),
+                                     ("precision", self.precision, PRECISIONS)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
+        if self.hemorrhage_threshold is not None and not 0 < self.hemorrhage_threshold < 1:
+            raise ValueError(f"hemorrhage_threshold must lie between 0 and 1, not {self.hemorrhage_threshold}")
+
+    @property
+    def ants_transform(self) -> str:
+        """The transform as ANTs names it (``Rigid``, ``Affine``)."""
+        return self.transform.capitalize()
+
+    def as_dict(self) -> dict:
+        return asdict(self)
