@@ -72,7 +72,6 @@ __all__ = [
     "BRAIN_WINDOW_HU",
     "FIGURE_CAPTIONS",
     "GROUP_REPORT",
-    "QC_DESCRIPTIONS",
     "plot_registration_check",
     "plot_segmentation_mosaic",
     "select_slices",
@@ -113,16 +112,6 @@ FIGURE_CAPTIONS = {
         "ventricles; a shifted or rotated brain means the segmentation ran on a misaligned "
         "image."
     ),
-}
-
-#: Descriptions of the QC values a scan report knows by name.
-QC_DESCRIPTIONS = {
-    # Fallbacks: the descriptions of ichseg.pipeline.qc and of the volume sidecar come first.
-    "similarity": "Correlation of template and registered CT intensities inside both brain "
-    "masks (higher is better).",
-    "mask_dice": "Dice overlap of the registered brain mask and the template brain mask "
-    "(1 is perfect).",
-    "shear_deg": "Gantry-tilt shear of the CT's voxel grid, degrees.",
 }
 
 _SVG_RC = {
@@ -879,12 +868,12 @@ def _kv_table(items: Mapping[str, Any], descriptions: Mapping[str, str] | None =
 
 
 def _describe(key: str, metadata: Mapping[str, Any]) -> str:
-    """Description of a table column: from the sidecar, ichseg.pipeline.qc, or QC_DESCRIPTIONS."""
+    """Description of a table column: from the sidecar, else from ichseg.pipeline.qc."""
     for source in (metadata.get(key), qc_column_descriptions().get(key)):
         if isinstance(source, Mapping) and source.get("Description"):
             unit = source.get("Units")
             return str(source["Description"]) + (f" ({unit})" if unit else "")
-    return QC_DESCRIPTIONS.get(key, "")
+    return ""
 
 
 def _source_of(metadata: Mapping[str, Any]) -> str | None:

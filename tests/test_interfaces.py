@@ -58,7 +58,7 @@ def test_conform_extract_and_back_to_source(tmp_path, tilt):
     assert Path(conformed_file).parent == tmp_path / "conform"
     conformed = nib.load(conformed_file)
     assert nib.aff2axcodes(conformed.affine) == ("R", "A", "S")
-    assert conform.outputs.shear_deg == pytest.approx(tilt, abs=1e-3)
+    assert shear_degrees(conformed.affine) == pytest.approx(tilt, abs=1e-3)
     # the phantom is stored LAS: conforming flips the first axis, nothing else
     np.testing.assert_array_equal(np.asanyarray(conformed.dataobj), phantom.data[::-1].astype(np.float32))
 
@@ -248,7 +248,8 @@ def test_tabulate_volumes(tmp_path):
     for column, value in expected.items():
         assert row[column] == pytest.approx(value, abs=1e-4), column
     assert row["status"] == "ok"
-    assert result.outputs.volumes["hemorrhage_ml"] == pytest.approx(1.55)
+    assert result.outputs.row["hemorrhage_ml"] == pytest.approx(1.55)
+    assert result.outputs.metadata["Model"] == json.loads(Path(result.outputs.out_json).read_text())["Model"]
     # QC measures and flags: 16 mL is no adult brain, the registration is fine
     assert row["registration_dice"] == pytest.approx(0.93)
     assert row["registration_similarity"] == pytest.approx(0.7123)

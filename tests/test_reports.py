@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import re
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
@@ -444,10 +443,6 @@ def test_group_report_all_failed_and_missing_table(tmp_path):
 def test_scan_report_interface(scan, template_pair, tmp_path, monkeypatch):
     from ichseg.pipeline.interfaces.reports import ScanReport
 
-    tsv = tmp_path / "volumes.tsv"
-    pd.DataFrame([{**VOLUMES, **QC_COLUMNS}]).to_csv(tsv, sep="\t", index=False, na_rep="n/a")
-    sidecar = tmp_path / "volumes.json"
-    sidecar.write_text(json.dumps(METADATA))
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
@@ -455,8 +450,8 @@ def test_scan_report_interface(scan, template_pair, tmp_path, monkeypatch):
         source_file="/data/sub-07/ses-2/anat/sub-07_ses-2_run-3_ct.nii.gz",
         ct_file=str(scan["ct"]), dseg=str(scan["dseg"]), brain_mask=str(scan["mask"]),
         template_ct=str(template_pair["template_ct"]), template=str(template_pair["template"]),
-        volumes_tsv=str(tsv), volumes_json=str(sidecar),
-        qc={"registration_dice": 0.5}, warnings=["check me"], n_slices=6,
+        volumes={**VOLUMES, **QC_COLUMNS, "registration_dice": 0.5},
+        metadata={**METADATA, "Warnings": ["check me"]}, n_slices=6,
     ).run()
     outputs = result.outputs
     for name in ("out_report", "mosaic_svg", "registration_svg"):
@@ -467,23 +462,19 @@ def test_scan_report_interface(scan, template_pair, tmp_path, monkeypatch):
     text = " ".join(parser.text)
     assert "sub-07_ses-2_run-3" in text and "check me" in text and "0.500" in text
     assert "flag_brain_volume" in text and "n_warnings" in text
-    assert "sidecar warning" not in text  # the warnings input wins over the sidecar's
     assert parser.tags.count("svg") == 2
     assert METADATA["Sources"][0] in text  # the sidecar's source, not source_file
 
 
-def test_scan_report_interface_takes_warnings_from_sidecar(scan, template_pair, tmp_path, monkeypatch):
+def test_scan_report_interface_shows_the_sidecar_warnings(scan, template_pair, tmp_path, monkeypatch):
     from ichseg.pipeline.interfaces.reports import ScanReport
 
-    tsv = tmp_path / "volumes.tsv"
-    pd.DataFrame([VOLUMES]).to_csv(tsv, sep="\t", index=False)
-    sidecar = tmp_path / "volumes.json"
-    sidecar.write_text(json.dumps({k: v for k, v in METADATA.items() if k != "Sources"}))
     monkeypatch.chdir(tmp_path)
     result = ScanReport(
         source_file="not-bids.nii.gz", ct_file=str(scan["ct"]), dseg=str(scan["dseg"]),
         brain_mask=str(scan["mask"]), template_ct=str(template_pair["template_ct"]),
-        template=str(template_pair["template"]), volumes_tsv=str(tsv), volumes_json=str(sidecar),
+        template=str(template_pair["template"]), volumes=dict(VOLUMES),
+        metadata={k: v for k, v in METADATA.items() if k != "Sources"},
         n_slices=3,
     ).run()
     text = " ".join(_parse(Path(result.outputs.out_report)).text)

@@ -15,7 +15,7 @@ from nipype.interfaces.base import (
 )
 
 from ichseg.pipeline.brain import extract_brain
-from ichseg.pipeline.geometry import shear_degrees, voxel_sizes
+from ichseg.pipeline.geometry import voxel_sizes
 from ichseg.pipeline.image import conform_ct, to_source_orientation
 from ichseg.pipeline.niftiio import save_like
 
@@ -27,7 +27,6 @@ class _ConformCTInputSpec(BaseInterfaceInputSpec):
 
 class _ConformCTOutputSpec(TraitedSpec):
     out_file = File(exists=True, desc="checked CT, float32, closest-RAS voxel axes")
-    shear_deg = traits.Float(desc="gantry-tilt shear of the voxel grid (degrees)")
     warnings = traits.List(traits.Str, desc="input problems that do not stop processing")
     qc = traits.Dict(desc="input measures for the QC columns (head_coverage_mm)")
 
@@ -44,7 +43,6 @@ class ConformCT(SimpleInterface):
         self._results["warnings"] = list(checked.warnings)
         self._results["qc"] = dict(checked.measures)
         self._results["out_file"] = out_file
-        self._results["shear_deg"] = shear_degrees(nib.load(out_file).affine)
         return runtime
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -30,12 +29,10 @@ class _ScanReportInputSpec(BaseInterfaceInputSpec):
     brain_mask = File(exists=True, mandatory=True, desc="brain mask on the scan's grid")
     template_ct = File(exists=True, mandatory=True, desc="the CT resampled to the template grid")
     template = File(exists=True, mandatory=True, desc="the CT template image (skull-stripped, HU)")
-    volumes_tsv = File(exists=True, mandatory=True, desc="one-row volume table (TabulateVolumes)")
-    volumes_json = File(exists=True, mandatory=True, desc="its sidecar: model, weights, versions")
-    qc = traits.Dict(desc="quality-control values, e.g. {'similarity': 0.8, 'mask_dice': 0.95}")
-    warnings = traits.List(
-        Str, desc="messages shown highlighted at the top; default: 'Warnings' of volumes_json"
-    )
+    volumes = traits.Dict(mandatory=True, desc="the scan's volume row: volumes, QC measures and flags "
+                          "(TabulateVolumes.row)")
+    metadata = traits.Dict(mandatory=True, desc="the volume table's sidecar: sources, warnings, model, "
+                           "versions (TabulateVolumes.metadata)")
     scan_id = Str(desc="name of the scan in the report; default: from the BIDS name of source_file")
     n_slices = traits.Int(12, usedefault=True, desc="axial slices of the segmentation mosaic")
     radiological = traits.Bool(
@@ -63,16 +60,6 @@ def _scan_id(source_file: str) -> str:
         return name
 
 
-def _read_volumes(path: str) -> dict:
-    """The single row of a per-scan volume table (``n/a`` -> NaN)."""
-    import pandas as pd
-
-    table = pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False)
-    if len(table) != 1:
-        raise ValueError(f"{path}: a per-scan volume table has one row, this one has {len(table)}.")
-    return {key: (value.item() if hasattr(value, "item") else value) for key, value in table.iloc[0].items()}
-
-
 class ScanReport(SimpleInterface):
     """Draw the segmentation mosaic and the registration check; write the scan's HTML report.
 
@@ -84,11 +71,8 @@ class ScanReport(SimpleInterface):
     output_spec = _ScanReportOutputSpec
 
     def _run_interface(self, runtime):
-        volumes = _read_volumes(self.inputs.volumes_tsv)
-        with open(self.inputs.volumes_json, encoding="utf-8") as handle:
-            metadata = json.load(handle)
-        if not isinstance(metadata, dict):
-            metadata = {}
+        volumes = dict(self.inputs.volumes)
+        metadata = dict(self.inputs.metadata)
         metadata.setdefault("Sources", [str(self.inputs.source_file)])
         scan = self.inputs.scan_id if isdefined(self.inputs.scan_id) else _scan_id(self.inputs.source_file)
 
@@ -108,8 +92,7 @@ class ScanReport(SimpleInterface):
             scan,
             volumes,
             {"segmentation": mosaic, "registration": registration},
-            warnings=self._warnings(metadata),
-            qc=dict(self.inputs.qc) if isdefined(self.inputs.qc) else {},
+            warnings=_warnings(metadata),
             metadata=metadata,
         )
         self._results["out_report"] = report
@@ -117,8 +100,7 @@ class ScanReport(SimpleInterface):
         self._results["registration_svg"] = registration
         return runtime
 
-    def _warnings(self, metadata: dict) -> list[str]:
-        if isdefined(self.inputs.warnings):
-            return [str(w) for w in self.inputs.warnings]
-        found = metadata.get("Warnings") or []
-        return [str(w) for w in found] if isinstance(found, list) else [str(found)]
+
+def _warnings(metadata: dict) -> list[str]:
+    found = metadata.get("Warnings") or []
+    return [str(w) for w in found] if isinstance(found, list) else [str(found)]

@@ -35,7 +35,8 @@ class _TabulateInputSpec(BaseInterfaceInputSpec):
 class _TabulateOutputSpec(TraitedSpec):
     out_tsv = File(exists=True, desc="one-row table of volumes (mL)")
     out_json = File(exists=True, desc="sidecar: column descriptions, model, weights, versions")
-    volumes = traits.Dict(desc="the volumes as a dict")
+    row = traits.Dict(desc="the table's row, for the report")
+    metadata = traits.Dict(desc="the sidecar's content, for the report")
 
 
 class TabulateVolumes(SimpleInterface):
@@ -46,17 +47,18 @@ class TabulateVolumes(SimpleInterface):
 
     def _run_interface(self, runtime):
         dseg = nib.load(self.inputs.dseg)
-        row, volumes = volume_row(
+        row, _ = volume_row(
             np.asanyarray(dseg.dataobj), dseg.affine, np.asanyarray(nib.load(self.inputs.brain_mask).dataobj) > 0,
             self.inputs.qc, self.inputs.warnings, self.inputs.location,
         )
-        self._results["volumes"] = volumes
+        self._results["row"] = row
         self._results["out_tsv"] = os.path.join(runtime.cwd, "volumes.tsv")
         pd.DataFrame([row]).to_csv(self._results["out_tsv"], sep="\t", index=False, na_rep="n/a")
         with open(self.inputs.model_info) as fobj:
             model_info = json.load(fobj)
         sidecar = volume_sidecar(self.inputs.source_file, model_info, self.inputs.warnings,
                                  self.inputs.extra_metadata or None)
+        self._results["metadata"] = sidecar
         self._results["out_json"] = os.path.join(runtime.cwd, "volumes.json")
         with open(self._results["out_json"], "w") as fobj:
             json.dump(sidecar, fobj, indent=2, default=str)
