@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="CPUs used in total, scans side by side (default: all of this machine's; "
                           f"with --submit, {SUBMIT_N_PROCS} per job)")
     run.add_argument("--omp-nthreads", type=int, default=None, metavar="N",
-                     help="threads of one inference or registration step (default: --n-procs, at most 8)")
+                     help="threads of one inference step (default: --n-procs, at most 8); registration "
+                          "runs on one thread (deterministic transforms)")
     run.add_argument("--mem", "--mem-gb", dest="mem", type=_positive, default=None, metavar="GB",
                      help="memory in GB that the scans of one process may use together (Nipype "
                           "schedules within it; --submit asks Slurm for it); default: all of the "

@@ -39,6 +39,7 @@ from ichseg.pipeline.naming import (
     find_derivatives,
     scan_id,
 )
+from ichseg.pipeline.volumes import STATUS_OK
 
 LOGGER = logging.getLogger("ichseg")
 
@@ -153,8 +154,8 @@ def evaluate(derivatives: Path, references: Path) -> dict:
             rows.append({"scan": sid, "status": "missing", "reference": str(reference.path)})
             continue
         measures = evaluate_scan(predictions[sid], reference)
-        rows.append({"scan": sid, "status": "ok", "reference": str(reference.path), **measures})
-    ok = [r for r in rows if r["status"] == "ok"]
+        rows.append({"scan": sid, "status": STATUS_OK, "reference": str(reference.path), **measures})
+    ok = [r for r in rows if r["status"] == STATUS_OK]
     classes = sorted({k[: -len("_dice")] for r in ok for k in r if k.endswith("_dice")},
                      key=lambda c: (c != HEMORRHAGE, c))
     dataset = {}

@@ -52,6 +52,7 @@ from ichseg.pipeline.naming import (
     scan_id,
 )
 from ichseg.pipeline.qc import QC_FAIL
+from ichseg.pipeline.volumes import STATUS_FAILED, STATUS_MISSING, STATUS_OK
 
 LOGGER = logging.getLogger(__name__)
 
@@ -64,7 +65,6 @@ __all__ = [
     "write_group_table",
 ]
 
-STATUS_OK, STATUS_FAILED, STATUS_MISSING = "ok", "failed", "missing"
 _STATUS_LEVELS = {
     STATUS_OK: "Volumes were computed.",
     STATUS_FAILED: "The participant level failed on this scan; see the error column.",

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ichseg.pipeline.volumes import STATUS_OK
+
 LOGGER = logging.getLogger(__name__)
 
 #: Volume columns compared between baseline and follow-up.
@@ -151,7 +153,7 @@ def _compare(participant: str, baseline: pd.Series, followup: pd.Series, order_b
     hours = followup.get("hours_since_first_scan", np.nan) - baseline.get("hours_since_first_scan", np.nan)
     row["hours_between"] = None if pd.isna(hours) else round(float(hours), 2)
     bad = [f"{which} scan {s.get('source_file') or s.get('session_id')} is {s['status']}"
-           for which, s in (("baseline", baseline), ("follow-up", followup)) if s["status"] != "ok"]
+           for which, s in (("baseline", baseline), ("follow-up", followup)) if s["status"] != STATUS_OK]
     for column in COMPARED:
         row[f"baseline_{column}"] = baseline.get(column) if not bad else None
         row[f"followup_{column}"] = followup.get(column) if not bad else None

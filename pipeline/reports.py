@@ -67,6 +67,7 @@ from ichseg.pipeline.qc import (
     QC_RULE,
     qc_column_descriptions,
 )
+from ichseg.pipeline.volumes import STATUS_OK
 
 __all__ = [
     "BRAIN_WINDOW_HU",
@@ -1060,7 +1061,7 @@ def _plot_group_volumes(table, out: io.StringIO) -> bool:
     if "status" in table:
         statuses = table["status"].fillna("n/a").astype(str).str.strip().str.lower().to_numpy()
     else:
-        statuses = np.full(len(table), "ok")
+        statuses = np.full(len(table), STATUS_OK)
     flagged = table["_flagged"].to_numpy(bool)
     colors = {lab.volume_column: lab.color for lab in FOREGROUND_LABELS}
     colors[TOTAL_HEMORRHAGE_COLUMN] = "#111827"
@@ -1078,7 +1079,7 @@ def _plot_group_volumes(table, out: io.StringIO) -> bool:
             v = values[column]
             have = np.isfinite(v)
             yy = len(columns) - 1 - row
-            ok = have & (statuses == "ok")
+            ok = have & (statuses == STATUS_OK)
             other = have & ~ok
             ax.scatter(v[ok], yy + jitter[ok], s=14, alpha=0.75, linewidths=0, color=colors[column],
                        rasterized=many)
@@ -1106,7 +1107,7 @@ def _plot_group_volumes(table, out: io.StringIO) -> bool:
         for spine in ("top", "right", "left"):
             ax.spines[spine].set_visible(False)
         handles = []
-        if (statuses != "ok").any() and any((np.isfinite(v) & (statuses != "ok")).any() for v in values.values()):
+        if (statuses != STATUS_OK).any() and any((np.isfinite(v) & (statuses != STATUS_OK)).any() for v in values.values()):
             handles.append(Line2D([], [], ls="", marker="o", color="#9ca3af", label="status not ok"))
         if flagged.any():
             handles.append(Line2D([], [], ls="", marker="o", mfc="none", mec="#dc2626", label="QC flag"))
@@ -1123,7 +1124,7 @@ def _plot_courses(table, out: io.StringIO, most: int = 24) -> bool:
     columns = [c for c in (TOTAL_HEMORRHAGE_COLUMN, "iph_ml", "ivh_ml") if c in table.columns]
     if "participant_id" not in table or not columns:
         return False
-    ok = table[table.get("status", "ok") == "ok"] if "status" in table else table
+    ok = table[table["status"] == STATUS_OK] if "status" in table else table
     groups = [(pid, scans) for pid, scans in ok.groupby("participant_id", sort=True) if len(scans) > 1]
     if not groups:
         return False
@@ -1228,7 +1229,7 @@ def write_group_report(output_dir: str | os.PathLike) -> Path:
             problems.append(("flagged", sid, rel, ", ".join(flags), row.get("error", ""), ents))
         elif str(row.get("qc", "")).strip() == QC_REVIEW:
             problems.append((QC_REVIEW, sid, rel, f"{row.get('n_warnings', '?')} input warning(s)", "", ents))
-        if status and status.lower() != "ok":
+        if status and status.lower() != STATUS_OK:
             problems.append((status, sid, rel, "", row.get("error", ""), ents))
     table["_flagged"] = flagged
 

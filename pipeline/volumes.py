@@ -14,6 +14,10 @@ from ichseg.pipeline.labels import (
     VOLUME_COLUMNS,
 )
 
+#: The ``status`` of a scan in the volume tables: volumes computed, the scan failed, or no
+#: result yet (group table only).
+STATUS_OK, STATUS_FAILED, STATUS_MISSING = "ok", "failed", "missing"
+
 
 def label_volumes_ml(labels: np.ndarray, affine: np.ndarray, brain_mask: np.ndarray | None = None) -> dict[str, float]:
     """Volumes (mL) of every foreground class, of total hemorrhage and of the brain mask.
@@ -117,7 +121,7 @@ def volume_row(labels: np.ndarray, affine: np.ndarray, brain_mask: np.ndarray, q
 
     volumes = label_volumes_ml(labels, affine, brain_mask)
     row = {column: round(volumes[column], 4) for column in VOLUME_COLUMNS}
-    row["status"] = "ok"
+    row["status"] = STATUS_OK
     abc2 = abc2_ml(labels == IPH_INDEX, affine)
     row["iph_abc2_ml"] = round(abc2["abc2_ml"], 4)
     row["iph_abc2_unweighted_ml"] = round(abc2["abc2_unweighted_ml"], 4)
@@ -138,7 +142,7 @@ def volume_sidecar(source_file: str, model_info: dict, warnings: list[str] | Non
     from ichseg.pipeline.qc import qc_column_descriptions
 
     sidecar = volume_column_descriptions()
-    sidecar["status"] = {"Description": "Processing status of the scan", "Levels": {"ok": "processed"}}
+    sidecar["status"] = {"Description": "Processing status of the scan", "Levels": {STATUS_OK: "processed"}}
     sidecar.update(ABC2_COLUMNS)
     sidecar.update(LOCATION_COLUMNS)
     sidecar.update(qc_column_descriptions())
