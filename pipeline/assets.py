@@ -8,7 +8,8 @@ sha256 and a public download URL pinned to a commit. :func:`get_asset` finds a f
    the registry keys; tests and CI point it at the shared data folder);
 2. the download cache ``$ICHSEG_CACHE_DIR/<relpath>`` (default ``$XDG_CACHE_HOME/ichseg`` or
    ``~/.cache/ichseg``);
-3. a download from the asset's URL into that cache, unless downloading is disabled
+3. a download (pooch: temporary file, sha256 check, rename) from the asset's URL into that
+   cache, unless downloading is disabled
    (``download=False`` or ``ICHSEG_OFFLINE=1``).
 
 Every file is checked against its sha256 wherever it is found. Pre-fetch on a machine with
@@ -20,13 +21,9 @@ from __future__ import annotations
 import argparse
 import difflib
 import hashlib
-import http.client
 import os
 import sys
-import tempfile
 import threading
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -63,9 +60,6 @@ ENV_OFFLINE = "ICHSEG_OFFLINE"
 #: Seconds to wait for a connection (and for each read) before a download gives up; short
 #: enough that a machine without network fails fast, long enough for a slow mirror.
 DOWNLOAD_TIMEOUT_S = 30.0
-#: Files at least this large get a progress display on stderr while downloading.
-PROGRESS_MIN_BYTES = 1 << 20
-_CHUNK = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -131,8 +125,8 @@ _TABLE: tuple[Asset, ...] = (
         "060ebe1a705013613f4116654e819484768ec28f113c7e357b0a2a53744f9ebc",
         f"{_ICHSEG_R}/scct_unsmooth_SS_0.01_128x128x128.nii.gz",
         _LIC_TEMPLATE,
-        "templates",
-        "CT template resampled to 1.5 mm, 128^3 (the DeepBleed registration target)",
+        "upstream",
+        "CT template resampled to 1.5 mm, 128^3 (DeepBleed's registration target; not used by ichseg)",
     ),
     # --- BLAST-CT v1 weights and configuration ---------------------------------------------
     *(
@@ -168,8 +162,8 @@ _TABLE: tuple[Asset, ...] = (
         "69473fa80c523cbf88c363c51cf7384bc9a938f75836cdccfcc3a81341489517",
         f"{_BLAST}/localisation_files/ct_template_mask.nii.gz",
         _LIC_BLAST,
-        "atlas",
-        "brain mask on the atlas grid",
+        "upstream",
+        "brain mask on the atlas grid (shipped with BLAST-CT's atlas; not used by ichseg)",
     ),
     Asset(
         "models/blastct-v1/atlas_labels.csv",
@@ -230,7 +224,9 @@ _TABLE: tuple[Asset, ...] = (
 ASSETS: dict[str, Asset] = {a.relpath: a for a in _TABLE}
 
 #: Real groups of :data:`ASSETS`, in display order.
-GROUPS: tuple[str, ...] = ("templates", "models", "atlas", "testdata")
+#: ``upstream``: files of the distributions ichseg takes its assets from that it does not read
+#: (kept for provenance and for comparisons); never fetched with the runtime group.
+GROUPS: tuple[str, ...] = ("templates", "models", "atlas", "testdata", "upstream")
 #: Groups made of other groups: what the app needs to run, and everything.
 PSEUDO_GROUPS: dict[str, tuple[str, ...]] = {
     "runtime": ("templates", "models", "atlas"),
@@ -400,72 +396,40 @@ def assets_in_group(group: str) -> list[Asset]:
 # download
 
 
-def _progress(relpath: str, done: int, total: int | None, *, final: bool = False) -> None:
-    mb = done / 1e6
-    if total:
-        msg = f"ichseg: downloading {relpath}: {100 * done / total:5.1f}% of {total / 1e6:.1f} MB"
-    else:
-        msg = f"ichseg: downloading {relpath}: {mb:.1f} MB"
-    if sys.stderr.isatty():
-        sys.stderr.write("\r" + msg + ("\n" if final else ""))
-    elif final:
-        # A log file gets one line per download, not a wall of carriage returns.
-        sys.stderr.write(msg + "\n")
-    sys.stderr.flush()
-
-
 def _download(asset: Asset, target: Path) -> Path:
-    """Fetch ``asset.url`` into ``target`` atomically; verify; return ``target``.
+    """Fetch ``asset.url`` into ``target`` with pooch (temporary file, sha256 check, rename);
+    return ``target``.
 
     Raises :class:`AssetChecksumError` on a hash mismatch (nothing left behind) and
-    ``OSError``/``http.client.HTTPException`` on network failures.
+    ``OSError`` (requests' errors are ``OSError``) on network failures.
     """
-    assert asset.url is not None
-    target.parent.mkdir(parents=True, exist_ok=True)
+    import pooch
+
     from ichseg.pipeline import __version__
 
-    request = urllib.request.Request(asset.url, headers={"User-Agent": f"ichseg/{__version__}"})
-    # A temporary name in the same folder, then os.replace: readers never see a partial file,
-    # and two processes fetching the same asset cannot corrupt each other's result.
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    tmp = Path(tmp_name)
+    assert asset.url is not None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    downloader = pooch.HTTPDownloader(
+        progressbar=False, timeout=DOWNLOAD_TIMEOUT_S, headers={"User-Agent": f"ichseg/{__version__}"}
+    )
+    pooch.get_logger().setLevel("WARNING")  # ichseg says what it fetches, once
+    sys.stderr.write(f"ichseg: downloading {asset.relpath} from {asset.url}\n")
     try:
-        digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(
-            request, timeout=DOWNLOAD_TIMEOUT_S
-        ) as resp:
-            length = resp.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
-            show = total is None or total >= PROGRESS_MIN_BYTES
-            done = shown = 0
-            while True:
-                chunk = resp.read(_CHUNK)
-                if not chunk:
-                    break
-                out.write(chunk)
-                digest.update(chunk)
-                done += len(chunk)
-                # Redraw about every 512 kB, not on every 64 kB chunk.
-                if show and done - shown >= 1 << 19:
-                    _progress(asset.relpath, done, total)
-                    shown = done
-            if show:
-                _progress(asset.relpath, done, total, final=True)
-        got = digest.hexdigest()
-        if got != asset.sha256:
-            raise AssetChecksumError(
-                f"download of {asset.relpath} from {asset.url} has sha256 {got}, expected "
-                f"{asset.sha256}; the file was discarded. The server returned different bytes "
-                f"(changed upstream, proxy page or truncated transfer): retry, or place the "
-                f"right file in {ENV_DATA_DIR}."
-            )
-        # mkstemp creates 0600 files; a cache filled at image build time (as root) must stay
-        # readable by the user who runs the container.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
+        path = Path(pooch.retrieve(asset.url, known_hash=f"sha256:{asset.sha256}", fname=target.name,
+                                   path=target.parent, downloader=downloader))
+    except ValueError as exc:  # pooch: the downloaded file's hash is not the known one
+        if "hash" not in str(exc).lower():
+            raise
+        raise AssetChecksumError(
+            f"download of {asset.relpath} from {asset.url} did not have sha256 {asset.sha256}; "
+            f"the file was discarded. The server returned different bytes (changed upstream, "
+            f"proxy page or truncated transfer): retry, or place the right file in {ENV_DATA_DIR}."
+        ) from None
+    # pooch's temporary files are 0600; a cache filled at image build time (as root) must stay
+    # readable by the user who runs the container.
+    os.chmod(path, 0o644)
+    sys.stderr.write(f"ichseg: downloaded {asset.relpath} ({path.stat().st_size / 1e6:.1f} MB, sha256 verified)\n")
+    return path
 
 
 def _unwritable(folder: Path) -> str | None:
@@ -480,10 +444,9 @@ def _unwritable(folder: Path) -> str | None:
 
 
 def _describe_network_error(exc: BaseException) -> str:
-    if isinstance(exc, urllib.error.HTTPError):
-        return f"HTTP {exc.code} {exc.reason}"
-    if isinstance(exc, urllib.error.URLError):
-        return f"{exc.reason}"
+    response = getattr(exc, "response", None)
+    if response is not None and getattr(response, "status_code", None):
+        return f"HTTP {response.status_code} {response.reason}"
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -557,7 +520,7 @@ def get_asset(relpath: str, *, download: bool | None = None) -> Path:
             return _download(asset, cached)
         except AssetChecksumError:
             raise
-        except (OSError, http.client.HTTPException) as exc:
+        except OSError as exc:  # requests' errors (HTTP, connection, timeout) are OSErrors
             tried.append(f"download from {asset.url} failed: {_describe_network_error(exc)}")
 
     raise AssetNotFoundError(_not_found_message(asset, tried))

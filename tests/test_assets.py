@@ -120,9 +120,11 @@ def test_registry_entries_are_well_formed():
 def test_registry_has_every_expected_file():
     models = {f"models/blastct-v1/model_{i}.pt" for i in range(1, 13)}
     assert models | {assets.BLASTCT_CONFIG} == {a.relpath for a in assets.assets_in_group("models")}
-    assert len(assets.assets_in_group("templates")) == 3
-    assert {assets.ATLAS, assets.ATLAS_LABELS, assets.ATLAS_BRAIN_MASK} == {
-        a.relpath for a in assets.assets_in_group("atlas")
+    assert {assets.TEMPLATE_CT, assets.TEMPLATE_MASK} == {a.relpath for a in assets.assets_in_group("templates")}
+    assert {assets.ATLAS, assets.ATLAS_LABELS} == {a.relpath for a in assets.assets_in_group("atlas")}
+    # Files of the upstream distributions that no code reads: registered, never fetched to run.
+    assert {assets.TEMPLATE_CT_128, assets.ATLAS_BRAIN_MASK} == {
+        a.relpath for a in assets.assets_in_group("upstream")
     }
     assert {a.relpath for a in assets.assets_in_group("testdata")} == {
         "ct/mistie-0034_ct.nii.gz",
@@ -134,7 +136,7 @@ def test_registry_has_every_expected_file():
     for name in ("TEMPLATE_CT", "TEMPLATE_MASK", "TEMPLATE_CT_128"):
         assert getattr(assets, name) in ASSETS
     runtime = assets.assets_in_group("runtime")
-    assert all(a.group != "testdata" for a in runtime)
+    assert all(a.group not in ("testdata", "upstream") for a in runtime)
     assert len(assets.assets_in_group("all")) == len(ASSETS)
 
 
@@ -306,13 +308,13 @@ def test_download_http_error_is_not_found(clean_env, monkeypatch, http_server):
         get_asset(FAKE, download=True)
 
 
-def test_download_shows_progress_for_big_files(clean_env, monkeypatch, http_server, capsys):
+def test_download_says_what_it_fetches(clean_env, monkeypatch, http_server, capsys):
     base, files, _ = http_server
     files["/tiny.bin"] = PAYLOAD
     register(monkeypatch, url=f"{base}/tiny.bin")
-    monkeypatch.setattr(assets, "PROGRESS_MIN_BYTES", 1)
     get_asset(FAKE, download=True)
-    assert f"downloading {FAKE}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"downloading {FAKE} from {base}/tiny.bin" in err and "sha256 verified" in err
 
 
 def test_no_network_gives_one_clear_error(clean_env, monkeypatch):
