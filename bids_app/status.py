@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,7 +155,7 @@ def run_status(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if not args.output_dir.is_dir():
         print(f"ichseg status: error: {args.output_dir} is not a folder: give the OUTPUT_DIR of a "
-              "participant-level run.", flush=True)
+              "participant-level run.", file=sys.stderr)
         return 2
     states = collect_states(args.output_dir)
     if args.json:
