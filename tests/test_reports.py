@@ -14,17 +14,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ichseg.pipeline.labels import FOREGROUND_LABELS, VOLUME_COLUMNS
-from ichseg.pipeline.naming import derivative_relpath
-from ichseg.pipeline.phantom import make_head_phantom
-from ichseg.pipeline.reports import (
-    GROUP_REPORT,
+from ichseg.pipeline.figures import (
     plot_registration_check,
     plot_segmentation_mosaic,
     select_slices,
-    write_group_report,
-    write_scan_report,
 )
+from ichseg.pipeline.labels import FOREGROUND_LABELS, VOLUME_COLUMNS
+from ichseg.pipeline.naming import derivative_relpath
+from ichseg.pipeline.phantom import make_head_phantom
+from ichseg.pipeline.reports import GROUP_REPORT, write_group_report, write_scan_report
 
 SVG_NS = "{http://www.w3.org/2000/svg}"
 XLINK_HREF = "{http://www.w3.org/1999/xlink}href"
@@ -493,7 +491,7 @@ def test_scan_report_interface_shows_the_sidecar_warnings(scan, template_pair, t
 )
 def test_ras_reader_matches_closest_canonical(tmp_path, linear):
     """Slices read lazily in RAS order equal those of nibabel's as_closest_canonical."""
-    from ichseg.pipeline.reports import _RASVolume
+    from ichseg.pipeline.figures import _RASVolume
 
     rng = np.random.default_rng(0)
     data = rng.integers(-1000, 1000, size=(7, 5, 6)).astype(np.int16)

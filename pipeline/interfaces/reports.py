@@ -15,11 +15,8 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from ichseg.pipeline.reports import (
-    plot_registration_check,
-    plot_segmentation_mosaic,
-    write_scan_report,
-)
+from ichseg.pipeline.figures import plot_registration_check, plot_segmentation_mosaic
+from ichseg.pipeline.reports import write_scan_report
 
 
 class _ScanReportInputSpec(BaseInterfaceInputSpec):
