@@ -254,18 +254,13 @@ def _svg(fig) -> str:
 
 def write_report(result: dict, path: Path) -> None:
     """The HTML page: dataset figures, plots and the per-scan table."""
-    from importlib.resources import files
+    from ichseg.pipeline.templating import render
 
-    from jinja2 import Environment, select_autoescape
-
-    template = (files("ichseg.pipeline") / "data" / "evaluation.html.j2").read_text()
-    env = Environment(autoescape=select_autoescape(default=True), trim_blocks=True, lstrip_blocks=True)
-    env.filters["num"] = _cell
     rows = result["scans"]
     columns = [c for c in ("scan", "status", f"{HEMORRHAGE}_dice", f"{HEMORRHAGE}_ml", f"{HEMORRHAGE}_ref_ml",
                            f"{HEMORRHAGE}_diff_ml", f"{HEMORRHAGE}_hd95_mm")]
-    html = env.from_string(template).render(result=result, plots=_plots(result), columns=columns, rows=rows,
-                                            hemorrhage=HEMORRHAGE)
+    html = render("evaluation.html.j2", filters={"num": _cell}, result=result, plots=_plots(result),
+                  columns=columns, rows=rows, hemorrhage=HEMORRHAGE)
     with atomic_output(path) as tmp:
         Path(tmp).write_text(html)
 

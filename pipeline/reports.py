@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from markupsafe import Markup
 
 from ichseg.pipeline import __version__
 from ichseg.pipeline.figures import plot_courses, plot_group_volumes
@@ -43,6 +44,7 @@ from ichseg.pipeline.qc import (
     QC_RULE,
     qc_column_descriptions,
 )
+from ichseg.pipeline.templating import render
 from ichseg.pipeline.volumes import STATUS_OK
 
 __all__ = [
@@ -76,47 +78,6 @@ FIGURE_CAPTIONS = {
 # HTML
 # --------------------------------------------------------------------------------------------
 
-_CSS = """
-:root { --fg:#1f2937; --muted:#6b7280; --line:#e5e7eb; --accent:#0f766e; --warn-bg:#fff7ed;
-        --warn-line:#f97316; --ok-bg:#f0fdf4; --ok-line:#22c55e; --bad-bg:#fef2f2; --bad-line:#ef4444; }
-* { box-sizing: border-box; }
-body { margin:0; font-family: system-ui, -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif;
-       color:var(--fg); background:#fff; line-height:1.45; }
-nav { position:sticky; top:0; z-index:10; background:#111827; padding:0.55rem 1.5rem; }
-nav a { color:#e5e7eb; text-decoration:none; margin-right:1.3rem; font-size:0.92rem; }
-nav a:hover { color:#fff; text-decoration:underline; }
-nav .brand { color:#5eead4; font-weight:600; }
-main { max-width:1180px; margin:0 auto; padding:1rem 1.5rem 3rem; }
-h1 { font-size:1.55rem; margin:0.8rem 0 0.2rem; }
-h2 { font-size:1.2rem; margin:2rem 0 0.6rem; padding-bottom:0.25rem; border-bottom:2px solid var(--line); }
-.sub { color:var(--muted); margin:0 0 0.2rem; word-break:break-all; }
-table { border-collapse:collapse; font-size:0.9rem; margin:0.4rem 0; }
-th, td { border-bottom:1px solid var(--line); padding:0.3rem 0.75rem; text-align:left; vertical-align:top; }
-th { background:#f9fafb; font-weight:600; }
-td.num { text-align:right; font-variant-numeric:tabular-nums; }
-tr.total td { font-weight:600; border-top:2px solid #9ca3af; }
-code { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size:0.85em;
-       word-break:break-all; }
-.swatch { display:inline-block; width:0.85em; height:0.85em; border-radius:2px; margin-right:0.4em;
-          vertical-align:-0.1em; }
-.box { border-left:5px solid; padding:0.55rem 0.9rem; margin:0.5rem 0; border-radius:3px; }
-.warning { background:var(--warn-bg); border-color:var(--warn-line); }
-.ok { background:var(--ok-bg); border-color:var(--ok-line); }
-.bad { background:var(--bad-bg); border-color:var(--bad-line); }
-ul.warnings { margin:0; padding-left:1.2rem; }
-figure { margin:1rem 0 1.8rem; }
-figure svg, figure img { width:100%; height:auto; display:block; background:#000; border-radius:4px; }
-figure.plot svg { background:#fff; }
-figcaption { color:#374151; font-size:0.9rem; margin-top:0.4rem; max-width:60rem; }
-figcaption b { color:var(--fg); }
-.muted { color:var(--muted); font-size:0.85rem; }
-.scroll { overflow-x:auto; }
-.status-ok { color:#15803d; font-weight:600; }
-.status-failed { color:#b91c1c; font-weight:600; }
-.status-missing, .status-flagged { color:#b45309; font-weight:600; }
-.scroll td { white-space:nowrap; }
-.scroll td.error { white-space:normal; min-width:18rem; }
-"""
 
 
 _TRUE = frozenset({"1", "true", "yes", "y", "t"})
@@ -136,15 +97,8 @@ def _e(value: Any) -> str:
 
 
 def _page(title: str, nav: Sequence[tuple[str, str]], body: str) -> str:
-    links = "".join(f'<a href="#{_e(anchor)}">{_e(text)}</a>' for anchor, text in nav)
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<meta name=\"generator\" content=\"ichseg {_e(__version__)}\">\n"
-        f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-        f'<nav><span class="brand">ichseg</span> &nbsp; {links}</nav>\n'
-        f"<main>\n{body}\n</main>\n</body>\n</html>\n"
-    )
+    """A whole page (template ``page.html.j2``, style ``report.css``) around ``body`` (HTML)."""
+    return render("page.html.j2", title=title, nav=list(nav), body=Markup(body), version=__version__)
 
 
 _XML_PROLOG = re.compile(r"^\s*(<\?xml[^>]*\?>\s*)?(<!DOCTYPE[^>]*>\s*)?", re.IGNORECASE)
