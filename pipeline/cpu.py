@@ -25,6 +25,8 @@ import os
 import platform
 import re
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 
 LOGGER = logging.getLogger(__name__)
@@ -64,8 +66,8 @@ def _openmp_library():
     return None
 
 
-def _flush_in_openmp_pool(num_threads: int) -> set[int]:
-    """Set FTZ/DAZ in each thread of torch's OpenMP pool; returns the threads reached.
+def _flush_in_openmp_pool(num_threads: int, flush: bool = True) -> set[int]:
+    """Set (or clear) FTZ/DAZ in each thread of torch's OpenMP pool; returns the threads reached.
 
     One OpenMP parallel region of ``num_threads`` runs a callback in every pool thread (the
     same pool torch's parallel loops use from this thread), and the callback sets the
@@ -80,7 +82,7 @@ def _flush_in_openmp_pool(num_threads: int) -> set[int]:
 
     @ctypes.CFUNCTYPE(None, ctypes.c_void_p)
     def body(_data):  # runs in each pool thread (ctypes takes the GIL)
-        torch.set_flush_denormal(True)
+        torch.set_flush_denormal(flush)
         reached.add(threading.get_native_id())
 
     lib.GOMP_parallel.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
@@ -129,6 +131,23 @@ def configure_torch(num_threads: int) -> dict:
         "flush_denormal": status["flush_denormal"],
         "flush_denormal_verified": status["verified"],
     }
+
+
+@contextmanager
+def torch_configured(num_threads: int) -> Iterator[dict]:
+    """:func:`configure_torch` for the duration of a block; then the caller's thread count and
+    floating-point mode come back (the Python API runs the network in the caller's process,
+    whose other computations must keep IEEE subnormals)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    flushed_before = not _probe_subnormals_survive()
+    try:
+        yield configure_torch(num_threads)
+    finally:
+        if not flushed_before and torch.set_flush_denormal(False):
+            _flush_in_openmp_pool(torch.get_num_threads(), flush=False)
+        torch.set_num_threads(threads)
 
 
 @lru_cache(maxsize=1)

@@ -97,18 +97,16 @@ def run_model(
     import torch
 
     from ichseg.pipeline.cpu import (
-        configure_torch,
         machine_description,
         resolve_precision,
+        torch_configured,
     )
     from ichseg.pipeline.inference import IntensityWindow, load_networks, segment
 
-    torch_settings = configure_torch(num_threads or torch.get_num_threads())
     precision = resolve_precision(precision, device)
     resolved = resolve_model(model)
     low, high = resolved.spec.input_window_hu
     networks = load_networks(resolved.weight_paths, resolved.config, device)
-    start = time.perf_counter()
     reported = [-1]
 
     def progress(done: int, total: int) -> None:
@@ -117,7 +115,10 @@ def run_model(
             reported[0] = percent // 20
             log(f"inference: {percent} % of {total} voxels ({time.perf_counter() - start:.0f} s)")
 
-    probs, macs = segment(hu, roi, networks, IntensityWindow(low, high), progress, precision=precision)
+    # Threads and flush-to-zero for the network only: the caller's settings come back after.
+    with torch_configured(num_threads or torch.get_num_threads()) as torch_settings:
+        start = time.perf_counter()
+        probs, macs = segment(hu, roi, networks, IntensityWindow(low, high), progress, precision=precision)
     seconds = time.perf_counter() - start
     voxels = int(roi.sum())
     info = {

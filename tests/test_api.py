@@ -72,3 +72,16 @@ def test_import_is_light():
     code = "import sys, ichseg; print('ichseg.pipeline.api' in sys.modules, ichseg.__version__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", ichseg.__version__]
+
+
+def test_segment_leaves_the_callers_threads_and_subnormals(app_run, tiny_model):
+    """The network runs with flush-to-zero and its own threads; the caller gets both back."""
+    import torch
+
+    source, _ = app_run
+    threads = torch.get_num_threads()
+    result = ichseg.segment(source, model=str(tiny_model), omp_nthreads=2)
+    assert result.metadata["Model"]["flush_denormal"] in (True, False)
+    assert torch.get_num_threads() == threads
+    assert bool((torch.full((8,), 1e-30) * 1e-10 != 0).all())  # subnormal results survive
+    assert np.float32(1e-30) * np.float32(1e-10) != 0
