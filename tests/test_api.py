@@ -75,13 +75,26 @@ def test_import_is_light():
 
 
 def test_segment_leaves_the_callers_threads_and_subnormals(app_run, tiny_model):
-    """The network runs with flush-to-zero and its own threads; the caller gets both back."""
-    import torch
+    """The network runs with flush-to-zero and its own threads; the caller gets both back.
+
+    In a fresh process: a torch thread pool started here would hang the Nipype workers that
+    later tests fork from this process (tests/conftest.py).
+    """
+    import json
+    import subprocess
+    import sys
 
     source, _ = app_run
-    threads = torch.get_num_threads()
-    result = ichseg.segment(source, model=str(tiny_model), omp_nthreads=2)
-    assert result.metadata["Model"]["flush_denormal"] in (True, False)
-    assert torch.get_num_threads() == threads
-    assert bool((torch.full((8,), 1e-30) * 1e-10 != 0).all())  # subnormal results survive
-    assert np.float32(1e-30) * np.float32(1e-10) != 0
+    code = f"""
+import json, numpy as np, torch, ichseg
+torch.set_num_threads(3)
+result = ichseg.segment({str(source)!r}, model={str(tiny_model)!r}, omp_nthreads=2)
+print(json.dumps({{"threads": torch.get_num_threads(), "model": result.metadata["Model"],
+                  "torch_subnormal": bool((torch.full((1 << 20,), 1e-30) * 1e-10 != 0).all()),
+                  "numpy_subnormal": bool(np.float32(1e-30) * np.float32(1e-10) != 0)}}))
+"""
+    out = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                    check=True).stdout.strip().splitlines()[-1])
+    assert out["model"]["torch_threads"] == 2 and out["model"]["flush_denormal_verified"]
+    assert out["threads"] == 3
+    assert out["torch_subnormal"] and out["numpy_subnormal"]
