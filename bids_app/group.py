@@ -60,6 +60,7 @@ __all__ = [
     "GroupLevelError",
     "build_group_table",
     "clear_failure_record",
+    "read_failure",
     "group_table_sidecar",
     "write_failure_record",
     "write_group_table",
@@ -119,7 +120,7 @@ def _read_volumes(path: Path) -> dict[str, Any]:
     return {k: v for k, v in table.iloc[0].items() if not pd.isna(v)}
 
 
-def _read_failure(path: Path) -> str:
+def read_failure(path: Path) -> str:
     """The error message of a failure record."""
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
@@ -140,7 +141,7 @@ def _result_row(vol: Path | None, fail: Path | None) -> dict[str, Any]:
         else:
             vol = None
     if fail is not None:
-        return {"status": STATUS_FAILED, "error": _read_failure(fail)}
+        return {"status": STATUS_FAILED, "error": read_failure(fail)}
     if vol is None:
         return {"status": STATUS_MISSING}
     try:

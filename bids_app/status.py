@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ichseg.bids_app.group import read_failure
 from ichseg.bids_app.scanlock import describe_holder, lock_holder
 from ichseg.pipeline.naming import (
     derivative_path,
@@ -42,13 +43,6 @@ class ScanState:
     detail: str = ""
 
 
-def _failure_message(path: Path) -> str:
-    try:
-        return str(json.loads(path.read_text(encoding="utf-8")).get("error", ""))
-    except (OSError, ValueError, AttributeError):
-        return f"unreadable failure record {path}"
-
-
 def scan_state(output_dir: str | os.PathLike, entities) -> ScanState | None:
     """The state of one scan from its files: running, done or failed; None when none applies."""
     sid = scan_id(entities)
@@ -59,7 +53,7 @@ def scan_state(output_dir: str | os.PathLike, entities) -> ScanState | None:
     failure = derivative_path(output_dir, entities, "failure")
     # Both exist after a rerun that ended differently from the run before: the newer counts.
     if failure.exists() and (not volumes.exists() or failure.stat().st_mtime >= volumes.stat().st_mtime):
-        return ScanState(sid, FAILED, _failure_message(failure))
+        return ScanState(sid, FAILED, read_failure(failure))
     if volumes.exists():
         return ScanState(sid, DONE)
     return None
