@@ -3,7 +3,8 @@
     ichseg train BIDS_DIR REFERENCE_DIR MODEL_DIR [--base blastct-v1] [--epochs N] ...
 
 ``REFERENCE_DIR`` holds reference label maps as ``ichseg evaluate`` reads them (``_dseg`` with
-ichseg's labels, on each CT's grid). Subjects are split into training and validation; every
+ichseg's labels, on each CT's grid; an optional ``_desc-ignore_mask`` leaves voxels out of the
+loss and the validation score). Subjects are split into training and validation; every
 scan is prepared as ichseg runs it (brain extraction, rigid registration to the CT template)
 and cached in the work directory, and the network is fine-tuned from the base weights
 (:mod:`ichseg.pipeline.training`). ``MODEL_DIR`` receives ``model_1.pt`` (the best weights),
@@ -158,7 +159,7 @@ def _train(args) -> int:
             prepared[img.scan_id] = load_prepared(img.scan_id, cache)
             continue
         LOGGER.info("preparing %s", img.scan_id)
-        scan = prepare_scan(img.scan_id, img.path, ref.path, template, work)
+        scan = prepare_scan(img.scan_id, img.path, ref.path, template, work, ignore_path=ref.ignore)
         save_prepared(scan, cache)
         prepared[img.scan_id] = load_prepared(img.scan_id, cache)
     training = [prepared[img.scan_id] for img, _ in pairs if img.subject in train_subjects]

@@ -45,6 +45,9 @@ LOGGER = logging.getLogger(__name__)
 #: BLAST-CT's patch sampling: probability of centring a patch on each class.
 CLASS_PROBABILITIES = (0.3, 0.175, 0.175, 0.175, 0.175)
 
+#: Label of voxels that the reference leaves out (its ``desc-ignore`` mask): no loss, no score.
+IGNORE_LABEL = 255
+
 
 @dataclass
 class PreparedScan:
@@ -57,8 +60,12 @@ class PreparedScan:
 
 
 def prepare_scan(name: str, ct_path: Path, labels_path: Path, template: Path, workdir: Path,
-                 margin_mm: float = DEFAULT_MARGIN_MM) -> PreparedScan:
-    """CT and reference labels on the template grid, as ichseg's pipeline would see them."""
+                 margin_mm: float = DEFAULT_MARGIN_MM, ignore_path: Path | None = None) -> PreparedScan:
+    """CT and reference labels on the template grid, as ichseg's pipeline would see them.
+
+    Background voxels of the optional ``ignore_path`` mask (tissue the reference does not
+    describe, such as a host scan's own hematoma) get :data:`IGNORE_LABEL`.
+    """
     from ichseg.pipeline.inference import ras_to_network_axes
 
     ct = nib.as_closest_canonical(load_ct(ct_path))
@@ -73,8 +80,13 @@ def prepare_scan(name: str, ct_path: Path, labels_path: Path, template: Path, wo
     to_scan = result["template_to_scan"]
     warped = warp_to_template(np.stack([hu - OUTSIDE_FOV_HU, brain.astype(np.float32)]), ct.affine, template_img,
                               to_scan)
-    labels = warp_to_template(np.asanyarray(reference.dataobj).astype(np.float32), ct.affine, template_img, to_scan,
-                              order=0)
+    reference_labels = np.asanyarray(reference.dataobj).astype(np.uint8)
+    if ignore_path is not None:
+        ignore = nib.as_closest_canonical(nib.load(str(ignore_path)))
+        if ignore.shape[:3] != ct.shape[:3]:
+            raise ValueError(f"{ignore_path} is not on the grid of {ct_path}: resample it onto the CT")
+        reference_labels[(np.asanyarray(ignore.dataobj) > 0) & (reference_labels == 0)] = IGNORE_LABEL
+    labels = warp_to_template(reference_labels.astype(np.float32), ct.affine, template_img, to_scan, order=0)
     brain_t = warped[1] >= 0.5
     roi = region_of_interest(brain_t, template_img.affine, margin_mm)
     return PreparedScan(
@@ -165,6 +177,7 @@ def hemorrhage_dice(logits, targets) -> tuple[int, int]:
     blood = torch.tensor(HEMORRHAGE_INDICES, device=logits.device)
     predicted = torch.isin(logits.argmax(dim=1), blood)
     truth = torch.isin(targets, blood)
+    predicted &= targets != IGNORE_LABEL
     return int(2 * (predicted & truth).sum()), int(predicted.sum() + truth.sum())
 
 
@@ -215,7 +228,7 @@ def train(network, config: dict, window, training: Sequence[PreparedScan], valid
         if validation else (None, None)
     dtype = COMPUTE_DTYPES[settings.precision]
     autocast = torch.autocast(torch.device(settings.device).type, dtype=dtype, enabled=settings.precision != "fp32")
-    loss_fn = torch.nn.CrossEntropyLoss()
+    loss_fn = torch.nn.CrossEntropyLoss(ignore_index=IGNORE_LABEL)
     for epoch in range(start, settings.epochs):
         began = time.time()
         network.train()

@@ -13,7 +13,7 @@ from ichseg.bids_app.cli import main
 from ichseg.bids_app.train import split_subjects
 from ichseg.pipeline.inference import build_network
 from ichseg.pipeline.phantom import make_head_phantom
-from ichseg.pipeline.training import extract_patch
+from ichseg.pipeline.training import IGNORE_LABEL, extract_patch, hemorrhage_dice
 
 NARROW = {
     "model": {"DeepMedic": {"fully_connected": [6, 6], "feature_maps": [2, 2, 3, 3, 3, 3, 4, 4]}},
@@ -37,6 +37,14 @@ def test_extract_patch_pads_beyond_the_volume():
     np.testing.assert_array_equal(extract_patch(volume, np.array([1, 1, 1]), 3, -1.0), volume)
 
 
+def test_ignored_voxels_do_not_count_in_the_validation_score():
+    targets = torch.tensor([[0, 1, IGNORE_LABEL, IGNORE_LABEL]])
+    logits = torch.zeros(1, 5, 4)
+    logits[0, 1] = 5.0  # every voxel predicted IPH
+    # one true positive, one false positive (the background voxel); the ignored voxels are neither
+    assert hemorrhage_dice(logits, targets) == (2, 3)
+
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
@@ -49,6 +57,10 @@ def dataset(tmp_path_factory):
             path = folder / f"sub-{i:02d}/anat/sub-{i:02d}_{name}.nii.gz"
             path.parent.mkdir(parents=True, exist_ok=True)
             nib.save(nib.Nifti1Image(data, head.affine), str(path))
+        if i == 1:  # a region the reference leaves out: prepared with IGNORE_LABEL
+            ignore = np.zeros(head.data.shape, np.uint8)
+            ignore[20:60, 20:60, 10:14] = 1
+            nib.save(nib.Nifti1Image(ignore, head.affine), str(ref / "sub-01/anat/sub-01_desc-ignore_mask.nii.gz"))
     base = root / "narrow"
     base.mkdir()
     torch.manual_seed(0)
@@ -69,6 +81,9 @@ def test_train_writes_a_model_that_ichseg_runs_and_resumes(dataset, asset, capsy
     model = root / "model"
     work = root / "prepared"
     assert main(["train", str(bids), str(ref), str(model), "--base", str(base), "-w", str(work), *ARGS]) == 0
+    prepared = np.load(work / "sub-01.npz")["labels"]
+    assert (prepared == IGNORE_LABEL).any() and (prepared == 1).any()  # the ignore mask reached the labels
+    assert not (np.load(work / "sub-02.npz")["labels"] == IGNORE_LABEL).any()
     card = json.loads((model / "model_card.json").read_text())
     assert len(card["data"]["training_subjects"]) == 2 and len(card["data"]["validation_subjects"]) == 1
     assert [h["epoch"] for h in card["history"]["epochs"]] == [1, 2]
