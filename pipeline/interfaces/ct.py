@@ -6,18 +6,12 @@ import os
 
 import nibabel as nib
 import numpy as np
-from nipype.interfaces.base import (
-    BaseInterfaceInputSpec,
-    File,
-    SimpleInterface,
-    TraitedSpec,
-    traits,
-)
+from nipype.interfaces.base import BaseInterfaceInputSpec, File, TraitedSpec, traits
 
 from ichseg.pipeline.brain import extract_brain
 from ichseg.pipeline.geometry import voxel_sizes
 from ichseg.pipeline.image import conform_ct, to_source_orientation
-from ichseg.pipeline.niftiio import save_like
+from ichseg.pipeline.interfaces.base import NodeInterface, read_image
 
 
 class _ConformCTInputSpec(BaseInterfaceInputSpec):
@@ -31,22 +25,23 @@ class _ConformCTOutputSpec(TraitedSpec):
     qc = traits.Dict(desc="input measures for the QC columns (head_coverage_mm)")
 
 
-class ConformCT(SimpleInterface):
+class ConformCT(NodeInterface):
     """Check a head CT (errors stop the scan, warnings are kept) and reorient it to RAS axes."""
 
     input_spec = _ConformCTInputSpec
     output_spec = _ConformCTOutputSpec
 
     def _run_interface(self, runtime):
-        out_file = os.path.join(runtime.cwd, "ct_conformed.nii")  # uncompressed: read by the next nodes only
+        out_file = self._output_path(runtime, "out_file", "ct_conformed.nii")
         checked = conform_ct(self.inputs.in_file, out_file, self.inputs.sidecar or None)
         self._results["warnings"] = list(checked.warnings)
         self._results["qc"] = dict(checked.measures)
-        self._results["out_file"] = out_file
         return runtime
 
 
-class _BrainExtractionInputSpec(BaseInterfaceInputSpec):
+class ConformedCTInputSpec(BaseInterfaceInputSpec):
+    """The input of the steps that read the conformed CT."""
+
     in_file = File(exists=True, mandatory=True, desc="conformed CT in HU")
 
 
@@ -54,22 +49,25 @@ class _BrainExtractionOutputSpec(TraitedSpec):
     out_mask = File(exists=True, desc="intracranial mask on the conformed grid (uint8)")
 
 
-class BrainExtraction(SimpleInterface):
-    """CT brain (intracranial) extraction with thresholds and morphology."""
+class BrainExtraction(NodeInterface):
+    """CT brain (intracranial) extraction with thresholds and morphology.
 
-    input_spec = _BrainExtractionInputSpec
+    Calls :func:`ichseg.pipeline.brain.extract_brain`. An empty mask stops the scan with an
+    error that names the file: every later step needs the brain.
+    """
+
+    input_spec = ConformedCTInputSpec
     output_spec = _BrainExtractionOutputSpec
 
     def _run_interface(self, runtime):
-        img = nib.load(self.inputs.in_file)
-        mask = extract_brain(np.asanyarray(img.dataobj, dtype=np.float32), voxel_sizes(img.affine))
+        hu, img = read_image(self.inputs.in_file, np.float32)
+        mask = extract_brain(hu, voxel_sizes(img.affine))
         if not mask.any():
             raise RuntimeError(
                 f"{self.inputs.in_file}: brain extraction found no intracranial tissue "
                 "(-10..120 HU inside the skull); check that the file is a head CT in HU."
             )
-        self._results["out_mask"] = os.path.join(runtime.cwd, "brain_mask.nii.gz")
-        save_like(mask.astype(np.uint8), img, self._results["out_mask"])
+        self._write_image(runtime, "out_mask", "brain_mask.nii.gz", mask.astype(np.uint8), img)
         return runtime
 
 
@@ -82,17 +80,15 @@ class _ToSourceGridOutputSpec(TraitedSpec):
     out_file = File(exists=True, desc="the same voxels on the original CT's grid")
 
 
-class ToSourceGrid(SimpleInterface):
+class ToSourceGrid(NodeInterface):
     """Undo the conforming reorientation (exact: axis flips and permutations only)."""
 
     input_spec = _ToSourceGridInputSpec
     output_spec = _ToSourceGridOutputSpec
 
     def _run_interface(self, runtime):
-        img = nib.load(self.inputs.in_file)
+        data, img = read_image(self.inputs.in_file)
         source = nib.load(self.inputs.source_file)
-        data = to_source_orientation(np.asanyarray(img.dataobj), img.affine, source)
         name = os.path.basename(self.inputs.in_file).replace(".nii.gz", "_source.nii.gz")
-        self._results["out_file"] = os.path.join(runtime.cwd, name)
-        save_like(data, source, self._results["out_file"])
+        self._write_image(runtime, "out_file", name, to_source_orientation(data, img.affine, source), source)
         return runtime

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
+from nipype.interfaces.base import File, TraitedSpec
 
-from nipype.interfaces.base import File, SimpleInterface, TraitedSpec
-
+from ichseg.pipeline.interfaces.base import NodeInterface
 from ichseg.pipeline.labels import write_dseg_tsv
 
 
@@ -13,11 +12,11 @@ class _LabelTableOutputSpec(TraitedSpec):
     out_file = File(exists=True, desc="BIDS _dseg.tsv label table")
 
 
-class LabelTable(SimpleInterface):
+class LabelTable(NodeInterface):
     """Write the label table of :mod:`ichseg.pipeline.labels` as a BIDS ``_dseg.tsv``."""
 
     output_spec = _LabelTableOutputSpec
 
     def _run_interface(self, runtime):
-        self._results["out_file"] = str(write_dseg_tsv(os.path.join(runtime.cwd, "dseg.tsv")))
+        write_dseg_tsv(self._output_path(runtime, "out_file", "dseg.tsv"))
         return runtime

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import os
-
 import nibabel as nib
 import numpy as np
-from nipype.interfaces.base import (
-    BaseInterfaceInputSpec,
-    File,
-    SimpleInterface,
-    TraitedSpec,
-    traits,
-)
+from nipype.interfaces.base import File, TraitedSpec, traits
 
-from ichseg.pipeline.niftiio import save_like
+from ichseg.pipeline.interfaces.base import NodeInterface, read_image, read_mask
+from ichseg.pipeline.interfaces.ct import ConformedCTInputSpec
 from ichseg.pipeline.registration import to_template_space
 
 
-class _RegisterInputSpec(BaseInterfaceInputSpec):
-    in_file = File(exists=True, mandatory=True, desc="conformed CT in HU")
+class _RegisterInputSpec(ConformedCTInputSpec):
     brain_mask = File(exists=True, mandatory=True, desc="intracranial mask of in_file")
     template = File(exists=True, mandatory=True, desc="skull-stripped CT template (HU)")
     template_mask = File(exists=True, mandatory=True, desc="brain mask of the template")
@@ -35,27 +27,24 @@ class _RegisterOutputSpec(TraitedSpec):
                      "inside the scan's field of view")
 
 
-class RegisterToTemplate(SimpleInterface):
-    """Register the brain to the template (ANTsPy) and resample the CT onto the template grid."""
+class RegisterToTemplate(NodeInterface):
+    """Register the brain to the template (ANTsPy) and resample the CT onto the template grid.
+
+    Calls :func:`ichseg.pipeline.registration.to_template_space`."""
 
     input_spec = _RegisterInputSpec
     output_spec = _RegisterOutputSpec
 
     def _run_interface(self, runtime):
-        ct_img = nib.load(self.inputs.in_file)
-        transform = os.path.join(runtime.cwd, "template_to_ct.mat")
+        hu, ct_img = read_image(self.inputs.in_file, np.float32)
         template_img = nib.load(self.inputs.template)
         result = to_template_space(
-            np.asanyarray(ct_img.dataobj, dtype=np.float32), ct_img.affine,
-            np.asanyarray(nib.load(self.inputs.brain_mask).dataobj) > 0, template_img,
-            np.asanyarray(nib.load(self.inputs.template_mask).dataobj) > 0.5, transform,
+            hu, ct_img.affine, read_mask(self.inputs.brain_mask), template_img,
+            read_mask(self.inputs.template_mask, 0.5), self._output_path(runtime, "out_transform", "template_to_ct.mat"),
             self.inputs.transform_type, self.inputs.seed,
         )
-        self._results["out_transform"] = transform
-        # uncompressed: the next steps read them at once; the derivative sink compresses
-        self._results["template_ct"] = os.path.join(runtime.cwd, "ct_space-template.nii")
-        self._results["template_brain_mask"] = os.path.join(runtime.cwd, "brain_mask_space-template.nii")
-        save_like(result.ct.astype(np.float32), template_img, self._results["template_ct"])
-        save_like(result.brain_mask.astype(np.uint8), template_img, self._results["template_brain_mask"])
+        self._write_image(runtime, "template_ct", "ct_space-template.nii", result.ct.astype(np.float32), template_img)
+        self._write_image(runtime, "template_brain_mask", "brain_mask_space-template.nii",
+                          result.brain_mask.astype(np.uint8), template_img)
         self._results["qc"] = result.qc
         return runtime

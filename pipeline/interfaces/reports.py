@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     File,
-    SimpleInterface,
     Str,
     TraitedSpec,
     isdefined,
@@ -16,6 +14,7 @@ from nipype.interfaces.base import (
 )
 
 from ichseg.pipeline.figures import plot_registration_check, plot_segmentation_mosaic
+from ichseg.pipeline.interfaces.base import NodeInterface
 from ichseg.pipeline.reports import write_scan_report
 
 
@@ -57,7 +56,7 @@ def _scan_id(source_file: str) -> str:
         return name
 
 
-class ScanReport(SimpleInterface):
+class ScanReport(NodeInterface):
     """Draw the segmentation mosaic and the registration check; write the scan's HTML report.
 
     The HTML embeds both figures, so it is complete on its own; the SVGs are outputs too, for
@@ -73,8 +72,8 @@ class ScanReport(SimpleInterface):
         metadata.setdefault("Sources", [str(self.inputs.source_file)])
         scan = self.inputs.scan_id if isdefined(self.inputs.scan_id) else _scan_id(self.inputs.source_file)
 
-        mosaic = os.path.join(runtime.cwd, "segmentation.svg")
-        registration = os.path.join(runtime.cwd, "registration.svg")
+        mosaic = self._output_path(runtime, "mosaic_svg", "segmentation.svg")
+        registration = self._output_path(runtime, "registration_svg", "registration.svg")
         plot_segmentation_mosaic(
             self.inputs.ct_file, self.inputs.dseg, self.inputs.brain_mask, mosaic,
             n_slices=self.inputs.n_slices, volumes=volumes, radiological=self.inputs.radiological,
@@ -83,7 +82,7 @@ class ScanReport(SimpleInterface):
             self.inputs.template_ct, self.inputs.template, registration,
             radiological=self.inputs.radiological,
         )
-        report = os.path.join(runtime.cwd, "report.html")
+        report = self._output_path(runtime, "out_report", "report.html")
         write_scan_report(
             report,
             scan,
@@ -92,9 +91,6 @@ class ScanReport(SimpleInterface):
             warnings=_warnings(metadata),
             metadata=metadata,
         )
-        self._results["out_report"] = report
-        self._results["mosaic_svg"] = mosaic
-        self._results["registration_svg"] = registration
         return runtime
 
 

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 
 import nibabel as nib
 import numpy as np
-from nipype.interfaces.base import (
-    BaseInterfaceInputSpec,
-    File,
-    SimpleInterface,
-    TraitedSpec,
-    traits,
-)
+from nipype.interfaces.base import BaseInterfaceInputSpec, File, TraitedSpec, traits
 
 from ichseg.pipeline.cpu import PRECISIONS
 from ichseg.pipeline.geometry import ants_affine_to_ras
-from ichseg.pipeline.niftiio import save_like
+from ichseg.pipeline.interfaces.base import NodeInterface, read_image, read_mask
 from ichseg.pipeline.segmentation import (
     DEFAULT_HEMORRHAGE_THRESHOLD,
     DEFAULT_MARGIN_MM,
@@ -27,6 +19,13 @@ from ichseg.pipeline.segmentation import (
 )
 
 LOGGER = logging.getLogger("nipype.interface")
+
+
+def _hemorrhage_threshold_trait():
+    """The labelling rule, an input of both the segmentation and the mapping back to the scan."""
+    return traits.Either(
+        None, traits.Range(0.0, 1.0), default=DEFAULT_HEMORRHAGE_THRESHOLD, usedefault=True,
+        desc="total hemorrhage probability from which a voxel is blood (None: arg-max)")
 
 
 class _SegmentInputSpec(BaseInterfaceInputSpec):
@@ -39,9 +38,7 @@ class _SegmentInputSpec(BaseInterfaceInputSpec):
     network_input = traits.Enum("head", "brain", usedefault=True, desc="what the network sees")
     precision = traits.Enum(*PRECISIONS, usedefault=True,
                             desc="network precision (auto: fp32; see ichseg.pipeline.cpu.resolve_precision)")
-    hemorrhage_threshold = traits.Either(
-        None, traits.Range(0.0, 1.0), default=DEFAULT_HEMORRHAGE_THRESHOLD, usedefault=True,
-        desc="total hemorrhage probability from which a voxel is blood (None: arg-max)")
+    hemorrhage_threshold = _hemorrhage_threshold_trait()
 
 
 class _SegmentOutputSpec(TraitedSpec):
@@ -51,31 +48,29 @@ class _SegmentOutputSpec(TraitedSpec):
     qc = traits.Dict(desc="segmentation QC measures (see ichseg.pipeline.qc)")
 
 
-class SegmentHemorrhage(SimpleInterface):
-    """Run the (ensemble of) DeepMedic network(s) on the template-space CT."""
+class SegmentHemorrhage(NodeInterface):
+    """Run the (ensemble of) DeepMedic network(s) on the template-space CT.
+
+    Calls :func:`ichseg.pipeline.segmentation.segment_template_space`. The class probabilities
+    cover only the box around the brain and its margin (their own affine), which keeps the
+    file that the next node reads small.
+    """
 
     input_spec = _SegmentInputSpec
     output_spec = _SegmentOutputSpec
 
     def _run_interface(self, runtime):
-        ct_img = nib.load(self.inputs.template_ct)
+        hu, ct_img = read_image(self.inputs.template_ct, np.float32)
         result = segment_template_space(
-            np.asanyarray(ct_img.dataobj, dtype=np.float32),
-            np.asanyarray(nib.load(self.inputs.template_brain_mask).dataobj) > 0,
-            ct_img.affine, self.inputs.model, self.inputs.device, self.inputs.precision,
+            hu, read_mask(self.inputs.template_brain_mask), ct_img.affine, self.inputs.model, self.inputs.device, self.inputs.precision,
             self.inputs.num_threads, self.inputs.network_input, self.inputs.margin_mm,
             self.inputs.hemorrhage_threshold, LOGGER.info,
         )
         self._results["qc"] = result.qc
-        self._results["probabilities"] = os.path.join(runtime.cwd, "probabilities_space-template.nii")
-        # uncompressed: a 5-class float map is large and is read back at once by the next node
-        save_like(np.moveaxis(result.probabilities, 0, -1), ct_img, self._results["probabilities"],
-                  affine=result.box_affine)
-        self._results["template_dseg"] = os.path.join(runtime.cwd, "dseg_space-template.nii")
-        save_like(result.labels, ct_img, self._results["template_dseg"])
-        self._results["model_info"] = os.path.join(runtime.cwd, "model_info.json")
-        with open(self._results["model_info"], "w") as fobj:
-            json.dump(result.info, fobj, indent=2)
+        self._write_image(runtime, "probabilities", "probabilities_space-template.nii",
+                          np.moveaxis(result.probabilities, 0, -1), ct_img, affine=result.box_affine)
+        self._write_image(runtime, "template_dseg", "dseg_space-template.nii", result.labels, ct_img)
+        self._write_json(runtime, "model_info", "model_info.json", result.info)
         return runtime
 
 
@@ -83,9 +78,7 @@ class _ToScanInputSpec(BaseInterfaceInputSpec):
     probabilities = File(exists=True, mandatory=True, desc="template-space class probabilities")
     transform = File(exists=True, mandatory=True, desc="ANTs affine (template -> scan points)")
     source_file = File(exists=True, mandatory=True, desc="the original CT, whose grid is the target")
-    hemorrhage_threshold = traits.Either(
-        None, traits.Range(0.0, 1.0), default=DEFAULT_HEMORRHAGE_THRESHOLD, usedefault=True,
-        desc="total hemorrhage probability from which a voxel is blood (None: arg-max)")
+    hemorrhage_threshold = _hemorrhage_threshold_trait()
 
 
 class _ToScanOutputSpec(TraitedSpec):
@@ -93,23 +86,19 @@ class _ToScanOutputSpec(TraitedSpec):
     hemorrhage_probseg = File(exists=True, desc="P(IPH) + P(EAH) + P(IVH) on the original CT grid")
 
 
-class ProbabilitiesToScan(SimpleInterface):
+class ProbabilitiesToScan(NodeInterface):
     """Map class probabilities back to the scan's own grid, then label it (:func:`label_map`)."""
 
     input_spec = _ToScanInputSpec
     output_spec = _ToScanOutputSpec
 
     def _run_interface(self, runtime):
-        prob_img = nib.load(self.inputs.probabilities)
+        probabilities, prob_img = read_image(self.inputs.probabilities, np.float32)
         source = nib.load(self.inputs.source_file)
         labels, hemorrhage = probabilities_to_scan(
-            np.moveaxis(np.asanyarray(prob_img.dataobj, dtype=np.float32), -1, 0), prob_img.affine,
-            source.shape[:3], source.affine, ants_affine_to_ras(self.inputs.transform),
-            self.inputs.hemorrhage_threshold,
+            np.moveaxis(probabilities, -1, 0), prob_img.affine, source.shape[:3], source.affine,
+            ants_affine_to_ras(self.inputs.transform), self.inputs.hemorrhage_threshold,
         )
-        # uncompressed: the next steps read them at once; the derivative sinks compress
-        self._results["dseg"] = os.path.join(runtime.cwd, "dseg.nii")
-        self._results["hemorrhage_probseg"] = os.path.join(runtime.cwd, "hemorrhage_probseg.nii")
-        save_like(labels, source, self._results["dseg"])
-        save_like(hemorrhage, source, self._results["hemorrhage_probseg"])
+        self._write_image(runtime, "dseg", "dseg.nii", labels, source)
+        self._write_image(runtime, "hemorrhage_probseg", "hemorrhage_probseg.nii", hemorrhage, source)
         return runtime

@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 
 import nibabel as nib
-import numpy as np
-import pandas as pd
-from nipype.interfaces.base import (
-    BaseInterfaceInputSpec,
-    File,
-    SimpleInterface,
-    TraitedSpec,
-    traits,
-)
+from nipype.interfaces.base import BaseInterfaceInputSpec, File, TraitedSpec, traits
 
 from ichseg.pipeline.geometry import ants_affine_to_ras
+from ichseg.pipeline.interfaces.base import NodeInterface, read_image, read_mask
 from ichseg.pipeline.location import locate_on_scan, read_region_names
 from ichseg.pipeline.volumes import volume_row, volume_sidecar
 
@@ -39,29 +31,29 @@ class _TabulateOutputSpec(TraitedSpec):
     metadata = traits.Dict(desc="the sidecar's content, for the report")
 
 
-class TabulateVolumes(SimpleInterface):
-    """Volumes (mL) per class, total hemorrhage and brain, with their provenance."""
+class TabulateVolumes(NodeInterface):
+    """Volumes (mL) per class, total hemorrhage and brain, with their provenance.
+
+    Calls :func:`ichseg.pipeline.volumes.volume_row` and
+    :func:`~ichseg.pipeline.volumes.volume_sidecar`; the row and the sidecar are also
+    outputs as values, so that the report does not read back the files just written.
+    """
 
     input_spec = _TabulateInputSpec
     output_spec = _TabulateOutputSpec
 
     def _run_interface(self, runtime):
-        dseg = nib.load(self.inputs.dseg)
-        row, _ = volume_row(
-            np.asanyarray(dseg.dataobj), dseg.affine, np.asanyarray(nib.load(self.inputs.brain_mask).dataobj) > 0,
-            self.inputs.qc, self.inputs.warnings, self.inputs.location,
-        )
+        labels, dseg = read_image(self.inputs.dseg)
+        row, _ = volume_row(labels, dseg.affine, read_mask(self.inputs.brain_mask), self.inputs.qc,
+                            self.inputs.warnings, self.inputs.location)
         self._results["row"] = row
-        self._results["out_tsv"] = os.path.join(runtime.cwd, "volumes.tsv")
-        pd.DataFrame([row]).to_csv(self._results["out_tsv"], sep="\t", index=False, na_rep="n/a")
+        self._write_table(runtime, "out_tsv", "volumes.tsv", [row])
         with open(self.inputs.model_info) as fobj:
             model_info = json.load(fobj)
         sidecar = volume_sidecar(self.inputs.source_file, model_info, self.inputs.warnings,
                                  self.inputs.extra_metadata or None)
         self._results["metadata"] = sidecar
-        self._results["out_json"] = os.path.join(runtime.cwd, "volumes.json")
-        with open(self._results["out_json"], "w") as fobj:
-            json.dump(sidecar, fobj, indent=2, default=str)
+        self._write_json(runtime, "out_json", "volumes.json", sidecar)
         return runtime
 
 
@@ -77,18 +69,16 @@ class _LocateOutputSpec(TraitedSpec):
     location = traits.Dict(desc="summary columns: lobar_ml, deep_ml, ..., location, side")
 
 
-class LocateHemorrhage(SimpleInterface):
+class LocateHemorrhage(NodeInterface):
     """Map the atlas onto the scan through the inverse registration; volumes per region."""
 
     input_spec = _LocateInputSpec
     output_spec = _LocateOutputSpec
 
     def _run_interface(self, runtime):
-        dseg = nib.load(self.inputs.dseg)
-        rows, summary = locate_on_scan(np.asanyarray(dseg.dataobj), dseg.affine,
-                                       ants_affine_to_ras(self.inputs.transform), nib.load(self.inputs.atlas),
-                                       read_region_names(self.inputs.atlas_labels))
-        self._results["regions_tsv"] = os.path.join(runtime.cwd, "regions.tsv")
-        pd.DataFrame(rows).to_csv(self._results["regions_tsv"], sep="\t", index=False, na_rep="n/a")
+        labels, dseg = read_image(self.inputs.dseg)
+        rows, summary = locate_on_scan(labels, dseg.affine, ants_affine_to_ras(self.inputs.transform),
+                                       nib.load(self.inputs.atlas), read_region_names(self.inputs.atlas_labels))
+        self._write_table(runtime, "regions_tsv", "regions.tsv", rows)
         self._results["location"] = summary
         return runtime
