@@ -254,13 +254,15 @@ def _svg(fig) -> str:
 
 def write_report(result: dict, path: Path) -> None:
     """The HTML page: dataset figures, plots and the per-scan table."""
+    from ichseg.pipeline import __version__
     from ichseg.pipeline.templating import render
 
     rows = result["scans"]
     columns = [c for c in ("scan", "status", f"{HEMORRHAGE}_dice", f"{HEMORRHAGE}_ml", f"{HEMORRHAGE}_ref_ml",
                            f"{HEMORRHAGE}_diff_ml", f"{HEMORRHAGE}_hd95_mm")]
     html = render("evaluation.html.j2", filters={"num": _cell}, result=result, plots=_plots(result),
-                  columns=columns, rows=rows, hemorrhage=HEMORRHAGE)
+                  columns=columns, rows=rows, hemorrhage=HEMORRHAGE, title="ichseg evaluation",
+                  nav=[("dataset", "Dataset"), ("plots", "Volumes"), ("scans", "Scans")], version=__version__)
     with atomic_output(path) as tmp:
         Path(tmp).write_text(html)
 

@@ -1,6 +1,10 @@
 """Report figures: the segmentation mosaic, the registration check and the group plots.
 
-Drawn with matplotlib (:mod:`ichseg.pipeline.reports` puts them into HTML pages):
+Drawn with matplotlib (:mod:`ichseg.pipeline.reports` puts them into HTML pages). nilearn's
+plotting and nireports' reportlets, which draw with matplotlib too, were measured on these
+figures and not adopted: neither keeps the scan's own (tilted) grid nor draws faster or
+smaller, and nireports draws labels as outlines only (``bench/figure_libraries.py``,
+docs/benchmarks.md).
 
 * :func:`plot_segmentation_mosaic` -- axial mosaic of the CT on its own grid, hemorrhage labels
   overlaid in the colours of :mod:`ichseg.pipeline.labels`, brain-mask outline, legend with
@@ -12,9 +16,9 @@ Drawn with matplotlib (:mod:`ichseg.pipeline.reports` puts them into HTML pages)
 Figure format. Figures are SVG (the ``figure`` derivative kind is ``.svg``), like fMRIPrep's:
 text, outlines and legends are vectors, and each CT panel is one raster image embedded in the
 SVG. The rasters are JPEG (``data:image/jpeg;base64``), resampled to at most
-:data:`MAX_PANEL_PX` pixels a side: noisy CT greyscale compresses ten times better in JPEG than
-in PNG, so a 12-slice mosaic stays around 200 kB instead of several MB. Any browser and
-Inkscape display such SVGs.
+:data:`MAX_PANEL_PX` pixels a side: noisy CT greyscale compresses several times better in JPEG
+than in PNG, which is all that matplotlib's SVG writer embeds, so :func:`_save_svg` swaps them
+(sizes in docs/benchmarks.md, "Figures"). Any browser and Inkscape display such SVGs.
 
 Orientation. Images are reoriented with :func:`nibabel.as_closest_canonical` (a permutation
 and flips of the voxel axes, no resampling) and shown in *radiological* convention by default
@@ -82,8 +86,8 @@ _SVG_RC = {
     "svg.fonttype": "none",  # text stays text: small, selectable, searchable
     "font.family": "sans-serif",
     "font.sans-serif": ["DejaVu Sans", "Helvetica", "Arial"],
-    "path.simplify": True,
-    "path.simplify_threshold": 0.5,
+    "path.simplify": True,  # contour lines lose the points that move them by less than a pixel
+    "path.simplify_threshold": 1.0,
 }
 
 
@@ -269,39 +273,11 @@ def _plain_axes(ax):
     ax.set_facecolor("black")
 
 
-def _simplify_line(points: np.ndarray, tolerance: float) -> np.ndarray:
-    """Ramer-Douglas-Peucker simplification of a polyline (keeps its first and last point)."""
-    if len(points) < 3:
-        return points
-    keep = np.zeros(len(points), bool)
-    keep[[0, -1]] = True
-    stack = [(0, len(points) - 1)]
-    while stack:
-        first, last = stack.pop()
-        if last - first < 2:
-            continue
-        start, end = points[first], points[last]
-        seg = end - start
-        norm = float(np.hypot(*seg))
-        inner = points[first + 1 : last] - start
-        if norm == 0:
-            dist = np.hypot(inner[:, 0], inner[:, 1])
-        else:
-            dist = np.abs(seg[0] * inner[:, 1] - seg[1] * inner[:, 0]) / norm
-        worst = int(np.argmax(dist))
-        if dist[worst] > tolerance:
-            mid = first + 1 + worst
-            keep[mid] = True
-            stack += [(first, mid), (mid, last)]
-    return points[keep]
-
-
 def _draw_contour(ax, field: np.ndarray, level: float, color: str, extent, linewidth: float,
-                  min_length_mm: float = 0.0, tolerance_mm: float = 0.5) -> None:
-    """Iso-line of a 2D field (image rows bottom-up), simplified to ``tolerance_mm``, as lines.
-
-    Lines shorter than ``min_length_mm`` are left out.
-    """
+                  min_length_mm: float = 0.0) -> None:
+    """Iso-line of a 2D field (image rows bottom-up), as lines; those shorter than
+    ``min_length_mm`` are left out. matplotlib simplifies them when it writes the SVG
+    (``path.simplify``)."""
     import contourpy  # a dependency of matplotlib
 
     field = np.asarray(field, dtype=np.float64)
@@ -316,7 +292,6 @@ def _draw_contour(ax, field: np.ndarray, level: float, color: str, extent, linew
         )
         if min_length_mm and np.hypot(*np.diff(xy, axis=0).T).sum() < min_length_mm:
             continue
-        xy = _simplify_line(xy, tolerance_mm)
         ax.plot(xy[:, 0], xy[:, 1], color=color, linewidth=linewidth, solid_joinstyle="round")
 
 
@@ -618,7 +593,7 @@ def plot_registration_check(
                     (_display(plane(csf), flip), 0.0, TEMPLATE_CSF_COLOR),
                 ):
                     _draw_contour(ax, _resample_display(field, zoom), level, color, extent, 0.55,
-                                  min_length_mm=15.0, tolerance_mm=0.7)
+                                  min_length_mm=15.0)
                 ax.set_xlim(0, w_mm)
                 ax.set_ylim(0, h_mm)
                 _orientation_markers(ax, *markers, size=6.5)

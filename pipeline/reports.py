@@ -13,7 +13,6 @@ Everything written into the output folder goes through :mod:`ichseg.pipeline.fil
 from __future__ import annotations
 
 import base64
-import html
 import io
 import math
 import os
@@ -92,13 +91,9 @@ def _missing(value: Any) -> bool:
     return value is None or str(value).strip().lower() in _MISSING
 
 
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _page(title: str, nav: Sequence[tuple[str, str]], body: str) -> str:
-    """A whole page (template ``page.html.j2``, style ``report.css``) around ``body`` (HTML)."""
-    return render("page.html.j2", title=title, nav=list(nav), body=Markup(body), version=__version__)
+def _render_page(template: str, out_html: Path, title: str, nav: Sequence[tuple[str, str]], **context: Any) -> Path:
+    """Render a page template (it extends ``page.html.j2``, style ``report.css``); write it atomically."""
+    return atomic_write_text(out_html, render(template, title=title, nav=list(nav), version=__version__, **context))
 
 
 _XML_PROLOG = re.compile(r"^\s*(<\?xml[^>]*\?>\s*)?(<!DOCTYPE[^>]*>\s*)?", re.IGNORECASE)
@@ -130,7 +125,7 @@ def _embed_figure(path: str | os.PathLike, alt: str, prefix: str = "fig") -> str
     if mime is None:
         raise ValueError(f"{path}: figures must be SVG, PNG, JPEG or GIF.")
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<img alt="{_e(alt)}" src="data:{mime};base64,{data}">'
+    return str(Markup('<img alt="{}" src="data:{};base64,{}">').format(alt, mime, data))
 
 
 def _id_prefix(name: str) -> str:
@@ -155,40 +150,29 @@ def _label_by_column() -> dict[str, Any]:
     return {lab.volume_column: lab for lab in FOREGROUND_LABELS}
 
 
-def _volume_table(volumes: Mapping[str, Any], metadata: Mapping[str, Any]) -> str:
+def _volume_rows(volumes: Mapping[str, Any], metadata: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The rows of the scan report's volume table: class name and colour, column, value, unit."""
     by_column = _label_by_column()
     rows = []
-    columns = [c for c in VOLUME_COLUMNS if c in volumes]
-    for column in columns:
+    for column in (c for c in VOLUME_COLUMNS if c in volumes):
         value = volumes[column]
         lab = by_column.get(column)
-        css = ""
+        row = {"column": column, "color": None, "total": column == TOTAL_HEMORRHAGE_COLUMN}
         if lab is not None:
-            swatch = f'<span class="swatch" style="background:{_e(lab.color)}"></span>'
-            name = f"{swatch}{_e(lab.name)} ({_e(lab.abbreviation)})"
+            row.update(name=f"{lab.name} ({lab.abbreviation})", color=lab.color)
         elif column == TOTAL_HEMORRHAGE_COLUMN:
             hem = " + ".join(lab.abbreviation for lab in LABELS if lab.index in HEMORRHAGE_INDICES)
-            name = f"Total hemorrhage ({_e(hem)})"
-            css = ' class="total"'
+            row["name"] = f"Total hemorrhage ({hem})"
         elif column == BRAIN_VOLUME_COLUMN:
-            name = "Brain (intracranial mask)"
+            row["name"] = "Brain (intracranial mask)"
         else:
-            name = _e(column.replace("_", " "))
-        desc = metadata.get(column, {}) if isinstance(metadata.get(column), Mapping) else {}
-        unit = desc.get("Units", "mL" if column in VOLUME_COLUMNS else "")
-        is_num = _is_number(value)
-        shown = _e(_fmt_number(value, 2)) if is_num else _e(value)
-        cell = '<td class="num">' if is_num else "<td>"
-        rows.append(
-            f"<tr{css}><td>{name}</td><td><code>{_e(column)}</code></td>"
-            f"{cell}{shown}</td><td>{_e(unit)}</td></tr>"
-        )
-    if not rows:
-        return '<p class="muted">No volumes were given.</p>'
-    return (
-        "<table><thead><tr><th>Class</th><th>Column</th><th>Value</th><th>Unit</th></tr></thead>"
-        f"<tbody>{''.join(rows)}</tbody></table>"
-    )
+            row["name"] = column.replace("_", " ")
+        desc = metadata.get(column) if isinstance(metadata.get(column), Mapping) else {}
+        row["unit"] = desc.get("Units", "mL")
+        row["numeric"] = _is_number(value)
+        row["value"] = _fmt_number(value, 2) if row["numeric"] else value
+        rows.append(row)
+    return rows
 
 
 def _is_number(value: Any) -> bool:
@@ -201,22 +185,11 @@ def _is_number(value: Any) -> bool:
     return not isinstance(value, str) or value.strip().lower() not in ("", "n/a", "nan")
 
 
-def _kv_table(items: Mapping[str, Any], descriptions: Mapping[str, str] | None = None) -> str:
-    descriptions = descriptions or {}
-    rows = []
-    for key, value in items.items():
-        if isinstance(value, (list, tuple)):
-            shown = "<br>".join(f"<code>{_e(v)}</code>" for v in value) or "&ndash;"
-        elif isinstance(value, Mapping):
-            shown = "<br>".join(f"{_e(k)}: <code>{_e(v)}</code>" for k, v in value.items()) or "&ndash;"
-        elif isinstance(value, (float, np.floating)) and not float(value).is_integer():
-            shown = _e(_fmt_number(value, 3) if abs(value) < 100 else _fmt_number(value, 1))
-        else:
-            shown = _e(value)
-        desc = descriptions.get(key)
-        desc_cell = f'<td class="muted">{_e(desc)}</td>' if descriptions else ""
-        rows.append(f"<tr><th>{_e(key)}</th><td>{shown}</td>{desc_cell}</tr>")
-    return f"<table><tbody>{''.join(rows)}</tbody></table>"
+def _fmt_measure(value: Any) -> Any:
+    """A QC measure or an "About" value as shown: 3 decimals (1 from 100 on); others as they are."""
+    if isinstance(value, (float, np.floating)) and math.isfinite(value) and not float(value).is_integer():
+        return f"{float(value):.3f}" if abs(value) < 100 else f"{float(value):.1f}"
+    return value
 
 
 def _describe(key: str, metadata: Mapping[str, Any]) -> str:
@@ -282,116 +255,56 @@ def write_scan_report(
     measures.update(qc or {})
     raised = [k for k, v in measures.items() if k.startswith("flag_") and _truthy(v)]
 
-    parts = [f"<h1>Hemorrhage segmentation report: {_e(scan_id)}</h1>"]
-    if source:
-        parts.append(f'<p class="sub">Source CT: <code>{_e(source)}</code></p>')
     model = metadata.get("Model") if isinstance(metadata.get("Model"), Mapping) else {}
-    status = volumes.get("status")
-    summary = []
-    if status is not None:
-        summary.append(f"status <b>{_e(status)}</b>")
     total = volumes.get(TOTAL_HEMORRHAGE_COLUMN)
-    if _is_number(total):
-        summary.append(f"total hemorrhage <b>{_e(_fmt_number(total, 1))} mL</b>")
-    if model.get("model"):
-        summary.append(f"model <code>{_e(model['model'])}</code>")
-    summary.append(
-        f'<b class="status-failed">{len(raised)} QC flag{"s" if len(raised) != 1 else ""}</b>'
-        if raised else "no QC flag"
-    )
-    summary.append(f"{len(warnings)} warning{'s' if len(warnings) != 1 else ''}")
-    if summary:
-        parts.append(f'<p class="sub">{" &middot; ".join(summary)}</p>')
-
-    parts.append('<h2 id="warnings">Warnings</h2>')
-    if raised:
-        items = "".join(
-            f"<li><code>{_e(k)}</code>: {_e(_describe(k, metadata) or 'raised')}</li>" for k in raised
-        )
-        parts.append(
-            f'<div class="box bad"><b>{len(raised)} QC flag{"s" if len(raised) != 1 else ""} '
-            f'raised</b><ul class="warnings">{items}</ul></div>'
-        )
-    if warnings:
-        items = "".join(f"<li>{_e(w)}</li>" for w in warnings)
-        parts.append(
-            f'<div class="box warning"><b>{len(warnings)} warning{"s" if len(warnings) != 1 else ""}'
-            f'</b><ul class="warnings">{items}</ul></div>'
-        )
-    else:
-        parts.append('<div class="box ok">No warnings.</div>')
-
-    parts.append('<h2 id="volumes">Volumes</h2>')
-    parts.append(_volume_table(volumes, metadata))
-    parts.append(
-        '<p class="muted">Volumes are computed on the scan\'s own grid. Total hemorrhage '
-        "excludes perilesional oedema.</p>"
-    )
-
-    parts.append('<h2 id="qc">Quality control</h2>')
-    if measures:
-        rows = []
-        for key, value in measures.items():
-            if key.startswith("flag_"):
-                shown = '<b class="status-failed">yes</b>' if _truthy(value) else "no"
-            elif isinstance(value, (float, np.floating)) and math.isfinite(value) and not float(value).is_integer():
-                shown = _e(f"{float(value):.3f}" if abs(value) < 100 else f"{float(value):.1f}")
-            else:
-                shown = _e(_fmt_number(value, 3) if _is_number(value) else value)
-            rows.append(
-                f"<tr><th><code>{_e(key)}</code></th><td class=\"num\">{shown}</td>"
-                f'<td class="muted">{_e(_describe(key, metadata))}</td></tr>'
-            )
-        parts.append(f"<table><tbody>{''.join(rows)}</tbody></table>")
-    else:
-        parts.append('<p class="muted">No quality-control values were given.</p>')
-
-    parts.append('<h2 id="figures">Figures</h2>')
-    if not figures:
-        parts.append('<p class="muted">No figures.</p>')
+    measure_rows = []
+    for key, value in measures.items():
+        shown = _fmt_measure(value)
+        if shown is value:
+            shown = _fmt_number(value, 3) if _is_number(value) else value
+        measure_rows.append({"key": key, "raised": key in raised, "description": _describe(key, metadata),
+                             "value": "no" if key.startswith("flag_") else shown})
+    figure_rows = []
     for name, path in figures.items():
         caption = FIGURE_CAPTIONS.get(name, name)
         title, _, rest = caption.partition(". ")
-        caption_html = f"<b>{_e(title)}.</b> {_e(rest)}" if rest else f"<b>{_e(caption)}</b>"
-        parts.append(
-            f'<figure id="figure-{_e(name)}">{_embed_figure(path, caption, _id_prefix(name))}'
-            f"<figcaption>{caption_html}</figcaption></figure>"
-        )
+        figure_rows.append({"name": name, "html": Markup(_embed_figure(path, caption, _id_prefix(name))),
+                            "title": f"{title}." if rest else caption, "caption": rest})
+    versions = metadata.get("SoftwareVersions")
+    nav = [("warnings", "Warnings"), ("volumes", "Volumes"), ("qc", "QC"), ("figures", "Figures"),
+           ("about", "About")]
+    return _render_page(
+        "scan_report.html.j2", Path(out_html), f"ichseg: {scan_id}", nav,
+        scan_id=scan_id, source=source, status=volumes.get("status"),
+        total_ml=_fmt_number(total, 1) if _is_number(total) else None, model_name=model.get("model"),
+        raised=[(key, _describe(key, metadata)) for key in raised], warnings=warnings,
+        volume_rows=_volume_rows(volumes, metadata), measures=measure_rows, figures=figure_rows,
+        about=_about(source, model, metadata), versions=versions if isinstance(versions, Mapping) else None,
+    )
 
-    parts.append('<h2 id="about">About</h2>')
+
+#: The model's fields shown first in a scan report's "About" table, with their names there.
+_MODEL_FIELDS = {"model": "Model", "weights": "Weights", "weights_sha256": "Weights sha256",
+                 "n_networks": "Networks (ensemble)", "network_input": "Network input",
+                 "margin_mm": "Margin around brain (mm)", "device": "Device",
+                 "inference_seconds": "Inference time (s)"}
+
+
+def _about(source: str | None, model: Mapping[str, Any], metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """The "About" table of a scan report: source, model, the sidecar's other entries, when."""
     about: dict[str, Any] = {}
     if source:
         about["Source CT"] = source
-    for key in ("model", "weights", "weights_sha256", "n_networks", "network_input", "margin_mm", "device",
-                "inference_seconds"):
-        if key in model:
-            about[{"model": "Model", "weights": "Weights", "weights_sha256": "Weights sha256",
-                   "n_networks": "Networks (ensemble)", "network_input": "Network input",
-                   "margin_mm": "Margin around brain (mm)", "device": "Device",
-                   "inference_seconds": "Inference time (s)"}[key]] = model[key]
-    for key, value in model.items():
-        if key not in ("model", "weights", "weights_sha256", "n_networks", "network_input", "margin_mm",
-                       "device", "inference_seconds"):
-            about[f"Model: {key}"] = value
+    about.update({name: model[key] for key, name in _MODEL_FIELDS.items() if key in model})
+    about.update({f"Model: {key}": value for key, value in model.items() if key not in _MODEL_FIELDS})
     for key, value in metadata.items():
         if key in ("Sources", "Model", "SoftwareVersions", "Warnings") or (
             isinstance(value, Mapping) and ("Description" in value or "Units" in value)
         ):
             continue  # column descriptions are shown with the volumes
         about[key] = value
-    about["Report generated"] = (
-        f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} by ichseg {__version__}"
-    )
-    parts.append(_kv_table(about))
-    versions = metadata.get("SoftwareVersions")
-    if isinstance(versions, Mapping) and versions:
-        parts.append("<h3>Software versions</h3>")
-        parts.append(_kv_table(versions))
-
-    nav = [("warnings", "Warnings"), ("volumes", "Volumes"), ("qc", "QC"), ("figures", "Figures"),
-           ("about", "About")]
-    text = _page(f"ichseg: {scan_id}", nav, "\n".join(parts))
-    return atomic_write_text(out_html, text)
+    about["Report generated"] = f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} by ichseg {__version__}"
+    return {key: _fmt_measure(value) for key, value in about.items()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -430,8 +343,8 @@ def write_group_report(output_dir: str | os.PathLike) -> Path:
         entity_columns = []
     flag_columns = [c for c in columns if c.startswith("flag_")]
 
-    scans, links, flagged, problems = [], [], [], []
-    for _, row in table.iterrows():  # problems: (why, scan id, report link, flags, error, entities)
+    scans, flagged, problems = [], [], []
+    for _, row in table.iterrows():
         ents: dict[str, str] = {}
         participant = str(row.get("participant_id", "")).strip()
         if participant and not _missing(participant):
@@ -444,123 +357,74 @@ def write_group_report(output_dir: str | os.PathLike) -> Path:
                 ents[name] = str(row[name]).strip()
         try:
             rel = derivative_relpath(ents, "report").as_posix()
-            sid = rel[: -len(".html")]
+            scan = {"id": rel[: -len(".html")], "link": rel, "has_report": (root / rel).is_file()}
         except ValueError:
-            rel, sid = None, participant or "unknown scan"
-        scans.append(sid)
-        links.append(rel)
+            scan = {"id": participant or "unknown scan", "link": None, "has_report": False}
+        scans.append(scan)
         flags = [c for c in flag_columns if _truthy(row[c])]
         flagged.append(bool(flags))
         status = str(row.get("status", "")).strip()
         if flags:
-            problems.append(("flagged", sid, rel, ", ".join(flags), row.get("error", ""), ents))
+            problems.append(_problem("flagged", scan, ", ".join(flags), row.get("error", "")))
         elif str(row.get("qc", "")).strip() == QC_REVIEW:
-            problems.append((QC_REVIEW, sid, rel, f"{row.get('n_warnings', '?')} input warning(s)", "", ents))
+            problems.append(_problem(QC_REVIEW, scan, f"{row.get('n_warnings', '?')} input warning(s)", ""))
         if status and status.lower() != STATUS_OK:
-            problems.append((status, sid, rel, "", row.get("error", ""), ents))
+            problem = _problem(status, scan, "", row.get("error", ""))
+            if status == "failed":
+                problem["failure_record"] = _existing_relpath(root, ents, "failure")
+            problems.append(problem)
     table["_flagged"] = flagged
 
-    def link(sid: str, rel: str | None) -> str:
-        if rel is None:
-            return _e(sid)
-        note = "" if (root / rel).is_file() else ' <span class="muted">(no report)</span>'
-        return f'<a href="{_e(rel)}">{_e(sid)}</a>{note}'
-
-    n = len(table)
+    rows = []
+    for scan, (_, row) in zip(scans, table.iterrows()):
+        rows.append({"scan": scan, "cells": [_group_cell(column, row[column]) for column in columns]})
+    distribution, courses = io.StringIO(), io.StringIO()
     status_counts = table["status"].value_counts().to_dict() if "status" in table else {}
-    parts = ["<h1>Hemorrhage segmentation: group report</h1>"]
-    parts.append(
-        f'<p class="sub">{n} scan{"s" if n != 1 else ""} in <code>{_e(table_path.name)}</code>: '
-        + ", ".join(f'<span class="status-{_e(s)}">{int(c)} {_e(s)}</span>' for s, c in sorted(status_counts.items()))
-        + "</p>"
-    )
-    if "qc" in table:
-        qc_counts = table["qc"].value_counts()
-        parts.append(
-            '<p class="sub">QC rating (column <code>qc</code>): '
-            + ", ".join(f"{int(qc_counts.get(level, 0))} {level}" for level in (QC_PASS, QC_REVIEW, QC_FAIL))
-            + f'. <span class="muted">{_e(QC_RULE)}</span></p>'
-        )
-
-    parts.append('<h2 id="attention">Scans that need a look</h2>')
-    if problems:
-        rows = []
-        for kind, sid, rel, flags, error, ents in problems:
-            css = {"failed": "status-failed", "flagged": "status-flagged", QC_REVIEW: "status-flagged"}.get(kind, "status-missing")
-            detail = _e(flags) if flags else ("" if _missing(error) else _e(error))
-            failure = ""
-            if kind == "failed":
-                try:
-                    log = derivative_relpath(ents, "failure").as_posix()
-                    if (root / log).is_file():
-                        failure = f' <a href="{_e(log)}">failure record</a>'
-                except ValueError:
-                    pass
-            rows.append(
-                f'<tr><td>{link(sid, rel)}</td><td class="{css}">{_e(kind)}</td>'
-                f"<td>{detail}{failure}</td></tr>"
-            )
-        parts.append(
-            '<div class="box bad"><b>' + str(len({p[1] for p in problems}))
-            + " scan(s) flagged, failed or missing.</b></div>"
-            "<table><thead><tr><th>Scan</th><th>Why</th><th>Details</th></tr></thead>"
-            f"<tbody>{''.join(rows)}</tbody></table>"
-        )
-    else:
-        parts.append('<div class="box ok">No scan is flagged, failed or missing.</div>')
-
-    parts.append('<h2 id="distribution">Volume distribution</h2>')
-    buffer = io.StringIO()
-    if plot_group_volumes(table, buffer):
-        svg = _inline_svg(buffer.getvalue(), "distribution")
-        parts.append(
-            f'<figure id="figure-distribution" class="plot">{svg}<figcaption><b>Volumes of the scans '
-            "with results.</b> One dot per scan (jittered vertically); the grey bar spans the "
-            "quartiles and the black tick marks the median (5 scans or more). Red rings: scans "
-            "with a QC flag.</figcaption></figure>"
-        )
-    else:
-        parts.append('<p class="muted">No scan has volumes yet.</p>')
-
-    buffer = io.StringIO()
-    if plot_courses(table, buffer):
-        parts.append('<h2 id="courses">Volumes across sessions</h2>')
-        svg = _inline_svg(buffer.getvalue(), "courses")
-        parts.append(
-            f'<figure id="figure-courses" class="plot">{svg}<figcaption><b>Each subject with more '
-            "than one scan:</b> total hemorrhage, IPH and IVH over the hours since the first scan "
-            "(by session order where the times are unknown). Expansion by the named definitions is "
-            "in <code>group_longitudinal.tsv</code>.</figcaption></figure>"
-        )
-
-    parts.append('<h2 id="table">Group table</h2>')
-    head = "".join(f"<th>{_e(c)}</th>" for c in ["scan", *columns])
-    body_rows = []
-    for i, (_, row) in enumerate(table.iterrows()):
-        cells = [f"<td>{link(scans[i], links[i])}</td>"]
-        for column in columns:
-            value = row[column]
-            if column in VOLUME_COLUMNS:
-                cells.append(f'<td class="num">{_e(_fmt_number(value, 2))}</td>')
-            elif column == "status":
-                cells.append(f'<td class="status-{_e(value)}">{_e(value)}</td>')
-            elif column == "qc":
-                css = {QC_PASS: "status-ok", QC_REVIEW: "status-flagged", QC_FAIL: "status-failed"}.get(value, "")
-                cells.append(f'<td class="{css}">{_e(value)}</td>')
-            elif column == "error":
-                cells.append(f'<td class="error">{_e(value)}</td>')
-            else:
-                cells.append(f"<td>{_e(value)}</td>")
-        body_rows.append(f"<tr>{''.join(cells)}</tr>")
-    parts.append(
-        f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body_rows)}'
-        "</tbody></table></div>"
-    )
-    parts.append(
-        f'<p class="muted">Generated {_e(datetime.now(timezone.utc).isoformat(timespec="seconds"))} '
-        f"by ichseg {_e(__version__)} from <code>{_e(GROUP_TABLE)}</code>.</p>"
-    )
+    qc_counts = table["qc"].value_counts() if "qc" in table else None
     nav = [("attention", "Needs a look"), ("distribution", "Distribution"), ("table", "Table")]
-    text = _page("ichseg: group report", nav, "\n".join(parts))
-    return atomic_write_text(root / GROUP_REPORT, text)
+    return _render_page(
+        "group_report.html.j2", root / GROUP_REPORT, "ichseg: group report", nav,
+        n_scans=len(table), table_name=GROUP_TABLE,
+        status_counts=[(s, int(c)) for s, c in sorted(status_counts.items())],
+        qc_counts=None if qc_counts is None else
+        [(level, int(qc_counts.get(level, 0))) for level in (QC_PASS, QC_REVIEW, QC_FAIL)],
+        qc_rule=QC_RULE, problems=problems, n_problem_scans=len({p["scan"]["id"] for p in problems}),
+        distribution=Markup(_inline_svg(distribution.getvalue(), "distribution"))
+        if plot_group_volumes(table, distribution) else None,
+        courses=Markup(_inline_svg(courses.getvalue(), "courses")) if plot_courses(table, courses) else None,
+        columns=columns, rows=rows, generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
 
+
+#: CSS class of the "Why" cell of a scan that needs a look.
+_PROBLEM_CSS = {"failed": "status-failed", "flagged": "status-flagged", QC_REVIEW: "status-flagged"}
+#: CSS class of the group table's QC rating.
+_QC_CSS = {QC_PASS: "status-ok", QC_REVIEW: "status-flagged", QC_FAIL: "status-failed"}
+
+
+def _problem(why: str, scan: dict[str, Any], flags: str, error: Any) -> dict[str, Any]:
+    """A row of the group report's "needs a look" table."""
+    return {"why": why, "scan": scan, "css": _PROBLEM_CSS.get(why, "status-missing"),
+            "detail": flags or ("" if _missing(error) else error), "failure_record": None}
+
+
+def _existing_relpath(root: Path, entities: Mapping[str, str], kind: str) -> str | None:
+    """The relative path of a derivative of ``kind`` when it exists in ``root``."""
+    from ichseg.pipeline.naming import derivative_relpath
+
+    try:
+        rel = derivative_relpath(entities, kind).as_posix()
+    except ValueError:
+        return None
+    return rel if (root / rel).is_file() else None
+
+
+def _group_cell(column: str, value: Any) -> dict[str, Any]:
+    """A cell of the group table: its text and CSS class."""
+    if column in VOLUME_COLUMNS:
+        return {"value": _fmt_number(value, 2), "css": "num"}
+    if column == "status":
+        return {"value": value, "css": f"status-{value}"}
+    if column == "qc":
+        return {"value": value, "css": _QC_CSS.get(value, "")}
+    return {"value": value, "css": "error" if column == "error" else ""}

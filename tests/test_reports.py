@@ -322,7 +322,7 @@ def test_scan_report(scan, template_pair, tmp_path):
     assert "20.00" in text and "1480.50" in text
     for warning in warnings:
         assert warning in text  # shown verbatim to the reader ...
-    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in raw  # ... because it is escaped
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in raw  # ... because it is escaped
     assert "&amp; more" in raw
     for key in [*qc, *QC_COLUMNS]:
         assert key in text
