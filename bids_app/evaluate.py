@@ -39,7 +39,7 @@ from ichseg.pipeline.naming import (
     find_derivatives,
     scan_id,
 )
-from ichseg.pipeline.volumes import STATUS_OK
+from ichseg.pipeline.volumes import STATUS_MISSING, STATUS_OK
 
 LOGGER = logging.getLogger("ichseg")
 
@@ -151,7 +151,7 @@ def evaluate(derivatives: Path, references: Path) -> dict:
     for sid, reference in sorted(refs.items()):
         if sid not in predictions:
             missing.append(sid)
-            rows.append({"scan": sid, "status": "missing", "reference": str(reference.path)})
+            rows.append({"scan": sid, "status": STATUS_MISSING, "reference": str(reference.path)})
             continue
         measures = evaluate_scan(predictions[sid], reference)
         rows.append({"scan": sid, "status": STATUS_OK, "reference": str(reference.path), **measures})
@@ -209,7 +209,7 @@ def _plots(result: dict) -> dict[str, str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = [r for r in result["scans"] if r["status"] == "ok"]
+    ok = [r for r in result["scans"] if r["status"] == STATUS_OK]
     if not ok:
         return {}
     ref = np.array([r[f"{HEMORRHAGE}_ref_ml"] for r in ok])
@@ -254,14 +254,13 @@ def _svg(fig) -> str:
 
 def write_report(result: dict, path: Path) -> None:
     """The HTML page: dataset figures, plots and the per-scan table."""
-    from ichseg.pipeline import __version__
     from ichseg.pipeline.templating import render
 
     rows = result["scans"]
     columns = [c for c in ("scan", "status", f"{HEMORRHAGE}_dice", f"{HEMORRHAGE}_ml", f"{HEMORRHAGE}_ref_ml",
                            f"{HEMORRHAGE}_diff_ml", f"{HEMORRHAGE}_hd95_mm")]
     html = render("evaluation.html.j2", filters={"num": _cell}, result=result, plots=_plots(result),
-                  columns=columns, rows=rows, hemorrhage=HEMORRHAGE, title="ichseg evaluation",
+                  columns=columns, rows=rows, hemorrhage=HEMORRHAGE, status_ok=STATUS_OK, title="ichseg evaluation",
                   nav=[("dataset", "Dataset"), ("plots", "Volumes"), ("scans", "Scans")], version=__version__)
     with atomic_output(path) as tmp:
         Path(tmp).write_text(html)

@@ -52,6 +52,7 @@ from ichseg.pipeline.naming import (
     scan_id,
 )
 from ichseg.pipeline.qc import QC_FAIL
+from ichseg.pipeline.tsv import read_tsv
 from ichseg.pipeline.volumes import STATUS_FAILED, STATUS_MISSING, STATUS_OK
 
 LOGGER = logging.getLogger(__name__)
@@ -73,7 +74,6 @@ _STATUS_LEVELS = {
 }
 _ENTITY_COLUMNS = [e.name for e in ENTITIES if e.name not in ("subject", "session")]
 _FIXED_COLUMNS = frozenset({"participant_id", "session_id", "source_file", "status", "error"})
-_NA_VALUES = ["n/a", "", "nan", "NaN"]
 
 
 class GroupLevelError(Exception):
@@ -114,7 +114,7 @@ def clear_failure_record(
 
 def _read_volumes(path: Path) -> dict[str, Any]:
     """The single row of a per-scan volume table, as a dict (``n/a`` -> missing)."""
-    table = pd.read_csv(path, sep="\t", na_values=_NA_VALUES, keep_default_na=False)
+    table = read_tsv(path)
     if len(table) != 1:
         raise ValueError(f"it has {len(table)} rows instead of 1")
     return {k: v for k, v in table.iloc[0].items() if not pd.isna(v)}

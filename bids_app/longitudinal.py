@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ichseg.pipeline.tsv import is_missing
 from ichseg.pipeline.volumes import STATUS_OK
 
 LOGGER = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def acquisition_time(sidecar: Mapping[str, Any], scans_tsv_time: str | None = No
         candidates.append(f"{sidecar['AcquisitionDate']}T{sidecar['AcquisitionTime']}")
     candidates.append(scans_tsv_time)
     for value in candidates:
-        if value in (None, "", "n/a"):
+        if is_missing(value):
             continue
         try:
             return datetime.fromisoformat(str(value).replace("Z", "+00:00")).replace(tzinfo=None)

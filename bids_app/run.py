@@ -33,6 +33,8 @@ from ichseg.pipeline.models import ModelError, resolve_model
 from ichseg.pipeline.naming import derivative_path, output_scan_id, scan_lock_path
 from ichseg.pipeline.reports import write_group_report
 from ichseg.pipeline.settings import MethodSettings
+from ichseg.pipeline.tsv import read_tsv
+from ichseg.pipeline.volumes import STATUS_OK
 
 LOGGER = logging.getLogger("ichseg")
 
@@ -262,10 +264,8 @@ def run_group(args) -> int:
         report = write_group_report(output_dir)
     except (GroupLevelError, BIDSInputError) as exc:
         raise UserError(str(exc)) from None
-    import pandas as pd
-
-    table = pd.read_csv(path, sep="\t", na_values="n/a", keep_default_na=False)
-    bad = table[table["status"] != "ok"]
+    table = read_tsv(path)
+    bad = table[table["status"] != STATUS_OK]
     LOGGER.info("group table: %s (%d scans, %d not ok); report: %s", path, len(table), len(bad), report)
     for _, row in bad.iterrows():
         LOGGER.warning("  %s: %s %s", row["source_file"], row["status"], row.get("error", ""))

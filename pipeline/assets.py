@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from ichseg.pipeline.tsv import is_true
+
 __all__ = [
     "ASSETS",
     "GROUPS",
@@ -274,13 +276,9 @@ class UnknownAssetError(AssetError, KeyError):
 # environment
 
 
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
-
-
 def offline() -> bool:
-    """True when ``ICHSEG_OFFLINE`` disables downloads (1/true/yes/on)."""
-    return _truthy(os.environ.get(ENV_OFFLINE))
+    """True when ``ICHSEG_OFFLINE`` disables downloads (1, true, yes, on)."""
+    return is_true(os.environ.get(ENV_OFFLINE))
 
 
 def data_dirs() -> list[Path]:

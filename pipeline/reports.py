@@ -44,6 +44,7 @@ from ichseg.pipeline.qc import (
     qc_column_descriptions,
 )
 from ichseg.pipeline.templating import render
+from ichseg.pipeline.tsv import is_missing, is_true, read_tsv
 from ichseg.pipeline.volumes import STATUS_OK
 
 __all__ = [
@@ -77,18 +78,6 @@ FIGURE_CAPTIONS = {
 # HTML
 # --------------------------------------------------------------------------------------------
 
-
-
-_TRUE = frozenset({"1", "true", "yes", "y", "t"})
-_MISSING = frozenset({"", "n/a", "nan", "na", "none"})
-
-
-def _truthy(value: Any) -> bool:
-    return str(value).strip().lower() in _TRUE
-
-
-def _missing(value: Any) -> bool:
-    return value is None or str(value).strip().lower() in _MISSING
 
 
 def _render_page(template: str, out_html: Path, title: str, nav: Sequence[tuple[str, str]], **context: Any) -> Path:
@@ -182,7 +171,7 @@ def _is_number(value: Any) -> bool:
         float(value)
     except (TypeError, ValueError):
         return False
-    return not isinstance(value, str) or value.strip().lower() not in ("", "n/a", "nan")
+    return not isinstance(value, str) or not is_missing(value)
 
 
 def _fmt_measure(value: Any) -> Any:
@@ -253,7 +242,7 @@ def write_scan_report(
     # QC: the measures and flags of the volume table, then those given (which win).
     measures = {k: v for k, v in volumes.items() if k not in VOLUME_COLUMNS and k != "status"}
     measures.update(qc or {})
-    raised = [k for k, v in measures.items() if k.startswith("flag_") and _truthy(v)]
+    raised = [k for k, v in measures.items() if k.startswith("flag_") and is_true(v)]
 
     model = metadata.get("Model") if isinstance(metadata.get("Model"), Mapping) else {}
     total = volumes.get(TOTAL_HEMORRHAGE_COLUMN)
@@ -331,11 +320,11 @@ def write_group_report(output_dir: str | os.PathLike) -> Path:
         raise FileNotFoundError(
             f"No group table {table_path}: run the group level (it writes {GROUP_TABLE}) first."
         )
-    table = pd.read_csv(table_path, sep="\t", dtype=str, keep_default_na=False)
+    table = read_tsv(table_path, as_text=True)
     columns = list(table.columns)
     for column in VOLUME_COLUMNS:
         if column in table:
-            table[column] = pd.to_numeric(table[column].where(~table[column].map(_missing)), errors="coerce")
+            table[column] = pd.to_numeric(table[column].where(~table[column].map(is_missing)), errors="coerce")
     # Entity columns sit between session_id and source_file (see bids_app.group).
     if "session_id" in columns and "source_file" in columns:
         entity_columns = columns[columns.index("session_id") + 1 : columns.index("source_file")]
@@ -347,13 +336,13 @@ def write_group_report(output_dir: str | os.PathLike) -> Path:
     for _, row in table.iterrows():
         ents: dict[str, str] = {}
         participant = str(row.get("participant_id", "")).strip()
-        if participant and not _missing(participant):
+        if participant and not is_missing(participant):
             ents["subject"] = participant.removeprefix("sub-")
         session = row.get("session_id")
-        if session is not None and not _missing(session):
+        if session is not None and not is_missing(session):
             ents["session"] = str(session).strip().removeprefix("ses-")
         for name in entity_columns:
-            if not _missing(row[name]):
+            if not is_missing(row[name]):
                 ents[name] = str(row[name]).strip()
         try:
             rel = derivative_relpath(ents, "report").as_posix()
@@ -361,7 +350,7 @@ def write_group_report(output_dir: str | os.PathLike) -> Path:
         except ValueError:
             scan = {"id": participant or "unknown scan", "link": None, "has_report": False}
         scans.append(scan)
-        flags = [c for c in flag_columns if _truthy(row[c])]
+        flags = [c for c in flag_columns if is_true(row[c])]
         flagged.append(bool(flags))
         status = str(row.get("status", "")).strip()
         if flags:
@@ -405,7 +394,7 @@ _QC_CSS = {QC_PASS: "status-ok", QC_REVIEW: "status-flagged", QC_FAIL: "status-f
 def _problem(why: str, scan: dict[str, Any], flags: str, error: Any) -> dict[str, Any]:
     """A row of the group report's "needs a look" table."""
     return {"why": why, "scan": scan, "css": _PROBLEM_CSS.get(why, "status-missing"),
-            "detail": flags or ("" if _missing(error) else error), "failure_record": None}
+            "detail": flags or ("" if is_missing(error) else error), "failure_record": None}
 
 
 def _existing_relpath(root: Path, entities: Mapping[str, str], kind: str) -> str | None:
