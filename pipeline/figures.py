@@ -48,6 +48,7 @@ from matplotlib.patches import Patch
 from scipy import ndimage as ndi
 
 from ichseg.pipeline.fileutils import atomic_write_text
+from ichseg.pipeline.geometry import bounding_box
 from ichseg.pipeline.labels import (
     BRAIN_VOLUME_COLUMN,
     FOREGROUND_LABELS,
@@ -153,14 +154,7 @@ def _same_grid(ref: _RASVolume, other: _RASVolume, what: str, ref_name: str) -> 
 
 def _bbox(mask: np.ndarray, margin: Sequence[int]) -> tuple[slice, ...]:
     """Bounding box of ``mask`` grown by ``margin`` voxels per axis (whole image if empty)."""
-    if not mask.any():
-        return tuple(slice(0, n) for n in mask.shape)
-    out = []
-    for axis, n in enumerate(mask.shape):
-        others = tuple(a for a in range(mask.ndim) if a != axis)
-        idx = np.flatnonzero(mask.any(axis=others))
-        out.append(slice(max(0, idx[0] - margin[axis]), min(n, idx[-1] + 1 + margin[axis])))
-    return tuple(out)
+    return bounding_box(mask, margin) or tuple(slice(0, n) for n in mask.shape)
 
 
 def _window(hu: np.ndarray, window=BRAIN_WINDOW_HU) -> np.ndarray:

@@ -9,6 +9,7 @@ which ITK's orthonormal image directions cannot represent.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -176,6 +177,25 @@ def _target_box(mapping: np.ndarray, source_shape, target_shape) -> list[tuple[i
 
 #: Voxel coordinates this close outside the source grid count as on its edge.
 _EDGE_TOLERANCE = 1e-4
+
+
+def bounding_box(mask: np.ndarray, margin: int | Sequence[int] = 0) -> tuple[slice, ...] | None:
+    """The smallest box around the true voxels of ``mask``, grown by ``margin`` voxels per axis
+    and kept inside the array; None when the mask is empty."""
+    ijk = np.argwhere(mask)
+    if ijk.size == 0:
+        return None
+    margin = np.broadcast_to(np.asarray(margin, dtype=int), (mask.ndim,))
+    low = np.maximum(ijk.min(0) - margin, 0)
+    high = np.minimum(ijk.max(0) + 1 + margin, mask.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(low, high))
+
+
+def box_affine(affine: np.ndarray, box: Sequence[slice]) -> np.ndarray:
+    """The affine of an array cropped to ``box`` from an array with ``affine``."""
+    shifted = np.array(affine, dtype=float)
+    shifted[:3, 3] = affine[:3, :3] @ np.array([s.start or 0 for s in box[:3]]) + affine[:3, 3]
+    return shifted
 
 
 def world_aligned_grid(

@@ -29,7 +29,12 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ichseg.pipeline.brain import extract_brain
-from ichseg.pipeline.geometry import voxel_sizes, voxel_volume_ml
+from ichseg.pipeline.geometry import (
+    bounding_box,
+    box_affine,
+    voxel_sizes,
+    voxel_volume_ml,
+)
 from ichseg.pipeline.labels import LABELS
 
 #: Sub-voxel sampling step (mm) of the occupancy of host voxels.
@@ -73,12 +78,8 @@ def read_shapes(archive: str | Path, split: str) -> list[Shape]:
             mask = np.asanyarray(img.dataobj) > 0
             if not mask.any():
                 continue
-            ijk = np.argwhere(mask)
-            low, high = ijk.min(0), ijk.max(0) + 1
-            affine = img.affine.copy()
-            affine[:3, 3] = img.affine[:3, :3] @ low + img.affine[:3, 3]
-            cropped = mask[tuple(slice(a, b) for a, b in zip(low, high))]
-            shapes.append(Shape(Path(member).name.split(".")[0], cropped, affine))
+            box = bounding_box(mask)
+            shapes.append(Shape(Path(member).name.split(".")[0], mask[box], box_affine(img.affine, box)))
     return shapes
 
 

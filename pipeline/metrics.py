@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
-from ichseg.pipeline.geometry import voxel_sizes, voxel_volume_ml
+from ichseg.pipeline.geometry import bounding_box, voxel_sizes, voxel_volume_ml
 from ichseg.pipeline.labels import FOREGROUND_LABELS, HEMORRHAGE_INDICES
 
 #: Name of the measure for all hemorrhage classes together.
@@ -45,8 +45,7 @@ def hausdorff95(a: np.ndarray, b: np.ndarray, spacing: Sequence[float]) -> float
         return float("nan")
     sa, sb = _surface(a), _surface(b)
     # distances only matter near the masks: work on the box that holds both, plus a voxel
-    ijk = np.argwhere(a | b)
-    box = tuple(slice(max(0, lo - 1), hi + 2) for lo, hi in zip(ijk.min(0), ijk.max(0)))
+    box = bounding_box(a | b, 1)
     sa, sb = sa[box], sb[box]
     to_b = ndi.distance_transform_edt(~sb, sampling=spacing)
     to_a = ndi.distance_transform_edt(~sa, sampling=spacing)

@@ -9,7 +9,7 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage
 
-from ichseg.pipeline.geometry import voxel_sizes
+from ichseg.pipeline.geometry import bounding_box, box_affine, voxel_sizes
 from ichseg.pipeline.models import resolve_model, weights_sha256
 
 #: Margin (mm) around the brain mask inside which the network runs. The ROI is the scan's own
@@ -54,10 +54,7 @@ def region_of_interest(brain_mask: np.ndarray, affine: np.ndarray, margin_mm: fl
     # the whole template grid); voxels beyond the box are farther than the margin anyway.
     spacing = np.asarray(voxel_sizes(affine))
     reach = np.ceil(margin_mm / spacing).astype(int) + 1
-    ijk = np.argwhere(brain_mask)
-    low = np.maximum(ijk.min(0) - reach, 0)
-    high = np.minimum(ijk.max(0) + 1 + reach, brain_mask.shape)
-    box = tuple(slice(a, b) for a, b in zip(low, high))
+    box = bounding_box(brain_mask, reach)
     roi = np.zeros(brain_mask.shape, dtype=bool)
     roi[box] = ndimage.distance_transform_edt(~brain_mask[box], sampling=spacing) <= margin_mm
     return roi
@@ -65,15 +62,8 @@ def region_of_interest(brain_mask: np.ndarray, affine: np.ndarray, margin_mm: fl
 
 def crop_to_roi(volume: np.ndarray, roi: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Crop a (C, x, y, z) volume to the bounding box of ``roi`` and return it with its affine."""
-    if not roi.any():
-        roi = np.zeros(roi.shape, dtype=bool)
-        roi[(0,) * roi.ndim] = True
-    ijk = np.argwhere(roi)
-    low, high = ijk.min(0), ijk.max(0) + 1
-    box = volume[(slice(None),) + tuple(slice(a, b) for a, b in zip(low, high))]
-    box_affine = affine.copy()
-    box_affine[:3, 3] = affine[:3, :3] @ low + affine[:3, 3]
-    return box, box_affine
+    box = bounding_box(roi) or (slice(0, 1),) * roi.ndim  # an empty region: one voxel
+    return volume[(slice(None),) + box], box_affine(affine, box)
 
 
 def run_model(
@@ -172,10 +162,10 @@ def segment_template_space(
     probs, info = run_model(hu, roi, model, device, log, precision=precision, num_threads=num_threads)
     labels = label_map(probs, hemorrhage_threshold)
     qc = segmentation_qc(probs, labels, brain, roi, voxel_volume_ml(affine))
-    box_probs, box_affine = crop_to_roi(probs, roi, affine)
+    box_probs, probs_affine = crop_to_roi(probs, roi, affine)
     info.update(network_input=network_input, margin_mm=margin_mm, device=device,
                 hemorrhage_threshold=hemorrhage_threshold)
-    return TemplateSegmentation(box_probs, box_affine, labels, qc, info)
+    return TemplateSegmentation(box_probs, probs_affine, labels, qc, info)
 
 
 def probabilities_to_scan(

@@ -377,3 +377,19 @@ def test_resample_onto_a_larger_grid_equals_sampling_every_voxel():
 def test_resample_refuses_orders_above_linear():
     with pytest.raises(ValueError, match="order"):
         resample(np.zeros((4, 4, 4), np.float32), np.eye(4), (4, 4, 4), np.eye(4), order=3)
+
+
+def test_bounding_box_grows_by_the_margin_inside_the_array_and_shifts_the_affine():
+    from ichseg.pipeline.geometry import bounding_box, box_affine
+
+    mask = np.zeros((10, 12, 8), bool)
+    mask[2:4, 5, 6:8] = True
+    assert bounding_box(mask) == (slice(2, 4), slice(5, 6), slice(6, 8))
+    assert bounding_box(mask, (1, 2, 3)) == (slice(1, 5), slice(3, 8), slice(3, 8))  # kept inside
+    assert bounding_box(np.zeros((3, 3, 3), bool)) is None
+    affine = np.diag([0.5, 2.0, 3.0, 1.0])
+    affine[:3, 3] = (-10, 5, 1)
+    box = bounding_box(mask)
+    cropped = box_affine(affine, box)
+    # voxel (0, 0, 0) of the crop is voxel (2, 5, 6) of the whole
+    np.testing.assert_allclose(cropped @ [0, 0, 0, 1], affine @ [2, 5, 6, 1])
