@@ -131,19 +131,34 @@ def read_failure(path: Path) -> str:
     return f"failure record {path.name} has no error message"
 
 
+def last_outcome(volumes: Path | None, failure: Path | None) -> tuple[str, Path] | None:
+    """How the last run of a scan ended, from its result files that exist: ``(STATUS_OK,
+    volume table)``, ``(STATUS_FAILED, failure record)``, or None when it has neither.
+
+    Both exist after a failed rerun of a scan that once succeeded (or the reverse, if the
+    failure record was not cleared): the newer one tells how the last run ended.
+    """
+    volumes = volumes if volumes is not None and volumes.exists() else None
+    failure = failure if failure is not None and failure.exists() else None
+    if volumes is not None and failure is not None:
+        if volumes.stat().st_mtime > failure.stat().st_mtime:
+            failure = None
+        else:
+            volumes = None
+    if failure is not None:
+        return STATUS_FAILED, failure
+    return (STATUS_OK, volumes) if volumes is not None else None
+
+
 def _result_row(vol: Path | None, fail: Path | None) -> dict[str, Any]:
     """Status, error, volumes and extra columns of one scan from its result files."""
-    if vol is not None and fail is not None:
-        # Both exist after a failed rerun of a scan that once succeeded (or the reverse, if
-        # the failure record was not cleared): the newer one tells how the last run ended.
-        if vol.stat().st_mtime > fail.stat().st_mtime:
-            fail = None
-        else:
-            vol = None
-    if fail is not None:
-        return {"status": STATUS_FAILED, "error": read_failure(fail)}
-    if vol is None:
+    outcome = last_outcome(vol, fail)
+    if outcome is None:
         return {"status": STATUS_MISSING}
+    status, path = outcome
+    if status == STATUS_FAILED:
+        return {"status": STATUS_FAILED, "error": read_failure(path)}
+    vol = path
     try:
         values = _read_volumes(vol)
     except Exception as err:  # a broken table must not hide the other scans

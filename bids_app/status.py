@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ichseg.bids_app.group import read_failure
+from ichseg.bids_app.group import last_outcome, read_failure
 from ichseg.bids_app.scanlock import describe_holder, lock_holder
 from ichseg.pipeline.naming import (
     derivative_path,
@@ -26,6 +26,7 @@ from ichseg.pipeline.naming import (
     scan_id,
     scan_lock_path,
 )
+from ichseg.pipeline.volumes import STATUS_FAILED
 
 __all__ = ["ScanState", "scan_state", "latest_submission", "collect_states", "run_status"]
 
@@ -49,14 +50,12 @@ def scan_state(output_dir: str | os.PathLike, entities) -> ScanState | None:
     holder = lock_holder(scan_lock_path(output_dir, entities))
     if holder is not None:
         return ScanState(sid, RUNNING, describe_holder(holder))
-    volumes = derivative_path(output_dir, entities, "volumes")
-    failure = derivative_path(output_dir, entities, "failure")
-    # Both exist after a rerun that ended differently from the run before: the newer counts.
-    if failure.exists() and (not volumes.exists() or failure.stat().st_mtime >= volumes.stat().st_mtime):
-        return ScanState(sid, FAILED, read_failure(failure))
-    if volumes.exists():
-        return ScanState(sid, DONE)
-    return None
+    outcome = last_outcome(derivative_path(output_dir, entities, "volumes"),
+                           derivative_path(output_dir, entities, "failure"))
+    if outcome is None:
+        return None
+    status, path = outcome
+    return ScanState(sid, FAILED, read_failure(path)) if status == STATUS_FAILED else ScanState(sid, DONE)
 
 
 def latest_submission(output_dir: str | os.PathLike) -> dict | None:

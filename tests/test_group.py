@@ -243,3 +243,22 @@ def test_qc_rating_is_fail_for_scans_without_volumes(dataset):
     write_volumes(out, CTS[2], qc="pass")
     table = build_group_table(out, bids)
     assert list(table["qc"]) == ["review", "fail", "pass", "fail", "fail"]
+
+
+def test_last_outcome_is_the_newer_of_volume_table_and_failure_record(tmp_path):
+    import os
+
+    from ichseg.bids_app.group import last_outcome
+    from ichseg.pipeline.volumes import STATUS_FAILED, STATUS_OK
+
+    volumes, failure = tmp_path / "v.tsv", tmp_path / "f.json"
+    assert last_outcome(volumes, failure) is None  # neither exists
+    volumes.write_text("x")
+    assert last_outcome(volumes, failure) == (STATUS_OK, volumes)
+    failure.write_text("{}")
+    os.utime(volumes, (1000, 1000))
+    os.utime(failure, (2000, 2000))
+    assert last_outcome(volumes, failure) == (STATUS_FAILED, failure)  # a failed rerun
+    os.utime(volumes, (3000, 3000))
+    assert last_outcome(volumes, failure) == (STATUS_OK, volumes)  # a successful rerun
+    assert last_outcome(None, None) is None
