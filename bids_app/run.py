@@ -244,12 +244,17 @@ class _Progress:
     """Nipype status callback that reports scans done / total and the elapsed time."""
 
     def __init__(self, images):
+        from ichseg.pipeline.workflows.outputs import (
+            SCAN_COMPLETE_NODE,  # imports Nipype
+        )
+
+        self.complete_node = SCAN_COMPLETE_NODE
         self.total = len(images)
         self.done = 0
         self.started = time.time()
 
     def __call__(self, node, status):
-        if status == "end" and node.name == "ds_volumes":
+        if status == "end" and node.name == self.complete_node:
             self.done += 1
             LOGGER.info("progress: %d/%d scans done (%.0f s)", self.done, self.total, time.time() - self.started)
         elif status == "exception":

@@ -99,7 +99,8 @@ def segment(
     region_names = read_region_names(assets.get_asset(assets.ATLAS_LABELS))
     say = log or (lambda message: None)
     with tempfile.TemporaryDirectory(prefix="ichseg-") as tmp:
-        if isinstance(ct, nib.spatialimages.SpatialImage):
+        in_memory = isinstance(ct, nib.spatialimages.SpatialImage)
+        if in_memory:
             source_file = os.path.join(tmp, "ct.nii")
             nib.save(ct, source_file)
         else:
@@ -134,7 +135,7 @@ def segment(
         qc = {**space.qc, **result.qc, **checked.measures}
         warnings = list(checked.warnings)
         row, _ = volume_row(labels, source.affine, mask > 0, qc, warnings, location)
-        metadata = volume_sidecar(source_file if not isinstance(ct, nib.spatialimages.SpatialImage) else "<image>",
+        metadata = volume_sidecar("<image>" if in_memory else source_file,
                                   result.info, warnings,
                                   {"Registration": {"Transform": settings.ants_transform, "Tool": "ANTsPy"}})
         return Segmentation(

@@ -89,3 +89,19 @@ def test_rerun_reuses_the_work_directory(uninterrupted, demo_bids, tiny_model):
     assert _outputs(out) == before
     # no processing step ran again (their result files are untouched)
     assert [p.stat().st_mtime_ns for p in results] == stamps
+
+
+def test_progress_counts_the_node_that_completes_a_scan(tmp_path, caplog):
+    import logging
+    from types import SimpleNamespace
+
+    from ichseg.bids_app.run import _Progress
+    from ichseg.pipeline.workflows.outputs import SCAN_COMPLETE_NODE, init_ct_derivatives_wf
+
+    assert init_ct_derivatives_wf(tmp_path).get_node(SCAN_COMPLETE_NODE) is not None
+    progress = _Progress(["a", "b"])
+    with caplog.at_level(logging.INFO, logger="ichseg"):
+        progress(SimpleNamespace(name="ds_dseg", fullname="x.ds_dseg"), "end")
+        progress(SimpleNamespace(name=SCAN_COMPLETE_NODE, fullname="x." + SCAN_COMPLETE_NODE), "end")
+    assert progress.done == 1
+    assert "progress: 1/2 scans done" in caplog.text

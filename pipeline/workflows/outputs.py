@@ -9,6 +9,10 @@ from nipype.pipeline import engine as pe
 
 from ichseg.pipeline.interfaces.derivatives import DerivativesDataSink
 
+#: The node that stores the volume table, last of a scan's outputs: its end marks a complete
+#: scan (progress reporting counts it).
+SCAN_COMPLETE_NODE = "ds_volumes"
+
 #: Outputs written for every scan: input field -> (derivative kind of
 #: ``ichseg.pipeline.naming.DERIVATIVES``, extra entities). The volume table is not listed:
 #: it is written last, so that its presence means the scan's outputs are complete.
@@ -67,7 +71,7 @@ def init_ct_derivatives_wf(output_dir: str | Path, name: str = "ct_derivatives_w
         ])
     ds_volumes = pe.Node(
         DerivativesDataSink(base_directory=str(output_dir), kind="volumes"),
-        name="ds_volumes",
+        name=SCAN_COMPLETE_NODE,
         run_without_submitting=True,
     )
     # The volume table waits for every other output: a scan with a table is complete.
