@@ -30,3 +30,16 @@ def test_imports_are_absolute_and_one_way(path):
     if path.relative_to(ROOT).parts[0] == "pipeline":
         upward = [(line, module) for line, module, _ in _imports(path) if module.startswith("ichseg.bids_app")]
         assert not upward, f"{path.name} imports the app layer: {upward}"
+
+
+def test_readme_layout_names_every_module():
+    readme = (ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout"):]
+    layout = layout[: layout.index("\n## ", 5)]
+    missing = [
+        str(path.relative_to(ROOT))
+        for folder in ("pipeline", "pipeline/interfaces", "pipeline/workflows", "bids_app")
+        for path in sorted((ROOT / folder).glob("*.py"))
+        if path.name != "__init__.py" and path.name not in layout
+    ]
+    assert not missing, f"README's Layout section does not name: {', '.join(missing)}"
