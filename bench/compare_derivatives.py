@@ -22,8 +22,9 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-#: JSON keys that differ between identical runs: timings, dates, the machine, paths of the run.
-VOLATILE_KEYS = {"inference_seconds", "roi_voxels_per_s", "time", "machine", "Sources", "weights",
+#: JSON keys that differ between identical runs: timings, dates, the machine and its threads,
+#: paths of the run.
+VOLATILE_KEYS = {"inference_seconds", "roi_voxels_per_s", "torch_threads", "time", "machine", "Sources", "weights",
                  "GeneratedBy", "SourceDatasets", "DatasetLinks"}
 NOT_COMPARED = ("*.html", "*.svg", "logs/*", "*/log/.*")
 

@@ -175,7 +175,10 @@ def _is_number(value: Any) -> bool:
 
 
 def _fmt_measure(value: Any) -> Any:
-    """A QC measure or an "About" value as shown: 3 decimals (1 from 100 on); others as they are."""
+    """A QC measure or an "About" value as shown: 3 decimals (1 from 100 on), ``n/a`` for a
+    missing value (None: the volume row passes values, not the table's cells); others as they are."""
+    if value is None:
+        return "n/a"
     if isinstance(value, (float, np.floating)) and math.isfinite(value) and not float(value).is_integer():
         return f"{float(value):.3f}" if abs(value) < 100 else f"{float(value):.1f}"
     return value

@@ -508,3 +508,10 @@ def test_ras_reader_matches_closest_canonical(tmp_path, linear):
     np.testing.assert_allclose(volume.array(np.float32), expected)
     for k in range(expected.shape[2]):
         np.testing.assert_allclose(volume.axial(k), expected[:, :, k])
+
+
+def test_scan_report_shows_a_missing_measure_as_n_a(tmp_path):
+    # the workflow passes the volume row as values: a measure it could not compute is None
+    out = write_scan_report(tmp_path / "r.html", "sub-01", {"registration_dice": None}, {})
+    text = " ".join(_parse(out).text)
+    assert "registration_dice n/a" in text and "None" not in text
