@@ -19,8 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +28,7 @@ import nibabel as nib
 import numpy as np
 
 from ichseg.pipeline.brain import extract_brain
+from ichseg.pipeline.fileutils import atomic_output
 from ichseg.pipeline.geometry import voxel_sizes
 from ichseg.pipeline.image import load_ct
 from ichseg.pipeline.labels import HEMORRHAGE_INDICES, LABELS
@@ -278,14 +277,8 @@ def train(network, config: dict, window, training: Sequence[PreparedScan], valid
 def _atomic_torch_save(obj, path: Path) -> None:
     import torch
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:  # the one atomic writer: umask permissions, like any output
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def label_names() -> dict[int, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import nibabel as nib
 import numpy as np
@@ -85,6 +86,10 @@ def test_train_writes_a_model_that_ichseg_runs_and_resumes(dataset, asset, capsy
     assert (prepared == IGNORE_LABEL).any() and (prepared == 1).any()  # the ignore mask reached the labels
     assert not (np.load(work / "sub-02.npz")["labels"] == IGNORE_LABEL).any()
     card = json.loads((model / "model_card.json").read_text())
+    umask = os.umask(0)
+    os.umask(umask)
+    for written in ("model_1.pt", "checkpoint.pt"):  # shared model folders: readable as the umask says
+        assert (model / written).stat().st_mode & 0o777 == 0o666 & ~umask
     assert len(card["data"]["training_subjects"]) == 2 and len(card["data"]["validation_subjects"]) == 1
     assert [h["epoch"] for h in card["history"]["epochs"]] == [1, 2]
     from ichseg.pipeline.models import resolve_model
