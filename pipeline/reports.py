@@ -6,7 +6,9 @@ interface wraps them for the workflow); the figures come from :mod:`ichseg.pipel
 * :func:`write_scan_report` -- one self-contained HTML page per scan;
 * :func:`write_group_report` -- ``<output_dir>/group_report.html`` from ``group_volumes.tsv``.
 
-Everything written into the output folder goes through :mod:`ichseg.pipeline.fileutils`
+These functions prepare the values (rows, cells, CSS classes); the jinja2 templates in
+``pipeline/data/`` (``scan_report.html.j2``, ``group_report.html.j2``, both extending
+``page.html.j2``) write and escape the HTML. Everything written into the output folder goes through :mod:`ichseg.pipeline.fileutils`
 (atomic writes).
 """
 
@@ -74,10 +76,6 @@ FIGURE_CAPTIONS = {
         "image."
     ),
 }
-
-# HTML
-# --------------------------------------------------------------------------------------------
-
 
 
 def _render_page(template: str, out_html: Path, title: str, nav: Sequence[tuple[str, str]], **context: Any) -> Path:
