@@ -96,7 +96,10 @@ def test_progress_counts_the_node_that_completes_a_scan(tmp_path, caplog):
     from types import SimpleNamespace
 
     from ichseg.bids_app.run import _Progress
-    from ichseg.pipeline.workflows.outputs import SCAN_COMPLETE_NODE, init_ct_derivatives_wf
+    from ichseg.pipeline.workflows.outputs import (
+        SCAN_COMPLETE_NODE,
+        init_ct_derivatives_wf,
+    )
 
     assert init_ct_derivatives_wf(tmp_path).get_node(SCAN_COMPLETE_NODE) is not None
     progress = _Progress(["a", "b"])
