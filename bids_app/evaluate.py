@@ -39,6 +39,7 @@ from ichseg.pipeline.naming import (
     find_derivatives,
     scan_id,
 )
+from ichseg.pipeline.tsv import MISSING
 from ichseg.pipeline.volumes import STATUS_MISSING, STATUS_OK
 
 LOGGER = logging.getLogger("ichseg")
@@ -175,7 +176,7 @@ def evaluate(derivatives: Path, references: Path) -> dict:
 
 def _cell(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
+        return MISSING
     if isinstance(value, float):
         return f"{value:.4f}"
     return str(value)

@@ -52,7 +52,7 @@ from ichseg.pipeline.naming import (
     scan_id,
 )
 from ichseg.pipeline.qc import QC_FAIL
-from ichseg.pipeline.tsv import read_tsv
+from ichseg.pipeline.tsv import MISSING, read_tsv
 from ichseg.pipeline.volumes import STATUS_FAILED, STATUS_MISSING, STATUS_OK
 
 LOGGER = logging.getLogger(__name__)
@@ -339,7 +339,7 @@ def _tsv_text(table: pd.DataFrame) -> str:
             table[col] = table[col].map(clean, na_action="ignore")
     buffer = io.StringIO()
     table.to_csv(
-        buffer, sep="\t", na_rep="n/a", index=False, quoting=csv.QUOTE_NONE, lineterminator="\n"
+        buffer, sep="\t", na_rep=MISSING, index=False, quoting=csv.QUOTE_NONE, lineterminator="\n"
     )
     return buffer.getvalue()
 

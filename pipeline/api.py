@@ -29,6 +29,7 @@ from ichseg.pipeline.niftiio import image_like, save_like
 from ichseg.pipeline.registration import to_template_space
 from ichseg.pipeline.segmentation import probabilities_to_scan, segment_template_space
 from ichseg.pipeline.settings import MethodSettings
+from ichseg.pipeline.tsv import write_tsv
 from ichseg.pipeline.volumes import volume_row, volume_sidecar
 
 __all__ = ["Segmentation", "segment"]
@@ -54,9 +55,9 @@ class Segmentation:
         for name, path in paths.items():
             nib.save(getattr(self, name), path)
         paths["volumes"] = folder / f"{prefix}_volumes.tsv"
-        pd.DataFrame([self.volumes]).to_csv(paths["volumes"], sep="\t", index=False, na_rep="n/a")
+        write_tsv(pd.DataFrame([self.volumes]), paths["volumes"])
         paths["regions"] = folder / f"{prefix}_regions.tsv"
-        self.regions.to_csv(paths["regions"], sep="\t", index=False, na_rep="n/a")
+        write_tsv(self.regions, paths["regions"])
         return paths
 
 

@@ -56,6 +56,7 @@ from ichseg.pipeline.labels import (
     LABELS,
     TOTAL_HEMORRHAGE_COLUMN,
 )
+from ichseg.pipeline.tsv import MISSING
 from ichseg.pipeline.volumes import STATUS_OK
 
 __all__ = [
@@ -623,7 +624,7 @@ def plot_group_volumes(table, out: io.StringIO) -> bool:
     if not columns or not any(np.isfinite(v).any() for v in values.values()):
         return False
     if "status" in table:
-        statuses = table["status"].fillna("n/a").astype(str).str.strip().str.lower().to_numpy()
+        statuses = table["status"].fillna(MISSING).astype(str).str.strip().str.lower().to_numpy()
     else:
         statuses = np.full(len(table), STATUS_OK)
     flagged = table["_flagged"].to_numpy(bool)

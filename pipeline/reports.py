@@ -46,7 +46,7 @@ from ichseg.pipeline.qc import (
     qc_column_descriptions,
 )
 from ichseg.pipeline.templating import render
-from ichseg.pipeline.tsv import is_missing, is_true, read_tsv
+from ichseg.pipeline.tsv import MISSING, is_missing, is_true, read_tsv
 from ichseg.pipeline.volumes import STATUS_OK
 
 __all__ = [
@@ -129,7 +129,7 @@ def _fmt_number(value: Any, digits: int = 2) -> str:
     except (TypeError, ValueError):
         return str(value)
     if not math.isfinite(number):
-        return "n/a"
+        return MISSING
     return f"{number:.{digits}f}"
 
 
@@ -176,7 +176,7 @@ def _fmt_measure(value: Any) -> Any:
     """A QC measure or an "About" value as shown: 3 decimals (1 from 100 on), ``n/a`` for a
     missing value (None: the volume row passes values, not the table's cells); others as they are."""
     if value is None:
-        return "n/a"
+        return MISSING
     if isinstance(value, (float, np.floating)) and math.isfinite(value) and not float(value).is_integer():
         return f"{float(value):.3f}" if abs(value) < 100 else f"{float(value):.1f}"
     return value

@@ -10,8 +10,11 @@ import math
 import os
 from typing import Any
 
+#: What ichseg writes (and shows) for a missing value.
+MISSING = "n/a"
+
 #: Cells read as missing (compared after stripping white space; ``nan`` in any case).
-MISSING_VALUES = ("n/a", "", "nan", "NaN")
+MISSING_VALUES = (MISSING, "", "nan", "NaN")
 
 #: Words read as true, in flags and in environment variables (any case).
 TRUE_WORDS = frozenset({"1", "true", "yes", "y", "t", "on"})
@@ -31,6 +34,11 @@ def is_missing(value: Any) -> bool:
 def is_true(value: Any) -> bool:
     """True for the words of :data:`TRUE_WORDS` (and ``True``, ``1``)."""
     return value is not None and str(value).strip().lower() in TRUE_WORDS
+
+
+def write_tsv(table, path: str | os.PathLike) -> None:
+    """Write a pandas DataFrame as a TSV, missing values as :data:`MISSING`."""
+    table.to_csv(path, sep="\t", index=False, na_rep=MISSING)
 
 
 def read_tsv(path: str | os.PathLike, *, as_text: bool = False):

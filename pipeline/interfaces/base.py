@@ -16,6 +16,7 @@ import pandas as pd
 from nipype.interfaces.base import SimpleInterface
 
 from ichseg.pipeline.niftiio import save_like
+from ichseg.pipeline.tsv import write_tsv
 
 
 def read_image(path: str, dtype=None) -> tuple[np.ndarray, nib.Nifti1Image]:
@@ -50,5 +51,4 @@ class NodeInterface(SimpleInterface):
             json.dump(content, fobj, indent=2, default=str)
 
     def _write_table(self, runtime, output: str, filename: str, rows: list[dict]) -> None:
-        pd.DataFrame(rows).to_csv(self._output_path(runtime, output, filename), sep="\t", index=False,
-                                  na_rep="n/a")
+        write_tsv(pd.DataFrame(rows), self._output_path(runtime, output, filename))
