@@ -38,6 +38,7 @@ from ichseg.pipeline.labels import (
     TOTAL_HEMORRHAGE_COLUMN,
     VOLUME_COLUMNS,
 )
+from ichseg.pipeline.naming import GROUP_TABLE, derivative_relpath
 from ichseg.pipeline.qc import (
     QC_FAIL,
     QC_PASS,
@@ -47,7 +48,7 @@ from ichseg.pipeline.qc import (
 )
 from ichseg.pipeline.templating import render
 from ichseg.pipeline.tsv import MISSING, is_missing, is_true, read_tsv
-from ichseg.pipeline.volumes import STATUS_OK
+from ichseg.pipeline.volumes import STATUS_FAILED, STATUS_OK
 
 __all__ = [
     "FIGURE_CAPTIONS",
@@ -313,8 +314,6 @@ def write_group_report(output_dir: str | os.PathLike) -> Path:
     """
     import pandas as pd
 
-    from ichseg.pipeline.naming import GROUP_TABLE, derivative_relpath
-
     root = Path(output_dir).absolute()
     table_path = root / GROUP_TABLE
     if not table_path.is_file():
@@ -333,7 +332,7 @@ def write_group_report(output_dir: str | os.PathLike) -> Path:
         entity_columns = []
     flag_columns = [c for c in columns if c.startswith("flag_")]
 
-    scans, flagged, problems = [], [], []
+    rows, flagged, problems = [], [], []
     for _, row in table.iterrows():
         ents: dict[str, str] = {}
         participant = str(row.get("participant_id", "")).strip()
@@ -350,7 +349,7 @@ def write_group_report(output_dir: str | os.PathLike) -> Path:
             scan = {"id": rel[: -len(".html")], "link": rel, "has_report": (root / rel).is_file()}
         except ValueError:
             scan = {"id": participant or "unknown scan", "link": None, "has_report": False}
-        scans.append(scan)
+        rows.append({"scan": scan, "cells": [_group_cell(column, row[column]) for column in columns]})
         flags = [c for c in flag_columns if is_true(row[c])]
         flagged.append(bool(flags))
         status = str(row.get("status", "")).strip()
@@ -360,14 +359,11 @@ def write_group_report(output_dir: str | os.PathLike) -> Path:
             problems.append(_problem(QC_REVIEW, scan, f"{row.get('n_warnings', '?')} input warning(s)", ""))
         if status and status.lower() != STATUS_OK:
             problem = _problem(status, scan, "", row.get("error", ""))
-            if status == "failed":
+            if status == STATUS_FAILED:
                 problem["failure_record"] = _existing_relpath(root, ents, "failure")
             problems.append(problem)
     table["_flagged"] = flagged
 
-    rows = []
-    for scan, (_, row) in zip(scans, table.iterrows()):
-        rows.append({"scan": scan, "cells": [_group_cell(column, row[column]) for column in columns]})
     distribution, courses = io.StringIO(), io.StringIO()
     status_counts = table["status"].value_counts().to_dict() if "status" in table else {}
     qc_counts = table["qc"].value_counts() if "qc" in table else None
@@ -387,7 +383,7 @@ def write_group_report(output_dir: str | os.PathLike) -> Path:
 
 
 #: CSS class of the "Why" cell of a scan that needs a look.
-_PROBLEM_CSS = {"failed": "status-failed", "flagged": "status-flagged", QC_REVIEW: "status-flagged"}
+_PROBLEM_CSS = {STATUS_FAILED: "status-failed", "flagged": "status-flagged", QC_REVIEW: "status-flagged"}
 #: CSS class of the group table's QC rating.
 _QC_CSS = {QC_PASS: "status-ok", QC_REVIEW: "status-flagged", QC_FAIL: "status-failed"}
 
@@ -400,8 +396,6 @@ def _problem(why: str, scan: dict[str, Any], flags: str, error: Any) -> dict[str
 
 def _existing_relpath(root: Path, entities: Mapping[str, str], kind: str) -> str | None:
     """The relative path of a derivative of ``kind`` when it exists in ``root``."""
-    from ichseg.pipeline.naming import derivative_relpath
-
     try:
         rel = derivative_relpath(entities, kind).as_posix()
     except ValueError:
