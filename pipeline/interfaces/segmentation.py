@@ -62,7 +62,8 @@ class SegmentHemorrhage(NodeInterface):
     def _run_interface(self, runtime):
         hu, ct_img = read_image(self.inputs.template_ct, np.float32)
         result = segment_template_space(
-            hu, read_mask(self.inputs.template_brain_mask), ct_img.affine, self.inputs.model, self.inputs.device, self.inputs.precision,
+            hu, read_mask(self.inputs.template_brain_mask), ct_img.affine, self.inputs.model,
+            self.inputs.device, self.inputs.precision,
             self.inputs.num_threads, self.inputs.network_input, self.inputs.margin_mm,
             self.inputs.hemorrhage_threshold, LOGGER.info,
         )
