@@ -52,15 +52,24 @@ ARG PIP_CERT=""
 RUN --mount=type=bind,from=wheels,target=/wheels --mount=type=bind,from=certs,target=/certs \
     pip install ${PIP_CERT:+--cert "$PIP_CERT"} ${PIP_EXTRA_ARGS} "${TORCH_SPEC}"
 
+# The dependencies (setup.cfg's install_requires) in a layer of their own, before the code: an
+# edit of ichseg's code then rebuilds a layer of about 1 MB instead of all of them (about 1 GB).
+# The torch installed above satisfies ichseg's torch requirement, so pip keeps it.
+COPY setup.cfg /src/
+RUN --mount=type=bind,from=certs,target=/certs \
+    python -c "import configparser; c = configparser.ConfigParser(); c.read('/src/setup.cfg'); print(c['options']['install_requires'])" > /tmp/requirements.txt \
+ && pip install ${PIP_CERT:+--cert "$PIP_CERT"} -r /tmp/requirements.txt \
+ && rm /tmp/requirements.txt
+
 # Only what the package build needs (setup.cfg reads README.md for long_description).
-COPY pyproject.toml setup.cfg README.md /src/
+COPY pyproject.toml README.md /src/
 COPY ichseg /src/ichseg
 COPY pipeline /src/pipeline
 COPY bids_app /src/bids_app
-# Not editable: the runtime stage gets the installed package, not /src. The torch installed above
-# satisfies ichseg's torch requirement, so pip keeps it; `pip check` fails the build on conflicts.
+# Not editable: the runtime stage gets the installed package, not /src. `pip check` fails the
+# build when the dependencies installed above do not satisfy the package.
 RUN --mount=type=bind,from=certs,target=/certs \
-    pip install ${PIP_CERT:+--cert "$PIP_CERT"} /src \
+    pip install ${PIP_CERT:+--cert "$PIP_CERT"} --no-deps /src \
  && pip check
 
 

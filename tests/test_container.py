@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,10 +40,14 @@ def _require_tools() -> None:
 
 
 @pytest.fixture(scope="module")
-def rootfs(tmp_path_factory) -> tuple[Path, list[str]]:
-    """The image's root file system in a folder, and its environment (``KEY=value``)."""
+def rootfs(tmp_path_factory) -> Iterator[tuple[Path, list[str]]]:
+    """The image's root file system in a folder, and its environment (``KEY=value``).
+
+    An image this fixture built is removed afterwards (about 2 GB each; its build cache stays).
+    """
     _require_tools()
-    if "ICHSEG_TEST_IMAGE" not in os.environ:
+    built_here = "ICHSEG_TEST_IMAGE" not in os.environ
+    if built_here:
         env = dict(os.environ)
         if Path("/opt/wheels").is_dir():  # this CI's local CPU build of torch
             env.setdefault("ICHSEG_WHEELS", "/opt/wheels")
@@ -60,7 +65,9 @@ def rootfs(tmp_path_factory) -> tuple[Path, list[str]]:
         subprocess.run(["podman", "rm", container], capture_output=True)
     config = json.loads(subprocess.run(["podman", "image", "inspect", IMAGE], capture_output=True,
                                        text=True, check=True).stdout)[0]["Config"]
-    return folder, config["Env"]
+    yield folder, config["Env"]
+    if built_here:
+        subprocess.run(["podman", "rmi", IMAGE], capture_output=True)
 
 
 def _chroot(rootfs, *command: str, timeout: float = 900) -> subprocess.CompletedProcess:
