@@ -37,7 +37,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ichseg.pipeline.assets import LESION_SHAPES, get_asset
+from ichseg.pipeline.assets import ASSETS, LESION_SHAPES, get_asset
 from ichseg.pipeline.geometry import voxel_volume_ml
 from ichseg.pipeline.labels import write_dseg_tsv
 from ichseg.pipeline.lesion_insertion import (
@@ -63,8 +63,16 @@ def _save(data: np.ndarray, host_header: nib.Nifti1Header, affine: np.ndarray, p
     nib.save(img, str(path))
 
 
-def _description(path: Path, name: str, derivative: bool) -> None:
-    text = {"Name": name, "BIDSVersion": "1.9.0"}
+def _data_license(hosts: list[str]) -> str:
+    """The terms of what the phantoms are made of (host CTs and shapes), for dataset_description's
+    License: weights trained on the truth set derive from these data too."""
+    parts = [f"{relpath}: {ASSETS[relpath].license}"
+             for relpath in [f"ct/{name}_ct.nii.gz" for name in hosts] + [LESION_SHAPES]]
+    return "made from " + "; ".join(parts)
+
+
+def _description(path: Path, name: str, derivative: bool, license_text: str) -> None:
+    text = {"Name": name, "BIDSVersion": "1.9.0", "License": license_text}
     if derivative:
         text.update(DatasetType="derivative",
                     GeneratedBy=[{"Name": "ichseg bench/make_truthset.py",
@@ -97,8 +105,10 @@ def make_truthset(out: Path, split: str, n: int | None, seed: int, hosts: list[s
         prepared.append((prepare_host(name, nib.load(str(ct))), sidecar if sidecar.is_file() else None))
     root = out / split
     bids, reference = root / "bids", root / "reference"
-    _description(bids, f"ichseg truth set ({split})", derivative=False)
-    _description(reference, f"ichseg truth set ({split}): reference segmentations", derivative=True)
+    license_text = _data_license(hosts)
+    _description(bids, f"ichseg truth set ({split})", derivative=False, license_text=license_text)
+    _description(reference, f"ichseg truth set ({split}): reference segmentations", derivative=True,
+                 license_text=license_text)
     write_dseg_tsv(reference / "dseg.tsv")
     rows, prefix = [], split[0]
     target = len(shapes) if n is None else min(n, len(shapes))

@@ -69,6 +69,15 @@ def split_subjects(subjects: list[str], fraction: float, seed: int) -> tuple[lis
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 
+def dataset_license(root: Path) -> str | None:
+    """The ``License`` of a BIDS dataset's dataset_description.json, or None where it states none."""
+    try:
+        value = json.loads((root / "dataset_description.json").read_text(encoding="utf-8")).get("License")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
 def write_model_card(model_dir: Path, card: dict) -> None:
     (model_dir / "model_card.json").write_text(json.dumps(card, indent=2, default=str) + "\n")
     history = card["history"]["epochs"]
@@ -88,6 +97,7 @@ Fine-tuned by `ichseg train` (ichseg {card['ichseg_version']}, {card['date']}) f
 ## Data it saw
 
 - CTs: `{card['data']['bids_dir']}`; references: `{card['data']['reference_dir']}`
+- License of the data: {_license_line(card['data']['license'])}
 - Training: {len(card['data']['training_scans'])} scans of {len(card['data']['training_subjects'])} subjects: {', '.join(card['data']['training_subjects'])}
 - Validation: {len(card['data']['validation_scans'])} scans of {len(card['data']['validation_subjects'])} subjects: {', '.join(card['data']['validation_subjects'])}
 
@@ -104,6 +114,19 @@ of the validation scans, not on whole scans: measure the model on scans it has n
 with `ichseg evaluate` before using it.
 """
     (model_dir / "README.md").write_text(text)
+
+
+def _license_line(licenses: dict[str, str | None]) -> str:
+    stated = [f"{what}: {text}" for what, text in licenses.items() if text]
+    missing = [what for what, text in licenses.items() if not text]
+    line = "; ".join(stated)
+    if missing:
+        line += ("; " if line else "") + (
+            f"not stated for the {' and the '.join(missing)} (no `License` in dataset_description.json): "
+            "check the terms of the data before sharing these weights")
+    elif stated:
+        line += ". Weights trained on data carry its terms too: check them before sharing these weights"
+    return line
 
 
 def run_train(argv: list[str] | None = None) -> int:
@@ -178,6 +201,8 @@ def _train(args) -> int:
         "base": {"name": base.spec.name, "description": base.spec.description, "citation": base.spec.citation,
                  "license": base.spec.license, "url": base.spec.url},
         "data": {"bids_dir": str(args.bids_dir.absolute()), "reference_dir": str(args.reference_dir.absolute()),
+                 "license": {"CTs": dataset_license(args.bids_dir),
+                             "references": dataset_license(args.reference_dir)},
                  "training_subjects": train_subjects, "validation_subjects": val_subjects,
                  "training_scans": [s.name for s in training], "validation_scans": [s.name for s in validation]},
         "settings": asdict(settings), "history": asdict(history),

@@ -74,6 +74,21 @@ ARGS = ["--epochs", "2", "--iterations", "2", "--batch-size", "1", "--output-pat
         "--validation-patches", "2", "--seed", "3"]
 
 
+def test_model_card_names_the_license_of_the_data(tmp_path):
+    from ichseg.bids_app.train import _license_line, dataset_license
+
+    (tmp_path / "ct").mkdir()
+    (tmp_path / "ct" / "dataset_description.json").write_text('{"Name": "x", "License": "CC0"}')
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "ref" / "dataset_description.json").write_text('{"Name": "x"}')
+    licenses = {"CTs": dataset_license(tmp_path / "ct"), "references": dataset_license(tmp_path / "ref")}
+    assert licenses == {"CTs": "CC0", "references": None}
+    assert dataset_license(tmp_path / "missing") is None
+    line = _license_line(licenses)
+    assert line.startswith("CTs: CC0; not stated for the references")
+    assert "check them before sharing" in _license_line({"CTs": "CC0", "references": "CC0"})
+
+
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_train_writes_a_model_that_ichseg_runs_and_resumes(dataset, asset, capsys):
@@ -97,6 +112,8 @@ def test_train_writes_a_model_that_ichseg_runs_and_resumes(dataset, asset, capsy
     assert card["base"]["license"] == resolve_model(str(base)).spec.license  # the base's, whatever it is
     assert "fine-tuned by ichseg train" in resolve_model(str(model)).spec.description
     assert "Data it saw" in (model / "README.md").read_text()
+    assert set(card["data"]["license"]) == {"CTs", "references"}
+    assert "License of the data" in (model / "README.md").read_text()
     state = torch.load(str(model / "model_1.pt"), weights_only=True)
     original = torch.load(str(base / "model_1.pt"), weights_only=True)
     assert set(state) == set(original)
