@@ -32,7 +32,13 @@ import numpy as np
 
 from ichseg.pipeline import __version__
 from ichseg.pipeline.fileutils import atomic_output
-from ichseg.pipeline.metrics import HEMORRHAGE, agreement, class_masks, compare_labels
+from ichseg.pipeline.metrics import (
+    HEMORRHAGE,
+    agreement,
+    agreement_by_volume,
+    class_masks,
+    compare_labels,
+)
 from ichseg.pipeline.naming import (
     DERIVATIVE_ENTITIES,
     entities_from_path,
@@ -166,8 +172,13 @@ def evaluate(derivatives: Path, references: Path) -> dict:
             continue
         dataset[name] = agreement([r[f"{name}_ml"] for r in scored], [r[f"{name}_ref_ml"] for r in scored],
                                   [r[f"{name}_dice"] for r in scored])
+    scored = [r for r in ok if f"{HEMORRHAGE}_dice" in r]
+    by_volume = agreement_by_volume([r[f"{HEMORRHAGE}_ml"] for r in scored],
+                                    [r[f"{HEMORRHAGE}_ref_ml"] for r in scored],
+                                    [r[f"{HEMORRHAGE}_dice"] for r in scored]) if scored else []
     return {"ichseg_version": __version__, "derivatives": str(derivatives), "references": str(references),
-            "scans": rows, "dataset": dataset, "missing_predictions": missing,
+            "scans": rows, "dataset": dataset, f"{HEMORRHAGE}_by_volume": by_volume,
+            "missing_predictions": missing,
             "without_reference": sorted(set(predictions) - set(refs))}
 
 
@@ -180,6 +191,12 @@ def _cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
     return str(value)
+
+
+def _percent(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return MISSING
+    return f"{100 * value:.1f} %"
 
 
 def write_table(result: dict, path: Path) -> None:
@@ -260,7 +277,8 @@ def write_report(result: dict, path: Path) -> None:
     rows = result["scans"]
     columns = [c for c in ("scan", "status", f"{HEMORRHAGE}_dice", f"{HEMORRHAGE}_ml", f"{HEMORRHAGE}_ref_ml",
                            f"{HEMORRHAGE}_diff_ml", f"{HEMORRHAGE}_hd95_mm")]
-    html = render("evaluation.html.j2", filters={"num": _cell}, result=result, plots=_plots(result),
+    html = render("evaluation.html.j2", filters={"num": _cell, "pct": _percent}, result=result,
+                  plots=_plots(result), by_volume=result.get(f"{HEMORRHAGE}_by_volume", []),
                   columns=columns, rows=rows, hemorrhage=HEMORRHAGE, status_ok=STATUS_OK, title="ichseg evaluation",
                   nav=[("dataset", "Dataset"), ("plots", "Volumes"), ("scans", "Scans")], version=__version__)
     with atomic_output(path) as tmp:

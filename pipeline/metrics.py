@@ -136,3 +136,41 @@ def agreement(predicted_ml: Sequence[float], reference_ml: Sequence[float], dice
         else [float("nan"), float("nan")],
         "largest_error_ml": float(diff[np.argmax(np.abs(diff))]) if n else float("nan"),
     }
+
+
+#: Reference volumes (mL) that bound the size strata: small bleeds, the 15 mL that trials use as a
+#: surgical goal and the 30 mL they use for inclusion.
+VOLUME_STRATA_ML: tuple[float, ...] = (5.0, 15.0, 30.0)
+
+
+def agreement_by_volume(predicted_ml: Sequence[float], reference_ml: Sequence[float], dices: Sequence[float],
+                        edges: Sequence[float] = VOLUME_STRATA_ML) -> list[dict]:
+    """Dice and volume error per stratum of reference volume (scans with a reference volume of 0
+    are left out: they have no relative error). Relative differences are (predicted − reference) /
+    reference; ``largest_relative_error`` is the largest of their absolute values."""
+    p = np.asarray(predicted_ml, dtype=float)
+    r = np.asarray(reference_ml, dtype=float)
+    d = np.asarray(dices, dtype=float)
+    bounds = [0.0, *edges, math.inf]
+    strata = []
+    for low, high in zip(bounds[:-1], bounds[1:]):
+        inside = (r > low) & (r <= high)
+        if low == 0.0:
+            label = f"≤ {high:g} mL"
+        else:
+            label = f"> {low:g} mL" if math.isinf(high) else f"{low:g}–{high:g} mL"
+        stratum = {"range": label, "low_ml": low, "high_ml": None if math.isinf(high) else high,
+                   "n_scans": int(inside.sum())}
+        strata.append(stratum)
+        if not inside.any():
+            continue
+        rel = (p[inside] - r[inside]) / r[inside]
+        dice_in = d[inside][~np.isnan(d[inside])]
+        stratum.update({
+            "dice_mean": float(dice_in.mean()) if dice_in.size else float("nan"),
+            "dice_median": float(np.median(dice_in)) if dice_in.size else float("nan"),
+            "mean_difference_ml": float((p[inside] - r[inside]).mean()),
+            "mean_relative_difference": float(rel.mean()),
+            "largest_relative_error": float(np.abs(rel).max()),
+        })
+    return strata

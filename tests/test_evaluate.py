@@ -69,8 +69,12 @@ def test_evaluate_command_writes_tsv_json_html(folders, tmp_path, capsys):
     assert table.loc[table.scan == "sub-03", "hemorrhage_dice"].isna().all()
     data = json.loads((tmp_path / "eval/evaluation.json").read_text())
     assert data["dataset"]["hemorrhage"]["rmse_ml"] > 0
+    small = data["hemorrhage_by_volume"][0]  # both references are 3 mL
+    assert small["range"] == "≤ 5 mL" and small["n_scans"] == 2
+    assert small["largest_relative_error"] == pytest.approx(0.5)
     html = (tmp_path / "eval/evaluation.html").read_text()
     assert "<svg" in html and "Bland-Altman" in html and "sub-03" in html
+    assert "Hemorrhage by reference volume" in html and "-25.0 %" in html  # mean of 0 and -50 %
     assert "2 scans: Dice 0.833" in capsys.readouterr().out
 
 

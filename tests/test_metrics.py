@@ -98,3 +98,21 @@ def test_agreement_figures():
     assert out["limits_of_agreement_ml"] == pytest.approx([1 - 1.96 * sd, 1 + 1.96 * sd])
     assert out["largest_error_ml"] == pytest.approx(3.0)
     assert 0.98 < out["volume_pearson_r"] <= 1.0
+
+
+def test_agreement_by_volume_strata():
+    from ichseg.pipeline.metrics import agreement_by_volume
+
+    reference = [0.0, 2.0, 10.0, 20.0, 40.0, 50.0]
+    predicted = [0.3, 3.0, 9.0, 20.0, 36.0, 52.0]
+    dices = [float("nan"), 0.5, 0.8, 0.9, 0.85, 0.95]
+    strata = agreement_by_volume(predicted, reference, dices)
+    assert [s["range"] for s in strata] == ["≤ 5 mL", "5–15 mL", "15–30 mL", "> 30 mL"]
+    assert [s["n_scans"] for s in strata] == [1, 1, 1, 2]  # the reference of 0 mL is left out
+    assert strata[0]["mean_relative_difference"] == pytest.approx(0.5)
+    assert strata[3]["dice_mean"] == pytest.approx(0.9)
+    assert strata[3]["mean_difference_ml"] == pytest.approx(-1.0)
+    assert strata[3]["largest_relative_error"] == pytest.approx(0.1)
+    assert strata[3]["high_ml"] is None
+    empty = agreement_by_volume([1.0], [1.0], [1.0], edges=(5.0,))
+    assert empty[1] == {"range": "> 5 mL", "low_ml": 5.0, "high_ml": None, "n_scans": 0}
