@@ -30,7 +30,12 @@ import nibabel as nib
 import numpy as np
 
 from ichseg.bids_app.evaluate import evaluate, find_references
-from ichseg.pipeline.metrics import HEMORRHAGE, agreement, compare_labels
+from ichseg.pipeline.metrics import (
+    HEMORRHAGE,
+    agreement,
+    agreement_by_volume,
+    compare_labels,
+)
 from ichseg.pipeline.naming import find_derivatives, scan_id
 
 TARGETS = "mean Dice ≥ 0.91, r ≥ 0.99, |mean difference| ≤ 1 mL, RMSE ≤ 3 mL, no lesion > 15 mL off by > 8 %"
@@ -47,20 +52,19 @@ def run_setting(split_dir: Path, out: Path, name: str, args: str, n_procs: int) 
 
 def summarise(rows: list[dict], phantoms: dict[str, dict]) -> dict:
     ok = [r for r in rows if r.get("status", "ok") == "ok"]
-    stats = agreement([r[f"{HEMORRHAGE}_ml"] for r in ok], [r[f"{HEMORRHAGE}_ref_ml"] for r in ok],
-                      [r[f"{HEMORRHAGE}_dice"] for r in ok])
-    large = [r for r in ok if r[f"{HEMORRHAGE}_ref_ml"] > 15.0]
-    worst = max((abs(r[f"{HEMORRHAGE}_diff_ml"]) / r[f"{HEMORRHAGE}_ref_ml"] for r in large), default=float("nan"))
-    stats["worst_relative_error_over_15ml"] = worst
+    volumes = ([r[f"{HEMORRHAGE}_ml"] for r in ok], [r[f"{HEMORRHAGE}_ref_ml"] for r in ok],
+               [r[f"{HEMORRHAGE}_dice"] for r in ok])
+    stats = agreement(*volumes)
+    small, large = agreement_by_volume(*volumes, edges=(15.0,))  # the 15 mL line
+    stats["worst_relative_error_over_15ml"] = large.get("largest_relative_error", float("nan"))
+    stats["mean_difference_small_ml"] = small.get("mean_difference_ml")
+    stats["mean_relative_difference_large"] = large.get("mean_relative_difference")
+    stats["by_volume"] = agreement_by_volume(*volumes)
     hosts = {}
     for r in ok:
         host = phantoms.get(r["scan"], {}).get("host", "?")
         hosts.setdefault(host, []).append(r[f"{HEMORRHAGE}_dice"])
     stats["dice_by_host"] = {h: float(np.nanmean(v)) for h, v in sorted(hosts.items())}
-    small = [r for r in ok if r[f"{HEMORRHAGE}_ref_ml"] <= 15.0]
-    stats["mean_difference_small_ml"] = float(np.mean([r[f"{HEMORRHAGE}_diff_ml"] for r in small])) if small else None
-    stats["mean_relative_difference_large"] = (
-        float(np.mean([r[f"{HEMORRHAGE}_diff_ml"] / r[f"{HEMORRHAGE}_ref_ml"] for r in large])) if large else None)
     return stats
 
 
