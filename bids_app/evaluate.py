@@ -45,7 +45,7 @@ from ichseg.pipeline.naming import (
     find_derivatives,
     scan_id,
 )
-from ichseg.pipeline.tsv import MISSING
+from ichseg.pipeline.tsv import MISSING, is_missing
 from ichseg.pipeline.volumes import STATUS_MISSING, STATUS_OK
 
 LOGGER = logging.getLogger("ichseg")
@@ -165,17 +165,16 @@ def evaluate(derivatives: Path, references: Path) -> dict:
     ok = [r for r in rows if r["status"] == STATUS_OK]
     classes = sorted({k[: -len("_dice")] for r in ok for k in r if k.endswith("_dice")},
                      key=lambda c: (c != HEMORRHAGE, c))
-    dataset = {}
+    dataset, by_volume = {}, []
     for name in classes:
         scored = [r for r in ok if f"{name}_dice" in r]
         if not any(r[f"{name}_ref_ml"] > 0 for r in scored):
             continue
-        dataset[name] = agreement([r[f"{name}_ml"] for r in scored], [r[f"{name}_ref_ml"] for r in scored],
-                                  [r[f"{name}_dice"] for r in scored])
-    scored = [r for r in ok if f"{HEMORRHAGE}_dice" in r]
-    by_volume = agreement_by_volume([r[f"{HEMORRHAGE}_ml"] for r in scored],
-                                    [r[f"{HEMORRHAGE}_ref_ml"] for r in scored],
-                                    [r[f"{HEMORRHAGE}_dice"] for r in scored]) if scored else []
+        volumes = ([r[f"{name}_ml"] for r in scored], [r[f"{name}_ref_ml"] for r in scored],
+                   [r[f"{name}_dice"] for r in scored])
+        dataset[name] = agreement(*volumes)
+        if name == HEMORRHAGE:
+            by_volume = agreement_by_volume(*volumes)
     return {"ichseg_version": __version__, "derivatives": str(derivatives), "references": str(references),
             "scans": rows, "dataset": dataset, f"{HEMORRHAGE}_by_volume": by_volume,
             "missing_predictions": missing,
@@ -194,7 +193,7 @@ def _cell(value) -> str:
 
 
 def _percent(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if is_missing(value):
         return MISSING
     return f"{100 * value:.1f} %"
 
