@@ -151,6 +151,7 @@ def _train(args) -> int:
     from ichseg.pipeline.models import resolve_model
     from ichseg.pipeline.training import (
         TrainingSettings,
+        inputs_fingerprint,
         load_prepared,
         prepare_scan,
         save_prepared,
@@ -178,13 +179,15 @@ def _train(args) -> int:
     prepared = {}
     for img, ref in pairs:
         cache = work / f"{img.scan_id}.npz"
-        if cache.is_file():
-            prepared[img.scan_id] = load_prepared(img.scan_id, cache)
-            continue
-        LOGGER.info("preparing %s", img.scan_id)
-        scan = prepare_scan(img.scan_id, img.path, ref.path, template, work, ignore_path=ref.ignore)
-        save_prepared(scan, cache)
-        prepared[img.scan_id] = load_prepared(img.scan_id, cache)
+        fingerprint = inputs_fingerprint(img.path, ref.path, template, ref.ignore)
+        scan = load_prepared(img.scan_id, cache, fingerprint) if cache.is_file() else None
+        if scan is None:
+            LOGGER.info("preparing %s%s", img.scan_id,
+                        " again: its CT, reference or ignore mask changed" if cache.is_file() else "")
+            save_prepared(prepare_scan(img.scan_id, img.path, ref.path, template, work, ignore_path=ref.ignore),
+                          cache, fingerprint)
+            scan = load_prepared(img.scan_id, cache)
+        prepared[img.scan_id] = scan
     training = [prepared[img.scan_id] for img, _ in pairs if img.subject in train_subjects]
     validation = [prepared[img.scan_id] for img, _ in pairs if img.subject in val_subjects]
     settings = TrainingSettings(epochs=args.epochs, iterations=args.iterations, batch_size=args.batch_size,

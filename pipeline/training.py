@@ -16,6 +16,7 @@ random state, history) lets an interrupted run resume where it stopped.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -27,6 +28,7 @@ from typing import Callable, Sequence
 import nibabel as nib
 import numpy as np
 
+from ichseg.pipeline.assets import file_sha256
 from ichseg.pipeline.brain import extract_brain
 from ichseg.pipeline.fileutils import atomic_output
 from ichseg.pipeline.geometry import voxel_sizes
@@ -96,12 +98,23 @@ def prepare_scan(name: str, ct_path: Path, labels_path: Path, template: Path, wo
     )
 
 
-def save_prepared(scan: PreparedScan, path: Path) -> None:
-    np.savez_compressed(path, hu=scan.hu.astype(np.float16), labels=scan.labels, roi=scan.roi)
+def inputs_fingerprint(ct_path: Path, labels_path: Path, template: Path, ignore_path: Path | None = None,
+                       margin_mm: float = DEFAULT_MARGIN_MM) -> str:
+    """sha256 of what :func:`prepare_scan` reads, so that a cached scan is remade when any of it changes."""
+    parts = [file_sha256(p) if p is not None else "-" for p in (ct_path, labels_path, template, ignore_path)]
+    return hashlib.sha256("\n".join([*parts, f"{margin_mm:g}"]).encode()).hexdigest()
 
 
-def load_prepared(name: str, path: Path) -> PreparedScan:
+def save_prepared(scan: PreparedScan, path: Path, fingerprint: str = "") -> None:
+    np.savez_compressed(path, hu=scan.hu.astype(np.float16), labels=scan.labels, roi=scan.roi,
+                        inputs=np.array(fingerprint))
+
+
+def load_prepared(name: str, path: Path, fingerprint: str | None = None) -> PreparedScan | None:
+    """The prepared scan at ``path``; None where ``fingerprint`` is given and differs from the stored one."""
     with np.load(path) as data:
+        if fingerprint is not None and ("inputs" not in data or str(data["inputs"]) != fingerprint):
+            return None
         return PreparedScan(name, data["hu"].astype(np.float32), data["labels"], data["roi"])
 
 

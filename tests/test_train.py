@@ -14,7 +14,15 @@ from ichseg.bids_app.cli import main
 from ichseg.bids_app.train import split_subjects
 from ichseg.pipeline.inference import build_network
 from ichseg.pipeline.phantom import make_head_phantom
-from ichseg.pipeline.training import IGNORE_LABEL, extract_patch, hemorrhage_dice
+from ichseg.pipeline.training import (
+    IGNORE_LABEL,
+    PreparedScan,
+    extract_patch,
+    hemorrhage_dice,
+    inputs_fingerprint,
+    load_prepared,
+    save_prepared,
+)
 
 NARROW = {
     "model": {"DeepMedic": {"fully_connected": [6, 6], "feature_maps": [2, 2, 3, 3, 3, 3, 4, 4]}},
@@ -74,6 +82,26 @@ ARGS = ["--epochs", "2", "--iterations", "2", "--batch-size", "1", "--output-pat
         "--validation-patches", "2", "--seed", "3"]
 
 
+def test_a_cached_scan_is_prepared_again_when_its_inputs_change(tmp_path):
+    files = {name: tmp_path / name for name in ("ct.nii.gz", "dseg.nii.gz", "template.nii.gz", "ignore.nii.gz")}
+    for i, path in enumerate(files.values()):
+        path.write_bytes(bytes([i]) * 64)
+    args = (files["ct.nii.gz"], files["dseg.nii.gz"], files["template.nii.gz"], files["ignore.nii.gz"])
+    before = inputs_fingerprint(*args)
+    scan = PreparedScan("sub-01", np.zeros((2, 2, 2), np.float32), np.ones((2, 2, 2), np.uint8),
+                        np.ones((2, 2, 2), bool))
+    cache = tmp_path / "sub-01.npz"
+    save_prepared(scan, cache, before)
+    assert load_prepared("sub-01", cache, before).labels.sum() == 8
+    files["ignore.nii.gz"].write_bytes(b"a new ignore mask")
+    after = inputs_fingerprint(*args)
+    assert after != before and load_prepared("sub-01", cache, after) is None
+    assert inputs_fingerprint(*args[:3]) != after  # no ignore mask is a different input too
+    assert inputs_fingerprint(*args, margin_mm=10) != after
+    np.savez_compressed(cache, hu=scan.hu, labels=scan.labels, roi=scan.roi)  # a cache from before fingerprints
+    assert load_prepared("sub-01", cache, after) is None and load_prepared("sub-01", cache) is not None
+
+
 def test_model_card_names_the_license_of_the_data(tmp_path):
     from ichseg.bids_app.train import _license_line, dataset_license
 
@@ -125,8 +153,11 @@ def test_train_writes_a_model_that_ichseg_runs_and_resumes(dataset, asset, capsy
     first = json.loads((again / "model_card.json").read_text())["history"]["epochs"][0]
     assert first["loss"] == pytest.approx(card["history"]["epochs"][0]["loss"], rel=1e-4)
     args = [a if a != "2" or i != 1 else "3" for i, a in enumerate(ARGS)]
+    # a reference edited since the scans were prepared: that scan is prepared again, not taken from the cache
+    (ref / "sub-01/anat/sub-01_desc-ignore_mask.nii.gz").unlink()
     assert main(["train", str(bids), str(ref), str(model), "--base", str(base), "-w", str(work), *args,
                  "--resume"]) == 0
+    assert not (np.load(work / "sub-01.npz")["labels"] == IGNORE_LABEL).any()
     resumed = json.loads((model / "model_card.json").read_text())["history"]["epochs"]
     assert [h["epoch"] for h in resumed] == [1, 2, 3]
 
