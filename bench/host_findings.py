@@ -2,6 +2,7 @@
 """Leave the host scans' own findings out of the truth set's scoring.
 
     python bench/host_findings.py SPLIT_DIR [SPLIT_DIR ...] --work WORK [--hosts mistie-0034 deepbleed-brain]
+                                  [--all-labels]
 
 Two hosts of the truth set are scans of patients: mistie-0034 has its hematoma, and
 deepbleed-brain has small hyperdense foci that nobody has verified. Their own blood has no
@@ -10,6 +11,11 @@ phantom built on them. ``make_truthset`` already leaves out the dense core of su
 (above 55 HU); this adds what ichseg's default model labels as hemorrhage on the unmodified
 host (its lower-density margins, IVH layering), grown by 3 mm, to each phantom's
 ``desc-ignore`` mask. The normal GE head is not listed by default: its false positives count.
+
+``--all-labels`` leaves out every label the default model gives on the host (its oedema as
+well), for a set that ``ichseg train`` learns from: the phantom's reference says nothing about
+the host's own oedema, and without it the network is taught that this oedema is background.
+Scoring sets keep the default (hemorrhage only), so their figures stay comparable.
 
 Writes ``WORK/bids`` (the canonical hosts), ``WORK/derivatives`` (ichseg's outputs on them)
 and ``SPLIT_DIR/host_findings.tsv`` (the volume left out per host); updates the ignore masks
@@ -35,9 +41,9 @@ from ichseg.pipeline.labels import HEMORRHAGE_INDICES
 GROW_MM = 3.0
 
 
-def host_findings(hosts: list[str], work: Path) -> dict[str, nib.Nifti1Image]:
+def host_findings(hosts: list[str], work: Path, all_labels: bool = False) -> dict[str, nib.Nifti1Image]:
     """Run ichseg on each host as the truth set stores it (closest canonical); return the
-    hemorrhage it finds, grown by GROW_MM, on that grid."""
+    hemorrhage it finds (every label with ``all_labels``), grown by GROW_MM, on that grid."""
     bids = work / "bids"
     bids.mkdir(parents=True, exist_ok=True)
     (bids / "dataset_description.json").write_text(json.dumps({"Name": "truth-set hosts", "BIDSVersion": "1.10.0"}))
@@ -53,10 +59,14 @@ def host_findings(hosts: list[str], work: Path) -> dict[str, nib.Nifti1Image]:
     for name in hosts:
         label = name.replace("-", "")
         dseg = nib.load(str(out / f"sub-{label}" / "anat" / f"sub-{label}_dseg.nii.gz"))
-        blood = np.isin(np.asanyarray(dseg.dataobj), HEMORRHAGE_INDICES)
-        far = ndimage.distance_transform_edt(~blood, sampling=voxel_sizes(dseg.affine))
+        labels = np.asanyarray(dseg.dataobj)
+        blood = np.isin(labels, HEMORRHAGE_INDICES)
+        left_out = labels > 0 if all_labels else blood
+        far = ndimage.distance_transform_edt(~left_out, sampling=voxel_sizes(dseg.affine))
         found[name] = nib.Nifti1Image((far <= GROW_MM).astype(np.uint8), dseg.affine)
-        print(f"{name}: {blood.sum() * voxel_volume_ml(dseg.affine):.2f} mL of its own hemorrhage found", flush=True)
+        ml = voxel_volume_ml(dseg.affine)
+        print(f"{name}: {blood.sum() * ml:.2f} mL of its own hemorrhage found"
+              + (f", {left_out.sum() * ml:.2f} mL of any label" if all_labels else ""), flush=True)
     return found
 
 
@@ -89,8 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("splits", nargs="+", type=Path)
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--hosts", nargs="+", default=["mistie-0034", "deepbleed-brain"])
+    parser.add_argument("--all-labels", action="store_true",
+                        help="leave out every label found on the host, oedema too (for training sets)")
     args = parser.parse_args(argv)
-    found = host_findings(args.hosts, args.work)
+    found = host_findings(args.hosts, args.work, args.all_labels)
     for split in args.splits:
         update_split(split, found)
     return 0
