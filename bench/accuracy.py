@@ -2,7 +2,7 @@
 """Accuracy of ichseg on a truth set, for one or several settings (the levers of issue 11).
 
     python bench/accuracy.py TRUTHSET_SPLIT_DIR OUT [--setting NAME "ICHSEG ARGS" ...]
-        [--relabel] [--n-procs N]
+        [--relabel] [--n-procs N] [--score-only] [--reference DIR]
 
 ``TRUTHSET_SPLIT_DIR`` is one split written by ``bench/make_truthset.py`` (``bids/``,
 ``reference/``, ``phantoms.tsv``). Each setting runs ``ichseg BIDS OUT/<name> participant``
@@ -92,7 +92,7 @@ def _recomputed(node: Path, source: str, cache: dict) -> tuple[np.ndarray, np.nd
     return probs, ct_img.affine
 
 
-def relabel_scores(split_dir: Path, out: Path, name: str, phantoms: dict, thresholds,
+def relabel_scores(split_dir: Path, reference: Path, out: Path, name: str, phantoms: dict, thresholds,
                    sources=("network",)) -> dict:
     """Score labellings of the setting's probabilities, and of probabilities recomputed from
     its registered CTs (``sources``: ``network``, ``flip``, ``ensemble``)."""
@@ -101,7 +101,7 @@ def relabel_scores(split_dir: Path, out: Path, name: str, phantoms: dict, thresh
     from ichseg.pipeline.registration import warp_to_scan
     from ichseg.pipeline.segmentation import label_map
 
-    references = find_references(split_dir / "reference")
+    references = find_references(reference)
     brains = {scan_id(e): p for e, p in find_derivatives(out / name, "brain_mask")}
     work = out / f"work-{name}" / "ichseg_wf"
     results: dict[str, list[dict]] = {}
@@ -175,19 +175,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sources", nargs="+", default=["network"], choices=["network", "flip", "ensemble"],
                         help="with --relabel: probabilities of the run, or recomputed with flips or the ensemble")
     parser.add_argument("--n-procs", type=int, default=2)
+    parser.add_argument("--score-only", action="store_true",
+                        help="score the derivatives already in OUT/NAME, without running ichseg")
+    parser.add_argument("--reference", type=Path, default=None,
+                        help="reference folder to score against (default: SPLIT_DIR/reference)")
     args = parser.parse_args(argv)
+    reference = args.reference or args.split_dir / "reference"
     settings = args.setting or [("default", "")]
     lines = (args.split_dir / "phantoms.tsv").read_text().splitlines()
     header = lines[0].split("\t")
     phantoms = {row.split("\t")[0]: dict(zip(header, row.split("\t"))) for row in lines[1:]}
     summary = {}
     for name, extra in settings:
-        derivatives = run_setting(args.split_dir, args.out, name, extra, args.n_procs)
-        result = evaluate(derivatives, args.split_dir / "reference")
+        derivatives = (args.out / name if args.score_only
+                       else run_setting(args.split_dir, args.out, name, extra, args.n_procs))
+        result = evaluate(derivatives, reference)
         summary[name] = summarise(result["scans"], phantoms)
         print(render({name: summary[name]}), flush=True)
         if args.relabel:
-            for label, stats in relabel_scores(args.split_dir, args.out, name, phantoms, args.thresholds,
+            for label, stats in relabel_scores(args.split_dir, reference, args.out, name, phantoms, args.thresholds,
                                                args.sources).items():
                 summary[f"{name}, {label}"] = stats
     args.out.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 """Leave the host scans' own findings out of the truth set's scoring.
 
     python bench/host_findings.py SPLIT_DIR [SPLIT_DIR ...] --work WORK [--hosts mistie-0034 deepbleed-brain]
-                                  [--all-labels]
+                                  [--all-labels] [--ichseg-args "--model DIR"]
 
 Two hosts of the truth set are scans of patients: mistie-0034 has its hematoma, and
 deepbleed-brain has small hyperdense foci that nobody has verified. Their own blood has no
@@ -17,6 +17,11 @@ well), for a set that ``ichseg train`` learns from: the phantom's reference says
 the host's own oedema, and without it the network is taught that this oedema is background.
 Scoring sets keep the default (hemorrhage only), so their figures stay comparable.
 
+``--ichseg-args`` runs the hosts with other options (for example ``--model DIR``). Run on a
+copy of a scoring set that already has the default model's findings, it leaves out the union
+of both models' findings: a fair ground for comparing the two, since each would otherwise be
+charged for what it, and not the other, calls blood on the unmodified host.
+
 Writes ``WORK/bids`` (the canonical hosts), ``WORK/derivatives`` (ichseg's outputs on them)
 and ``SPLIT_DIR/host_findings.tsv`` (the volume left out per host); updates the ignore masks
 of ``SPLIT_DIR/reference``.
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -41,7 +47,8 @@ from ichseg.pipeline.labels import HEMORRHAGE_INDICES
 GROW_MM = 3.0
 
 
-def host_findings(hosts: list[str], work: Path, all_labels: bool = False) -> dict[str, nib.Nifti1Image]:
+def host_findings(hosts: list[str], work: Path, all_labels: bool = False,
+                  ichseg_args: str = "") -> dict[str, nib.Nifti1Image]:
     """Run ichseg on each host as the truth set stores it (closest canonical); return the
     hemorrhage it finds (every label with ``all_labels``), grown by GROW_MM, on that grid."""
     bids = work / "bids"
@@ -54,7 +61,7 @@ def host_findings(hosts: list[str], work: Path, all_labels: bool = False) -> dic
         nib.save(nib.as_closest_canonical(nib.load(str(get_asset(f"ct/{name}_ct.nii.gz")))), str(target))
     out = work / "derivatives"
     subprocess.run([sys.executable, "-m", "ichseg.bids_app.cli", str(bids), str(out), "participant",
-                    "-w", str(work / "work"), "--n-procs", "2", "-q"], check=True)
+                    "-w", str(work / "work"), "--n-procs", "2", "-q", *shlex.split(ichseg_args)], check=True)
     found = {}
     for name in hosts:
         label = name.replace("-", "")
@@ -101,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hosts", nargs="+", default=["mistie-0034", "deepbleed-brain"])
     parser.add_argument("--all-labels", action="store_true",
                         help="leave out every label found on the host, oedema too (for training sets)")
+    parser.add_argument("--ichseg-args", default="", help="options for ichseg's run on the hosts (e.g. --model DIR)")
     args = parser.parse_args(argv)
-    found = host_findings(args.hosts, args.work, args.all_labels)
+    found = host_findings(args.hosts, args.work, args.all_labels, args.ichseg_args)
     for split in args.splits:
         update_split(split, found)
     return 0
