@@ -46,7 +46,11 @@ def run_setting(split_dir: Path, out: Path, name: str, args: str, n_procs: int) 
     cmd = [sys.executable, "-m", "ichseg.bids_app.cli", str(split_dir / "bids"), str(derivatives), "participant",
            "-w", str(out / f"work-{name}"), "--n-procs", str(n_procs), "-q", *shlex.split(args)]
     print("$", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=False)
+    # A failed scan is scored as failed; a run that stops before any scan must not pass as
+    # a table of 0 scans.
+    done = subprocess.run(cmd, check=False)
+    if done.returncode and not any(derivatives.glob("sub-*")):
+        sys.exit(f"ichseg stopped (exit {done.returncode}) before it wrote any scan of {name}: see above")
     return derivatives
 
 

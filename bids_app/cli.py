@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     method = parser.add_argument_group("method")
     method.add_argument("--transform", choices=TRANSFORMS, default=MethodSettings.transform,
-                        help="ANTs transform to the CT template")
+                        help="ANTs transform to the CT template (translation: no rotation, the head as scanned)")
     method.add_argument("--network-input", choices=NETWORK_INPUTS, default=MethodSettings.network_input,
                         help="the network sees the whole head or the extracted brain")
     method.add_argument("--margin-mm", type=float, default=MethodSettings.margin_mm,

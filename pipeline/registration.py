@@ -88,7 +88,7 @@ def register_to_template(
 
     The brain is cut out (outside set to 0 HU, as in the template), resampled to an
     axis-aligned grid of ``settings.spacing_mm`` so that ANTs sees an orthonormal image
-    whatever the scan's tilt, and registered with ANTs (``transform_type``: ``"Rigid"`` or ``"Affine"``, Mattes
+    whatever the scan's tilt, and registered with ANTs (``transform_type``: ``"Rigid"``, ``"Affine"`` or ``"Translation"``, Mattes
     mutual information). Writes the ANTs transform (template -> scan points, ITK ``.mat``)
     to ``out_transform`` and returns ``{"transform": path, "template_to_scan": 4x4 RAS}``.
     """

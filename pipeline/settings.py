@@ -8,9 +8,12 @@ from dataclasses import asdict, dataclass
 from ichseg.pipeline.cpu import PRECISIONS
 from ichseg.pipeline.segmentation import DEFAULT_HEMORRHAGE_THRESHOLD, DEFAULT_MARGIN_MM
 
-__all__ = ["MethodSettings", "TRANSFORMS", "NETWORK_INPUTS"]
+__all__ = ["MethodSettings", "TRANSFORMS", "ANTS_TRANSFORMS", "NETWORK_INPUTS"]
 
-TRANSFORMS = ("rigid", "affine")
+#: ``translation`` keeps the head at its own orientation and size (no rotation), as BLAST-CT
+#: sees a scan; the atlas locations then assume a head that is not aligned to the template.
+ANTS_TRANSFORMS = {"rigid": "Rigid", "affine": "Affine", "translation": "Translation"}
+TRANSFORMS = tuple(ANTS_TRANSFORMS)
 NETWORK_INPUTS = ("head", "brain")
 
 
@@ -22,7 +25,7 @@ class MethodSettings:
     device : torch device of the network (``cpu``, ``cuda``, ``cuda:1``)
     precision : network precision, one of :data:`ichseg.pipeline.cpu.PRECISIONS`
     omp_nthreads : threads of one step (torch); Nipype reserves them per node
-    transform : ANTs transform to the CT template, ``rigid`` or ``affine``
+    transform : ANTs transform to the CT template, ``rigid``, ``affine`` or ``translation``
     network_input : the network sees the whole ``head`` or the extracted ``brain``
     margin_mm : margin around the brain mask where the network is run
     hemorrhage_threshold : total hemorrhage probability from which a voxel is blood (None: arg-max)
@@ -48,8 +51,8 @@ class MethodSettings:
 
     @property
     def ants_transform(self) -> str:
-        """The transform as ANTs names it (``Rigid``, ``Affine``)."""
-        return self.transform.capitalize()
+        """The transform as ANTs names it (``Rigid``, ``Affine``, ``Translation``)."""
+        return ANTS_TRANSFORMS[self.transform]
 
     def as_dict(self) -> dict:
         return asdict(self)

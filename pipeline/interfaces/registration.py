@@ -9,13 +9,14 @@ from nipype.interfaces.base import File, TraitedSpec, traits
 from ichseg.pipeline.interfaces.base import NodeInterface, read_image, read_mask
 from ichseg.pipeline.interfaces.ct import ConformedCTInputSpec
 from ichseg.pipeline.registration import to_template_space
+from ichseg.pipeline.settings import ANTS_TRANSFORMS
 
 
 class _RegisterInputSpec(ConformedCTInputSpec):
     brain_mask = File(exists=True, mandatory=True, desc="intracranial mask of in_file")
     template = File(exists=True, mandatory=True, desc="skull-stripped CT template (HU)")
     template_mask = File(exists=True, mandatory=True, desc="brain mask of the template")
-    transform_type = traits.Enum("Rigid", "Affine", usedefault=True, desc="ANTs transform model")
+    transform_type = traits.Enum(*ANTS_TRANSFORMS.values(), usedefault=True, desc="ANTs transform model")
     seed = traits.Int(1, usedefault=True, desc="ANTs random seed (reproducible sampling)")
 
 
