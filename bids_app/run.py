@@ -199,10 +199,6 @@ def _process(args, images: list[CTImage], output_dir: Path, work_dir: Path, reso
 
 def method_settings(args, resources: Resources) -> MethodSettings:
     """The method options of the command line as the pipeline's settings object."""
-    if args.transform == "translation":
-        LOGGER.warning("--transform translation does not turn the head onto the template: the atlas "
-                       "regions (regions.tsv, the location columns) are placed as if it did; use the "
-                       "default (rigid) where the location matters")
     return MethodSettings(
         model=args.model, device=args.device, precision=args.precision,
         omp_nthreads=resources.omp_nthreads, transform=args.transform,

@@ -139,6 +139,9 @@ class TemplateSpace:
     brain_mask: np.ndarray  # bool
     template_to_scan: np.ndarray  # 4x4 RAS affine (template points -> scan points)
     qc: dict  # registration_dice, registration_similarity
+    #: template points -> scan points with the head turned onto the template (for the atlas);
+    #: the same as ``template_to_scan`` unless that is a translation
+    atlas_to_scan: np.ndarray
 
 
 def to_template_space(
@@ -150,14 +153,29 @@ def to_template_space(
     out_transform: str | Path,
     transform_type: str = "Rigid",
     seed: int = 1,
+    out_atlas_transform: str | Path | None = None,
 ) -> TemplateSpace:
     """Register a CT's brain to the template (:func:`register_to_template`, which writes the
     transform to ``out_transform``), warp CT and brain mask onto the template grid, and
-    measure how well the brains overlap inside the scan's field of view."""
+    measure how well the brains overlap inside the scan's field of view.
+
+    A ``Translation`` leaves the head as scanned on the template grid; the atlas regions and
+    the overlap measures need it turned onto the template, so a second, rigid registration
+    is written to ``out_atlas_transform`` (for ``Rigid`` and ``Affine`` that file is a copy of
+    ``out_transform``)."""
     template_file = template_img.get_filename()
     template_to_scan = register_to_template(
         ct, ct_affine, brain_mask, template_file, out_transform, transform_type, seed,
     )["template_to_scan"]
+    atlas_to_scan = template_to_scan
+    if transform_type == "Translation":
+        with tempfile.TemporaryDirectory(prefix="ichseg-atlas-") as tmp:
+            atlas_file = out_atlas_transform or Path(tmp) / "template_to_scan_rigid.mat"
+            atlas_to_scan = register_to_template(
+                ct, ct_affine, brain_mask, template_file, atlas_file, "Rigid", seed,
+            )["template_to_scan"]
+    elif out_atlas_transform is not None:
+        shutil.copyfile(out_transform, out_atlas_transform)
     # CT and mask in one pass (the sample coordinates are computed once). Interpolation is
     # linear, so warping CT - OUTSIDE_FOV_HU with fill 0 and adding it back is the CT
     # warped with fill OUTSIDE_FOV_HU.
@@ -165,21 +183,26 @@ def to_template_space(
     warped = warp_to_template(channels, ct_affine, template_img, template_to_scan)
     warped_ct = warped[0] + OUTSIDE_FOV_HU
     warped_mask = warped[1] >= 0.5
-    in_view = warped[2] >= 0.5
+    aligned = warped if atlas_to_scan is template_to_scan else (
+        warp_to_template(channels, ct_affine, template_img, atlas_to_scan))
+    qc = _overlap_qc(aligned[0] + OUTSIDE_FOV_HU, aligned[1] >= 0.5, aligned[2] >= 0.5,
+                     np.asanyarray(template_img.dataobj, dtype=np.float32), template_mask)
+    return TemplateSpace(warped_ct, warped_mask, template_to_scan, qc, atlas_to_scan)
 
-    template = np.asanyarray(template_img.dataobj, dtype=np.float32)
+
+def _overlap_qc(warped_ct, warped_mask, in_view, template, template_mask) -> dict:
+    """How well a brain turned onto the template overlaps the template's brain."""
     # Compared inside the scan's field of view only: a scan that covers part of the head
     # (flag_head_coverage) is judged on the part it has.
     inside = template_mask & in_view
     both = warped_mask & inside
-    qc = {
+    return {
         "registration_dice": float(2 * both.sum() / max(1, warped_mask.sum() + inside.sum())),
         "registration_similarity": (
             float(np.corrcoef(np.clip(warped_ct[both], 0, 100), template[both])[0, 1])
             if both.sum() > 10 else 0.0
         ),
     }
-    return TemplateSpace(warped_ct, warped_mask, template_to_scan, qc)
 
 
 def warp_to_template(

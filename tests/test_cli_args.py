@@ -64,17 +64,3 @@ def test_submit_without_slurm_says_what_to_do(tmp_path, monkeypatch, capsys):
     assert main([str(bids), str(tmp_path / "out"), "participant", "--submit", "slurm"]) == 2
     assert "sbatch is not on PATH" in capsys.readouterr().err
 
-
-def test_translation_warns_that_the_atlas_regions_are_not_aligned(caplog):
-    from ichseg.bids_app.resources import Resources
-    from ichseg.bids_app.run import method_settings
-
-    args = build_parser().parse_args([*BASE, "--transform", "translation"])
-    resources = Resources(n_procs=1, omp_nthreads=1, mem_gb=4.0)
-    with caplog.at_level("WARNING"):
-        assert method_settings(args, resources).ants_transform == "Translation"
-    assert "location" in caplog.text
-    caplog.clear()
-    with caplog.at_level("WARNING"):
-        method_settings(build_parser().parse_args(BASE), resources)
-    assert "location" not in caplog.text

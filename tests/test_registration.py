@@ -226,3 +226,22 @@ def test_translation_keeps_the_head_as_scanned(moved, tmp_path):
     # the 10 degree turn the best overlap is a few mm off (measured 4.1 mm along one axis)
     error = np.linalg.norm(_apply(shift, CENTRE) - _apply(moved["true"], CENTRE))
     assert error < 6.0 < np.linalg.norm(SHIFT_MM)
+
+
+@pytest.mark.realdata
+def test_with_a_translation_the_atlas_follows_a_rigid_registration(moved, tmp_path):
+    """The network's grid keeps the head as scanned, while the atlas regions and the overlap QC
+    get the head turned onto the template."""
+    from ichseg.pipeline.registration import to_template_space
+
+    template_mask = moved["template_mask"]
+    space = to_template_space(moved["scan"], moved["affine"], moved["scan_mask"], moved["template_img"],
+                              template_mask, tmp_path / "net.mat", "Translation", 1, tmp_path / "atlas.mat")
+    np.testing.assert_allclose(space.template_to_scan[:3, :3], np.eye(3), atol=1e-6)
+    points = CENTRE + 60.0 * np.vstack([np.eye(3), -np.eye(3)])
+    errors = np.linalg.norm(_apply(space.atlas_to_scan, points) - _apply(moved["true"], points), axis=1)
+    assert errors.max() < MAX_ERROR_MM, errors
+    assert (tmp_path / "atlas.mat").stat().st_size > 0
+    # the overlap is judged on the turned head: as good as the registration, not the 10 degrees
+    assert space.qc["registration_dice"] > MIN_DICE
+    assert _dice(space.brain_mask, template_mask) < space.qc["registration_dice"] - 0.02

@@ -108,3 +108,17 @@ def test_progress_counts_the_node_that_completes_a_scan(tmp_path, caplog):
         progress(SimpleNamespace(name=SCAN_COMPLETE_NODE, fullname="x." + SCAN_COMPLETE_NODE), "end")
     assert progress.done == 1
     assert "progress: 1/2 scans done" in caplog.text
+
+
+def test_the_atlas_follows_the_transform_that_turns_the_head(tmp_path):
+    """The network's grid may keep the head as scanned (--transform translation); the atlas
+    regions always come through the registration that turns it onto the template."""
+    from ichseg.pipeline.settings import MethodSettings
+    from ichseg.pipeline.workflows.base import init_single_ct_wf
+
+    wf = init_single_ct_wf(tmp_path / "ct.nii.gz", tmp_path, settings=MethodSettings(transform="translation"))
+    graph = wf._graph
+    locate, register, to_scan = (wf.get_node(n) for n in ("locate_hemorrhage", "register", "probabilities_to_scan"))
+    assert ("atlas_transform", "transform") in graph.get_edge_data(register, locate)["connect"]
+    assert ("out_transform", "transform") in graph.get_edge_data(register, to_scan)["connect"]
+    assert register.inputs.transform_type == "Translation"

@@ -22,6 +22,8 @@ class _RegisterInputSpec(ConformedCTInputSpec):
 
 class _RegisterOutputSpec(TraitedSpec):
     out_transform = File(exists=True, desc="ANTs affine (template -> scan points), ITK .mat")
+    atlas_transform = File(exists=True, desc="the same, with the head turned onto the template (for the "
+                           "atlas): out_transform's copy, or a rigid one when that is a translation")
     template_ct = File(exists=True, desc="the CT (full head, HU) resampled on the template grid")
     template_brain_mask = File(exists=True, desc="the CT's brain mask on the template grid")
     qc = traits.Dict(desc="registration_similarity (intensity correlation) and registration_dice, "
@@ -43,6 +45,7 @@ class RegisterToTemplate(NodeInterface):
             hu, ct_img.affine, read_mask(self.inputs.brain_mask), template_img,
             read_mask(self.inputs.template_mask, 0.5), self._output_path(runtime, "out_transform", "template_to_ct.mat"),
             self.inputs.transform_type, self.inputs.seed,
+            self._output_path(runtime, "atlas_transform", "template_to_ct_atlas.mat"),
         )
         self._write_image(runtime, "template_ct", "ct_space-template.nii", result.ct.astype(np.float32), template_img)
         self._write_image(runtime, "template_brain_mask", "brain_mask_space-template.nii",

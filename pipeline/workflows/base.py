@@ -189,7 +189,7 @@ def init_single_ct_wf(
         (inputnode, mask_to_source, [("ct_file", "source_file")]),
         (to_scan, tabulate, [("dseg", "dseg")]),
         (to_scan, locate, [("dseg", "dseg")]),
-        (register, locate, [("out_transform", "transform")]),
+        (register, locate, [("atlas_transform", "transform")]),
         (locate, tabulate, [("location", "location")]),
         (locate, derivatives_wf, [("regions_tsv", "inputnode.regions")]),
         (mask_to_source, tabulate, [("out_file", "brain_mask")]),
