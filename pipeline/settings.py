@@ -8,12 +8,14 @@ from dataclasses import asdict, dataclass
 from ichseg.pipeline.cpu import PRECISIONS
 from ichseg.pipeline.segmentation import DEFAULT_HEMORRHAGE_THRESHOLD, DEFAULT_MARGIN_MM
 
-__all__ = ["MethodSettings", "TRANSFORMS", "ANTS_TRANSFORMS", "NETWORK_INPUTS"]
+__all__ = ["MethodSettings", "TRANSFORMS", "ANTS_TRANSFORMS", "DEFAULT_TRANSFORM", "NETWORK_INPUTS"]
 
 #: ``translation`` keeps the head at its own orientation and size (no rotation), as BLAST-CT
-#: sees a scan; the atlas locations then assume a head that is not aligned to the template.
+#: sees a scan; the atlas regions then follow a second, rigid registration.
 ANTS_TRANSFORMS = {"rigid": "Rigid", "affine": "Affine", "translation": "Translation"}
 TRANSFORMS = tuple(ANTS_TRANSFORMS)
+#: The network sees the head as scanned: better Dice than rigid on the truth set (docs/method.md, section 7).
+DEFAULT_TRANSFORM = "translation"
 NETWORK_INPUTS = ("head", "brain")
 
 
@@ -25,7 +27,7 @@ class MethodSettings:
     device : torch device of the network (``cpu``, ``cuda``, ``cuda:1``)
     precision : network precision, one of :data:`ichseg.pipeline.cpu.PRECISIONS`
     omp_nthreads : threads of one step (torch); Nipype reserves them per node
-    transform : ANTs transform to the CT template, ``rigid``, ``affine`` or ``translation``
+    transform : ANTs transform to the CT template, ``translation``, ``rigid`` or ``affine``
     network_input : the network sees the whole ``head`` or the extracted ``brain``
     margin_mm : margin around the brain mask where the network is run
     hemorrhage_threshold : total hemorrhage probability from which a voxel is blood (None: arg-max)
@@ -35,7 +37,7 @@ class MethodSettings:
     device: str = "cpu"
     precision: str = "auto"
     omp_nthreads: int = 1
-    transform: str = "rigid"
+    transform: str = DEFAULT_TRANSFORM
     network_input: str = "head"
     margin_mm: float = DEFAULT_MARGIN_MM
     hemorrhage_threshold: float | None = DEFAULT_HEMORRHAGE_THRESHOLD

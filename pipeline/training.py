@@ -1,7 +1,7 @@
 """Fine-tuning a DeepMedic network on CTs with reference segmentations.
 
 Each training CT is prepared as ichseg runs it: checked and reoriented, brain-extracted,
-registered to the CT template (rigid), and resampled onto the template grid together with
+moved onto the template grid with ichseg's default transform (``--transform``), and resampled onto the template grid together with
 its reference labels (nearest neighbour) and brain mask; the network then learns on patches
 of that grid, as it will later be run. Patches are drawn around voxels of a class chosen
 with BLAST-CT's class probabilities (background 0.3, each other class 0.175, among the
@@ -40,6 +40,7 @@ from ichseg.pipeline.registration import (
     warp_to_template,
 )
 from ichseg.pipeline.segmentation import DEFAULT_MARGIN_MM, region_of_interest
+from ichseg.pipeline.settings import ANTS_TRANSFORMS, DEFAULT_TRANSFORM
 
 LOGGER = logging.getLogger(__name__)
 
@@ -61,7 +62,8 @@ class PreparedScan:
 
 
 def prepare_scan(name: str, ct_path: Path, labels_path: Path, template: Path, workdir: Path,
-                 margin_mm: float = DEFAULT_MARGIN_MM, ignore_path: Path | None = None) -> PreparedScan:
+                 margin_mm: float = DEFAULT_MARGIN_MM, ignore_path: Path | None = None,
+                 transform: str = DEFAULT_TRANSFORM) -> PreparedScan:
     """CT and reference labels on the template grid, as ichseg's pipeline would see them.
 
     Background voxels of the optional ``ignore_path`` mask (tissue the reference does not
@@ -76,8 +78,8 @@ def prepare_scan(name: str, ct_path: Path, labels_path: Path, template: Path, wo
     hu = np.asanyarray(ct.dataobj, dtype=np.float32)
     brain = extract_brain(hu, voxel_sizes(ct.affine))
     template_img = nib.load(str(template))
-    transform = workdir / f"{name}_template_to_ct.mat"
-    result = register_to_template(hu, ct.affine, brain, template, transform, "Rigid")
+    result = register_to_template(hu, ct.affine, brain, template, workdir / f"{name}_template_to_ct.mat",
+                                  ANTS_TRANSFORMS[transform])
     to_scan = result["template_to_scan"]
     warped = warp_to_template(np.stack([hu - OUTSIDE_FOV_HU, brain.astype(np.float32)]), ct.affine, template_img,
                               to_scan)
@@ -99,10 +101,10 @@ def prepare_scan(name: str, ct_path: Path, labels_path: Path, template: Path, wo
 
 
 def inputs_fingerprint(ct_path: Path, labels_path: Path, template: Path, ignore_path: Path | None = None,
-                       margin_mm: float = DEFAULT_MARGIN_MM) -> str:
-    """sha256 of what :func:`prepare_scan` reads, so that a cached scan is remade when any of it changes."""
+                       margin_mm: float = DEFAULT_MARGIN_MM, transform: str = DEFAULT_TRANSFORM) -> str:
+    """sha256 of what :func:`prepare_scan` reads and how, so that a cached scan is remade when any of it changes."""
     parts = [file_sha256(p) if p is not None else "-" for p in (ct_path, labels_path, template, ignore_path)]
-    return hashlib.sha256("\n".join([*parts, f"{margin_mm:g}"]).encode()).hexdigest()
+    return hashlib.sha256("\n".join([*parts, f"{margin_mm:g}", transform]).encode()).hexdigest()
 
 
 def save_prepared(scan: PreparedScan, path: Path, fingerprint: str = "") -> None:
