@@ -100,6 +100,7 @@ Fine-tuned by `ichseg train` (ichseg {card['ichseg_version']}, {card['date']}) f
 - License of the data: {_license_line(card['data']['license'])}
 - Training: {len(card['data']['training_scans'])} scans of {len(card['data']['training_subjects'])} subjects: {', '.join(card['data']['training_subjects'])}
 - Validation: {len(card['data']['validation_scans'])} scans of {len(card['data']['validation_subjects'])} subjects: {', '.join(card['data']['validation_subjects'])}
+- Put on the template grid with `--transform {card['data'].get('transform', 'rigid')}`; run the model with the same
 
 ## Training
 
@@ -149,6 +150,7 @@ def _train(args) -> int:
     from ichseg.pipeline import assets
     from ichseg.pipeline.inference import IntensityWindow, load_networks
     from ichseg.pipeline.models import resolve_model
+    from ichseg.pipeline.settings import DEFAULT_TRANSFORM
     from ichseg.pipeline.training import (
         TrainingSettings,
         inputs_fingerprint,
@@ -207,7 +209,8 @@ def _train(args) -> int:
                  "license": {"CTs": dataset_license(args.bids_dir),
                              "references": dataset_license(args.reference_dir)},
                  "training_subjects": train_subjects, "validation_subjects": val_subjects,
-                 "training_scans": [s.name for s in training], "validation_scans": [s.name for s in validation]},
+                 "training_scans": [s.name for s in training], "validation_scans": [s.name for s in validation],
+                 "transform": DEFAULT_TRANSFORM},
         "settings": asdict(settings), "history": asdict(history),
     }
     write_model_card(args.model_dir, card)

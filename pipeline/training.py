@@ -1,7 +1,7 @@
 """Fine-tuning a DeepMedic network on CTs with reference segmentations.
 
 Each training CT is prepared as ichseg runs it: checked and reoriented, brain-extracted,
-moved onto the template grid with ichseg's default transform (``--transform``), and resampled onto the template grid together with
+moved with ichseg's default ``--transform`` and resampled onto the template grid together with
 its reference labels (nearest neighbour) and brain mask; the network then learns on patches
 of that grid, as it will later be run. Patches are drawn around voxels of a class chosen
 with BLAST-CT's class probabilities (background 0.3, each other class 0.175, among the

@@ -14,6 +14,7 @@ from ichseg.bids_app.cli import main
 from ichseg.bids_app.train import split_subjects
 from ichseg.pipeline.inference import build_network
 from ichseg.pipeline.phantom import make_head_phantom
+from ichseg.pipeline.settings import MethodSettings
 from ichseg.pipeline.training import (
     IGNORE_LABEL,
     PreparedScan,
@@ -98,6 +99,7 @@ def test_a_cached_scan_is_prepared_again_when_its_inputs_change(tmp_path):
     assert after != before and load_prepared("sub-01", cache, after) is None
     assert inputs_fingerprint(*args[:3]) != after  # no ignore mask is a different input too
     assert inputs_fingerprint(*args, margin_mm=10) != after
+    assert inputs_fingerprint(*args, transform="rigid") != after
     np.savez_compressed(cache, hu=scan.hu, labels=scan.labels, roi=scan.roi)  # a cache from before fingerprints
     assert load_prepared("sub-01", cache, after) is None and load_prepared("sub-01", cache) is not None
 
@@ -140,6 +142,8 @@ def test_train_writes_a_model_that_ichseg_runs_and_resumes(dataset, asset, capsy
     assert card["base"]["license"] == resolve_model(str(base)).spec.license  # the base's, whatever it is
     assert "fine-tuned by ichseg train" in resolve_model(str(model)).spec.description
     assert "Data it saw" in (model / "README.md").read_text()
+    assert card["data"]["transform"] == MethodSettings().transform  # prepared as ichseg runs by default
+    assert f"--transform {card['data']['transform']}" in (model / "README.md").read_text()
     assert set(card["data"]["license"]) == {"CTs", "references"}
     assert "License of the data" in (model / "README.md").read_text()
     state = torch.load(str(model / "model_1.pt"), weights_only=True)
