@@ -88,8 +88,8 @@ def register_to_template(
 
     The brain is cut out (outside set to 0 HU, as in the template), resampled to an
     axis-aligned grid of ``settings.spacing_mm`` so that ANTs sees an orthonormal image
-    whatever the scan's tilt, and registered with ANTs (``transform_type``: ``"Rigid"``, ``"Affine"`` or ``"Translation"``, Mattes
-    mutual information). Writes the ANTs transform (template -> scan points, ITK ``.mat``)
+    whatever the scan's tilt, and registered with ANTs (``transform_type``: ``"Rigid"``,
+    ``"Affine"`` or ``"Translation"``, Mattes mutual information). Writes the ANTs transform (template -> scan points, ITK ``.mat``)
     to ``out_transform`` and returns ``{"transform": path, "template_to_scan": 4x4 RAS}``.
     """
     import ants
@@ -142,6 +142,8 @@ class TemplateSpace:
     #: template points -> scan points with the head turned onto the template (for the atlas);
     #: the same as ``template_to_scan`` unless that is a translation
     atlas_to_scan: np.ndarray
+    #: the CT turned onto the template grid with ``atlas_to_scan`` (HU; the registration check)
+    aligned_ct: np.ndarray
 
 
 def to_template_space(
@@ -185,9 +187,10 @@ def to_template_space(
     warped_mask = warped[1] >= 0.5
     aligned = warped if atlas_to_scan is template_to_scan else (
         warp_to_template(channels, ct_affine, template_img, atlas_to_scan))
-    qc = _overlap_qc(aligned[0] + OUTSIDE_FOV_HU, aligned[1] >= 0.5, aligned[2] >= 0.5,
+    aligned_ct = warped_ct if aligned is warped else aligned[0] + OUTSIDE_FOV_HU
+    qc = _overlap_qc(aligned_ct, aligned[1] >= 0.5, aligned[2] >= 0.5,
                      np.asanyarray(template_img.dataobj, dtype=np.float32), template_mask)
-    return TemplateSpace(warped_ct, warped_mask, template_to_scan, qc, atlas_to_scan)
+    return TemplateSpace(warped_ct, warped_mask, template_to_scan, qc, atlas_to_scan, aligned_ct)
 
 
 def _overlap_qc(warped_ct, warped_mask, in_view, template, template_mask) -> dict:

@@ -70,11 +70,12 @@ FIGURE_CAPTIONS = {
         "missed, especially next to the skull and in the ventricles."
     ),
     "registration": (
-        "Registration to the CT template. The CT resampled to template space (brain window), "
-        "with the template's brain outline (red) and CSF/ventricle edges (yellow) drawn over "
-        "it. The outline should follow the inner table of the skull and the yellow edges the "
-        "ventricles; a shifted or rotated brain means the segmentation ran on a misaligned "
-        "image."
+        "Registration to the CT template. The CT turned onto the template by the rigid "
+        "registration that places the atlas regions (brain window), with the template's brain "
+        "outline (red) and CSF/ventricle edges (yellow) drawn over it. The outline should follow "
+        "the inner table of the skull and the yellow edges the ventricles; a shifted or rotated "
+        "brain means the locations are wrong. With the default --transform translation the "
+        "network saw the head as scanned, not turned (the space-scct CT of the derivatives)."
     ),
 }
 

@@ -122,3 +122,5 @@ def test_the_atlas_follows_the_transform_that_turns_the_head(tmp_path):
     assert ("atlas_transform", "transform") in graph.get_edge_data(register, locate)["connect"]
     assert ("out_transform", "transform") in graph.get_edge_data(register, to_scan)["connect"]
     assert register.inputs.transform_type == "Translation"
+    report = wf.get_node("scan_report")  # the registration check shows the turned head
+    assert ("aligned_ct", "template_ct") in graph.get_edge_data(register, report)["connect"]

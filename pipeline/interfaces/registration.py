@@ -26,6 +26,8 @@ class _RegisterOutputSpec(TraitedSpec):
                            "atlas): out_transform's copy, or a rigid one when that is a translation")
     template_ct = File(exists=True, desc="the CT (full head, HU) resampled on the template grid")
     template_brain_mask = File(exists=True, desc="the CT's brain mask on the template grid")
+    aligned_ct = File(exists=True, desc="the CT turned onto the template with atlas_transform (the "
+                      "registration check): template_ct itself unless that is only shifted")
     qc = traits.Dict(desc="registration_similarity (intensity correlation) and registration_dice, "
                      "inside the scan's field of view")
 
@@ -50,5 +52,10 @@ class RegisterToTemplate(NodeInterface):
         self._write_image(runtime, "template_ct", "ct_space-template.nii", result.ct.astype(np.float32), template_img)
         self._write_image(runtime, "template_brain_mask", "brain_mask_space-template.nii",
                           result.brain_mask.astype(np.uint8), template_img)
+        if result.aligned_ct is result.ct:
+            self._results["aligned_ct"] = self._results["template_ct"]
+        else:
+            self._write_image(runtime, "aligned_ct", "ct_space-template_aligned.nii",
+                              result.aligned_ct.astype(np.float32), template_img)
         self._results["qc"] = result.qc
         return runtime

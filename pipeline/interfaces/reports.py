@@ -23,7 +23,7 @@ class _ScanReportInputSpec(BaseInterfaceInputSpec):
     ct_file = File(exists=True, mandatory=True, desc="the original CT (HU), on the scan's grid")
     dseg = File(exists=True, mandatory=True, desc="label map on the scan's grid")
     brain_mask = File(exists=True, mandatory=True, desc="brain mask on the scan's grid")
-    template_ct = File(exists=True, mandatory=True, desc="the CT resampled to the template grid")
+    template_ct = File(exists=True, mandatory=True, desc="the CT turned onto the template grid (the registration check)")
     template = File(exists=True, mandatory=True, desc="the CT template image (skull-stripped, HU)")
     volumes = traits.Dict(mandatory=True, desc="the scan's volume row: volumes, QC measures and flags "
                           "(TabulateVolumes.row)")

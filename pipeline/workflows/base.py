@@ -210,7 +210,7 @@ def init_single_ct_wf(
         (inputnode, report, [("ct_file", "source_file"), ("ct_file", "ct_file")]),
         (to_scan, report, [("dseg", "dseg")]),
         (mask_to_source, report, [("out_file", "brain_mask")]),
-        (register, report, [("template_ct", "template_ct")]),
+        (register, report, [("aligned_ct", "template_ct")]),
         (tabulate, report, [("row", "volumes"), ("metadata", "metadata")]),
         (report, derivatives_wf, [("out_report", "inputnode.report"),
                                   ("mosaic_svg", "inputnode.segmentation_figure"),
