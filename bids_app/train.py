@@ -181,12 +181,13 @@ def _train(args) -> int:
     prepared = {}
     for img, ref in pairs:
         cache = work / f"{img.scan_id}.npz"
-        fingerprint = inputs_fingerprint(img.path, ref.path, template, ref.ignore)
+        fingerprint = inputs_fingerprint(img.path, ref.path, template, ref.ignore, transform=DEFAULT_TRANSFORM)
         scan = load_prepared(img.scan_id, cache, fingerprint) if cache.is_file() else None
         if scan is None:
             LOGGER.info("preparing %s%s", img.scan_id,
                         " again: its CT, reference or ignore mask changed" if cache.is_file() else "")
-            save_prepared(prepare_scan(img.scan_id, img.path, ref.path, template, work, ignore_path=ref.ignore),
+            save_prepared(prepare_scan(img.scan_id, img.path, ref.path, template, work, ignore_path=ref.ignore,
+                                       transform=DEFAULT_TRANSFORM),
                           cache, fingerprint)
             scan = load_prepared(img.scan_id, cache)
         prepared[img.scan_id] = scan

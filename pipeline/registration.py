@@ -89,8 +89,9 @@ def register_to_template(
     The brain is cut out (outside set to 0 HU, as in the template), resampled to an
     axis-aligned grid of ``settings.spacing_mm`` so that ANTs sees an orthonormal image
     whatever the scan's tilt, and registered with ANTs (``transform_type``: ``"Rigid"``,
-    ``"Affine"`` or ``"Translation"``, Mattes mutual information). Writes the ANTs transform (template -> scan points, ITK ``.mat``)
-    to ``out_transform`` and returns ``{"transform": path, "template_to_scan": 4x4 RAS}``.
+    ``"Affine"`` or ``"Translation"``, Mattes mutual information). Writes the ANTs transform
+    (template -> scan points, ITK ``.mat``) to ``out_transform`` and returns
+    ``{"transform": path, "template_to_scan": 4x4 RAS}``.
     """
     import ants
 
@@ -169,8 +170,9 @@ def to_template_space(
     template_to_scan = register_to_template(
         ct, ct_affine, brain_mask, template_file, out_transform, transform_type, seed,
     )["template_to_scan"]
+    shifted_only = transform_type == "Translation"
     atlas_to_scan = template_to_scan
-    if transform_type == "Translation":
+    if shifted_only:
         with tempfile.TemporaryDirectory(prefix="ichseg-atlas-") as tmp:
             atlas_file = out_atlas_transform or Path(tmp) / "template_to_scan_rigid.mat"
             atlas_to_scan = register_to_template(
@@ -185,9 +187,11 @@ def to_template_space(
     warped = warp_to_template(channels, ct_affine, template_img, template_to_scan)
     warped_ct = warped[0] + OUTSIDE_FOV_HU
     warped_mask = warped[1] >= 0.5
-    aligned = warped if atlas_to_scan is template_to_scan else (
-        warp_to_template(channels, ct_affine, template_img, atlas_to_scan))
-    aligned_ct = warped_ct if aligned is warped else aligned[0] + OUTSIDE_FOV_HU
+    if shifted_only:
+        aligned = warp_to_template(channels, ct_affine, template_img, atlas_to_scan)
+        aligned_ct = aligned[0] + OUTSIDE_FOV_HU
+    else:
+        aligned, aligned_ct = warped, warped_ct
     qc = _overlap_qc(aligned_ct, aligned[1] >= 0.5, aligned[2] >= 0.5,
                      np.asanyarray(template_img.dataobj, dtype=np.float32), template_mask)
     return TemplateSpace(warped_ct, warped_mask, template_to_scan, qc, atlas_to_scan, aligned_ct)

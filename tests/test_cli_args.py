@@ -63,4 +63,3 @@ def test_submit_without_slurm_says_what_to_do(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     assert main([str(bids), str(tmp_path / "out"), "participant", "--submit", "slurm"]) == 2
     assert "sbatch is not on PATH" in capsys.readouterr().err
-
