@@ -17,9 +17,11 @@ Writes, under ``OUT/<split>/``:
 * ``bids/``: a BIDS dataset, ``sub-<h|t><NNN>/anat/sub-<...>_ct.nii.gz`` (and the host's
   JSON sidecar);
 * ``reference/``: a BIDS derivatives dataset of the truth, ``..._dseg.nii.gz`` (1 IPH where
-  the lesion covers at least half a voxel, 3 the oedema rim) and, where the host has dense
-  tissue of its own (mistie-0034's hematoma), ``..._desc-ignore_mask.nii.gz``: the input of
-  ``ichseg evaluate``;
+  the lesion covers at least half a voxel, 3 the oedema rim) and, where a patient's head has
+  dense tissue of its own (mistie-0034's hematoma), ``..._desc-ignore_mask.nii.gz`` (a normal
+  head, :data:`NORMAL_HOSTS`, is scored in full): the input of
+  ``ichseg evaluate``; and ``..._label-IPH_desc-fraction_probseg.nii.gz``, the share of each
+  voxel the lesion covers (``bench/accuracy.py`` scores the partial voxels apart);
 * ``phantoms.tsv``: per phantom, the shape, host, true volume (sum of the partial-volume
   fractions) and appearance.
 
@@ -41,6 +43,7 @@ from ichseg.pipeline.assets import ASSETS, LESION_SHAPES, get_asset
 from ichseg.pipeline.geometry import voxel_volume_ml
 from ichseg.pipeline.labels import write_dseg_tsv
 from ichseg.pipeline.lesion_insertion import (
+    FRACTION_ENTITIES,
     IPH,
     NoRoom,
     insert_lesion,
@@ -50,6 +53,8 @@ from ichseg.pipeline.lesion_insertion import (
 
 SPLITS = {"heldout": ("test",), "tuning": ("train", "val")}
 DEFAULT_HOSTS = ["ge-head", "mistie-0034", "deepbleed-brain"]
+#: Hosts known to hold no hemorrhage: scored in full, their dense regions included.
+NORMAL_HOSTS = {"ge-head"}
 
 
 def _save(data: np.ndarray, host_header: nib.Nifti1Header, affine: np.ndarray, path: Path, dtype) -> None:
@@ -102,7 +107,7 @@ def make_truthset(out: Path, split: str, n: int | None, seed: int, hosts: list[s
     for name in hosts:
         ct = get_asset(f"ct/{name}_ct.nii.gz")
         sidecar = ct.with_name(ct.name.replace(".nii.gz", ".json"))
-        prepared.append((prepare_host(name, nib.load(str(ct))), sidecar if sidecar.is_file() else None))
+        prepared.append((prepare_host(name, nib.load(str(ct)), normal=name in NORMAL_HOSTS), sidecar if sidecar.is_file() else None))
     root = out / split
     bids, reference = root / "bids", root / "reference"
     license_text = _data_license(hosts)
@@ -133,6 +138,9 @@ def make_truthset(out: Path, split: str, n: int | None, seed: int, hosts: list[s
         if sidecar is not None:
             shutil.copyfile(sidecar, bids / f"{anat}_ct.json")
         _save(inserted.labels, host.header, host.affine, reference / f"{anat}_dseg.nii.gz", np.uint8)
+        # the share of each voxel the lesion covers: what the half-covered mask rounds off
+        _save(inserted.fraction, host.header, host.affine, reference / f"{anat}_{FRACTION_ENTITIES}.nii.gz",
+              np.float32)
         if host.ignore.any():
             _save(host.ignore, host.header, host.affine, reference / f"{anat}_desc-ignore_mask.nii.gz", np.uint8)
         row = {"participant_id": f"sub-{label}", "shape": shape.name, "shape_ml": round(shape.volume_ml, 3),

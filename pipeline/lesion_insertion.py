@@ -37,6 +37,9 @@ from ichseg.pipeline.geometry import (
 )
 from ichseg.pipeline.labels import LABELS
 
+#: How a truth set names each reference's map of lesion fractions, after ``sub-<label>_``
+#: (beside its ``_dseg``; ``ichseg evaluate`` reads only the ``_dseg``).
+FRACTION_ENTITIES = "label-IPH_desc-fraction_probseg"
 #: Sub-voxel sampling step (mm) of the occupancy of host voxels.
 SUBSAMPLE_MM = 0.5
 #: Densities (HU) that count as normal brain tissue where a lesion may be placed.
@@ -100,18 +103,21 @@ class Host:
     brain: np.ndarray  # intracranial mask
     allowed: np.ndarray  # where a lesion may lie: inside the brain, away from its edge and dense voxels
     parenchyma: np.ndarray  # brain tissue by density (not CSF), within ``allowed``
-    ignore: np.ndarray  # dense regions already in the host (a clot, calcifications): not scored
+    dense: np.ndarray  # dense regions already in the host (a clot, calcifications) and 5 mm around
+    ignore: np.ndarray  # not scored: ``dense`` on a patient's head, nothing on a normal one
     depth: np.ndarray = field(repr=False, default=None)  # mm from the edge of ``allowed``
     header: nib.Nifti1Header = field(repr=False, default=None)
 
 
-def prepare_host(name: str, image: nib.Nifti1Image) -> Host:
+def prepare_host(name: str, image: nib.Nifti1Image, normal: bool = False) -> Host:
     """Brain mask, normal tissue and dense regions of a real head CT.
 
-    ``ignore`` holds what is already dense inside the brain (HU above :data:`DENSE_HU` in
-    blobs of at least 0.05 mL, grown by 5 mm): a real hematoma of the host has no reference
-    outline, so it is left out of every measure, and lesions are kept
-    :data:`DENSE_MARGIN_MM` away from it.
+    ``dense`` holds what is already dense inside the brain (HU above :data:`DENSE_HU` in
+    blobs of at least 0.05 mL, grown by 5 mm); lesions are kept :data:`DENSE_MARGIN_MM` away
+    from it. On a patient's head it is also ``ignore``: a real hematoma has no reference
+    outline, so it is left out of every measure. A ``normal`` head is known to hold no blood,
+    so its dense regions (calcifications and the like) are scored: what ichseg labels there is a
+    false positive.
     """
     canonical = nib.as_closest_canonical(image)
     hu = np.asanyarray(canonical.dataobj, dtype=np.float32)
@@ -125,11 +131,12 @@ def prepare_host(name: str, image: nib.Nifti1Image) -> Host:
         sizes = ndi.sum(dense, labels, index=np.arange(1, n + 1)) * voxel_volume_ml(canonical.affine)
         dense = np.isin(labels, 1 + np.flatnonzero(sizes >= 0.05))
     far = ndi.distance_transform_edt(~dense, sampling=spacing)
-    ignore = brain & (far <= 5.0)
+    near_dense = brain & (far <= 5.0)
+    ignore = np.zeros_like(near_dense) if normal else near_dense
     allowed = inner & (far > DENSE_MARGIN_MM)
     parenchyma = allowed & (smooth > PARENCHYMA_HU[0]) & (smooth < PARENCHYMA_HU[1])
     depth = ndi.distance_transform_edt(allowed, sampling=spacing).astype(np.float32)
-    return Host(name, hu, canonical.affine, brain, allowed, parenchyma, ignore, depth, canonical.header)
+    return Host(name, hu, canonical.affine, brain, allowed, parenchyma, near_dense, ignore, depth, canonical.header)
 
 
 @dataclass(frozen=True)
@@ -234,7 +241,7 @@ def _roughly_fits(host: Host, shape: Shape, world_to_shape: np.ndarray, slack: f
     if not inside.all():
         return False
     at = tuple(points)
-    if not host.brain[at].all() or host.ignore[at].any():
+    if not host.brain[at].all() or host.dense[at].any():
         return False
     return host.allowed[at].mean() >= MIN_ALLOWED - slack and host.parenchyma[at].mean() >= MIN_PARENCHYMA - slack
 
@@ -244,7 +251,7 @@ def insert_lesion(
 ) -> Inserted:
     """Paint ``shape`` into ``host`` at a random place where it fits; raises :class:`NoRoom`.
 
-    The lesion fits when every voxel it touches lies in the brain and none in ``host.ignore``,
+    The lesion fits when every voxel it touches lies in the brain and none in ``host.dense``,
     at least :data:`MIN_ALLOWED` of its volume lies in ``host.allowed`` (away from the brain's
     edge and from dense tissue), and at least :data:`MIN_PARENCHYMA` on brain tissue rather
     than CSF: a hematoma grows in the parenchyma and may cross into sulci and ventricles.
@@ -269,7 +276,7 @@ def insert_lesion(
         if fraction is None or fraction.sum() == 0:
             continue
         touched = fraction > 0
-        if not host.brain[box][touched].all() or host.ignore[box][touched].any():
+        if not host.brain[box][touched].all() or host.dense[box][touched].any():
             continue
         total = fraction.sum()
         if (fraction * host.allowed[box]).sum() < MIN_ALLOWED * total:

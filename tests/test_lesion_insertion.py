@@ -88,3 +88,20 @@ def test_real_shapes_split_as_published(asset):
     assert all(s.mask.any() and s.volume_ml > 0 for s in test)
     names = {s.name for s in test}
     assert not names & {s.name for s in read_shapes(archive, "val")}
+
+
+def test_a_normal_heads_dense_regions_are_scored_but_still_kept_away():
+    head = make_head_phantom(voxel_size=(0.9, 0.9, 5.0), shape=(200, 220, 28), hemorrhage_ml=0.0, seed=3)
+    hu = head.data.astype(np.float32).copy()
+    hu[95:105, 105:115, 12:15] = 80.0  # a calcification in the brain
+    image = nib.Nifti1Image(hu, head.affine)
+    patient, normal = prepare_host("patient", image), prepare_host("normal", image, normal=True)
+    assert patient.dense[100, 110, 13] and normal.dense[100, 110, 13]
+    assert patient.ignore[100, 110, 13] and not normal.ignore.any()
+    assert (patient.allowed == normal.allowed).all()
+    # the same seed places the lesion at the same place, away from the calcification
+    shape = _ellipsoid_shape((8.0, 6.0, 7.0))
+    a = insert_lesion(patient, shape, np.random.default_rng(5))
+    b = insert_lesion(normal, shape, np.random.default_rng(5))
+    assert a.centre_ras == b.centre_ras
+    assert not normal.dense[b.fraction > 0].any()
