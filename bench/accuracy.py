@@ -31,13 +31,20 @@ import nibabel as nib
 import numpy as np
 
 from ichseg.bids_app.evaluate import evaluate, find_references
+from ichseg.pipeline.lesion_insertion import FRACTION_ENTITIES
 from ichseg.pipeline.metrics import (
     HEMORRHAGE,
     agreement,
     agreement_by_volume,
+    class_masks,
     compare_labels,
+    dice,
 )
 from ichseg.pipeline.naming import find_derivatives, scan_id
+
+#: Voxels the lesion covers by more than the first and less than the second share are its
+#: partial voxels: the mask rounds them to 0 or 1, where a reader could fairly go either way.
+PARTIAL_BAND = (0.2, 0.8)
 
 TARGETS = "mean Dice ≥ 0.91, r ≥ 0.99, |mean difference| ≤ 1 mL, RMSE ≤ 3 mL, no lesion > 15 mL off by > 8 %"
 
@@ -55,7 +62,39 @@ def run_setting(split_dir: Path, out: Path, name: str, args: str, n_procs: int) 
     return derivatives
 
 
-def summarise(rows: list[dict], phantoms: dict[str, dict]) -> dict:
+def partial_voxel_scores(predicted: np.ndarray, reference: np.ndarray, fraction: np.ndarray,
+                         band: tuple[float, float] = PARTIAL_BAND) -> dict:
+    """Where two hemorrhage masks disagree: the Dice without the lesion's partial voxels (left
+    out of both masks; NaN when nothing is left) and the share of the disagreeing voxels that
+    are partial (NaN when none disagree)."""
+    partial = (fraction > band[0]) & (fraction < band[1])
+    disagree = predicted ^ reference
+    n = int(disagree.sum())
+    return {"dice_without_partial": dice(predicted & ~partial, reference & ~partial),
+            "disagreement_in_partial": float((disagree & partial).sum()) / n if n else float("nan")}
+
+
+def partial_voxel_table(derivatives: Path, reference: Path) -> dict[str, dict]:
+    """:func:`partial_voxel_scores` of every scan whose reference has a map of lesion fractions
+    (``bench/make_truthset.py`` writes one), with the reference's ignore mask left out."""
+    out = {}
+    references = find_references(reference)
+    for entities, dseg in find_derivatives(derivatives, "dseg"):
+        sid = scan_id(entities)
+        ref = references.get(sid)
+        if ref is None:
+            continue
+        fraction_path = ref.path.with_name(ref.path.name.replace("dseg.nii", f"{FRACTION_ENTITIES}.nii"))
+        if not fraction_path.is_file():
+            continue
+        keep = True if ref.ignore is None else np.asanyarray(nib.load(str(ref.ignore)).dataobj) == 0
+        masks = [class_masks(np.asanyarray(nib.load(str(path)).dataobj))[HEMORRHAGE] & keep
+                 for path in (dseg, ref.path)]
+        out[sid] = partial_voxel_scores(*masks, np.asanyarray(nib.load(str(fraction_path)).dataobj))
+    return out
+
+
+def summarise(rows: list[dict], phantoms: dict[str, dict], partial: dict[str, dict] | None = None) -> dict:
     ok = [r for r in rows if r.get("status", "ok") == "ok"]
     volumes = ([r[f"{HEMORRHAGE}_ml"] for r in ok], [r[f"{HEMORRHAGE}_ref_ml"] for r in ok],
                [r[f"{HEMORRHAGE}_dice"] for r in ok])
@@ -74,7 +113,14 @@ def summarise(rows: list[dict], phantoms: dict[str, dict]) -> dict:
     stats["scans"] = [{"scan": r["scan"], "host": phantoms.get(r["scan"], {}).get("host", "?"),
                        "dice": r[f"{HEMORRHAGE}_dice"], "ichseg_ml": r[f"{HEMORRHAGE}_ml"],
                        "reference_ml": r[f"{HEMORRHAGE}_ref_ml"],
-                       "painted_ml": float(phantoms.get(r["scan"], {}).get("true_volume_ml", "nan"))} for r in ok]
+                       "painted_ml": float(phantoms.get(r["scan"], {}).get("true_volume_ml", "nan")),
+                       **(partial or {}).get(r["scan"], {})} for r in ok]
+    scored = [(partial or {})[r["scan"]] for r in ok if r["scan"] in (partial or {})]
+    stats["partial_voxels"] = {"n_scans": len(scored)} | ({
+        "band": list(PARTIAL_BAND),
+        "dice_mean_without_partial": float(np.nanmean([p["dice_without_partial"] for p in scored])),
+        "disagreement_in_partial_median": float(np.nanmedian([p["disagreement_in_partial"] for p in scored])),
+    } if scored else {})
     return stats
 
 
@@ -200,13 +246,11 @@ def render(summary: dict) -> str:
             f"| {_fmt(100 * s['worst_relative_error_over_15ml'], 0)} % | {_fmt(s['mean_difference_small_ml'], 2)} "
             f"| {_fmt(100 * s['mean_relative_difference_large'] if s['mean_relative_difference_large'] is not None else None, 1)} % "
             f"| {hosts} |")
-    if not any(s.get("painted", {}).get("n_scans") for s in summary.values()):
-        return "\n".join(lines) + "\n"
-    lines += ["", "Volumes against the painted volume (the sum of the voxel fractions each lesion covers), "
-              "for ichseg and for the reference mask (the voxels at least half covered):", "",
-              "| setting | volumes of | scans | r | mean diff mL | RMSE mL | limits of agreement mL "
-              "| worst error > 15 mL | mean rel. diff > 15 mL |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    return "\n".join(lines + _painted_table(summary) + _partial_table(summary)) + "\n"
+
+
+def _painted_table(summary: dict) -> list[str]:
+    rows = []
     for name, s in summary.items():
         painted = s.get("painted", {})
         for source in ("ichseg", "reference_mask"):
@@ -214,12 +258,30 @@ def render(summary: dict) -> str:
                 continue
             v = painted[source]
             loa = v["limits_of_agreement_ml"]
-            lines.append(
+            rows.append(
                 f"| {name} | {source.replace('_', ' ')} | {painted['n_scans']} | {_fmt(v['volume_pearson_r'])} "
                 f"| {_fmt(v['mean_difference_ml'], 2)} | {_fmt(v['rmse_ml'], 2)} | {_fmt(loa[0], 1)} to {_fmt(loa[1], 1)} "
                 f"| {_fmt(100 * v['worst_relative_error_over_15ml'], 1)} % "
                 f"| {_fmt(100 * v['mean_relative_difference_large'], 1)} % |")
-    return "\n".join(lines) + "\n"
+    if not rows:
+        return []
+    return ["", "Volumes against the painted volume (the sum of the voxel fractions each lesion covers), "
+            "for ichseg and for the reference mask (the voxels at least half covered):", "",
+            "| setting | volumes of | scans | r | mean diff mL | RMSE mL | limits of agreement mL "
+            "| worst error > 15 mL | mean rel. diff > 15 mL |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|", *rows]
+
+
+def _partial_table(summary: dict) -> list[str]:
+    scored = [(name, s["partial_voxels"]) for name, s in summary.items() if s.get("partial_voxels", {}).get("n_scans")]
+    if not scored:
+        return []
+    low, high = scored[0][1]["band"]
+    return ["", f"Partial voxels (the lesion covers more than {low:.0%} and less than {high:.0%} of them):", "",
+            "| setting | scans | share of the disagreeing voxels that are partial (median) | mean Dice without them |",
+            "|---|---:|---:|---:|",
+            *[f"| {name} | {p['n_scans']} | {_fmt(100 * p['disagreement_in_partial_median'], 0)} % "
+              f"| {_fmt(p['dice_mean_without_partial'])} |" for name, p in scored]]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -248,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         derivatives = (args.out / name if args.score_only
                        else run_setting(args.split_dir, args.out, name, extra, args.n_procs))
         result = evaluate(derivatives, reference)
-        summary[name] = summarise(result["scans"], phantoms)
+        summary[name] = summarise(result["scans"], phantoms, partial_voxel_table(derivatives, reference))
         print(render({name: summary[name]}), flush=True)
         if args.relabel:
             for label, stats in relabel_scores(args.split_dir, reference, args.out, name, phantoms, args.thresholds,

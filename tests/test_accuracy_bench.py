@@ -5,7 +5,11 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
+
+from ichseg.pipeline.lesion_insertion import FRACTION_ENTITIES
 
 _SPEC = importlib.util.spec_from_file_location(
     "accuracy_bench", Path(__file__).resolve().parents[1] / "bench" / "accuracy.py")
@@ -52,3 +56,47 @@ def test_a_truth_set_without_painted_volumes_still_scores():
     summary = accuracy.summarise(ROWS, {"sub-t001": {"host": "a"}})
     assert summary["painted"] == {"n_scans": 0}
     assert "painted volume" not in accuracy.render({"default": summary})
+
+
+def test_partial_voxels_hold_the_disagreement_at_the_boundary():
+    # a lesion of 4 full voxels and 2 half-covered ones; the prediction misses one half voxel
+    # and adds one voxel far away
+    fraction = np.array([0, 1, 1, 1, 1, 0.6, 0.4, 0, 0, 0], dtype=np.float32)
+    reference = fraction >= 0.5
+    predicted = reference.copy()
+    predicted[5] = False
+    predicted[9] = True
+    scores = accuracy.partial_voxel_scores(predicted, reference, fraction)
+    assert scores["disagreement_in_partial"] == pytest.approx(0.5)
+    assert scores["dice_without_partial"] == pytest.approx(2 * 4 / (4 + 5))
+    same = accuracy.partial_voxel_scores(reference, reference, fraction)
+    assert np.isnan(same["disagreement_in_partial"]) and same["dice_without_partial"] == 1.0
+
+
+def _nifti(data, path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.asarray(data), np.eye(4)), str(path))
+
+
+def test_partial_voxel_table_reads_the_truth_sets_fraction_maps(tmp_path):
+    fraction = np.zeros((4, 4, 4), np.float32)
+    fraction[1:3, 1:3, 1:3] = 1.0
+    fraction[3, 1:3, 1:3] = 0.6
+    reference = (fraction >= 0.5).astype(np.uint8)
+    predicted = np.where(fraction == 1.0, 1, 0).astype(np.uint8)  # misses the partial face
+    predicted[0, 0, 0] = 1  # and adds a voxel the ignore mask hides
+    ignore = np.zeros_like(reference)
+    ignore[0, 0, 0] = 1
+    ref_dir, out = tmp_path / "reference", tmp_path / "out"
+    _nifti(reference, ref_dir / "sub-01/anat/sub-01_dseg.nii.gz")
+    _nifti(ignore, ref_dir / "sub-01/anat/sub-01_desc-ignore_mask.nii.gz")
+    _nifti(fraction, ref_dir / f"sub-01/anat/sub-01_{FRACTION_ENTITIES}.nii.gz")
+    _nifti(reference, ref_dir / "sub-02/anat/sub-02_dseg.nii.gz")  # no fraction map: left out
+    _nifti(predicted, out / "sub-01/anat/sub-01_dseg.nii.gz")
+    _nifti(predicted, out / "sub-02/anat/sub-02_dseg.nii.gz")
+    table = accuracy.partial_voxel_table(out, ref_dir)
+    assert list(table) == ["sub-01"]
+    assert table["sub-01"] == {"dice_without_partial": 1.0, "disagreement_in_partial": 1.0}
+    summary = accuracy.summarise([_row("sub-01", 0.008, 0.012)], {}, table)
+    assert summary["partial_voxels"]["n_scans"] == 1
+    assert "| default | 1 | 100 % | 1.000 |" in accuracy.render({"default": summary})
