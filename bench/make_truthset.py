@@ -107,7 +107,8 @@ def make_truthset(out: Path, split: str, n: int | None, seed: int, hosts: list[s
     for name in hosts:
         ct = get_asset(f"ct/{name}_ct.nii.gz")
         sidecar = ct.with_name(ct.name.replace(".nii.gz", ".json"))
-        prepared.append((prepare_host(name, nib.load(str(ct)), normal=name in NORMAL_HOSTS), sidecar if sidecar.is_file() else None))
+        host = prepare_host(name, nib.load(str(ct)), normal=name in NORMAL_HOSTS)
+        prepared.append((host, sidecar if sidecar.is_file() else None))
     root = out / split
     bids, reference = root / "bids", root / "reference"
     license_text = _data_license(hosts)
