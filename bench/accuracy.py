@@ -82,7 +82,7 @@ def partial_voxel_table(derivatives: Path, reference: Path) -> dict[str, dict]:
     for entities, dseg in find_derivatives(derivatives, "dseg"):
         sid = scan_id(entities)
         ref = references.get(sid)
-        if ref is None:
+        if ref is None or ref.is_mask:  # a truth set's reference is a _dseg, its fractions beside it
             continue
         fraction_path = ref.path.with_name(ref.path.name.replace("dseg.nii", f"{FRACTION_ENTITIES}.nii"))
         if not fraction_path.is_file():
@@ -95,6 +95,7 @@ def partial_voxel_table(derivatives: Path, reference: Path) -> dict[str, dict]:
 
 
 def summarise(rows: list[dict], phantoms: dict[str, dict], partial: dict[str, dict] | None = None) -> dict:
+    partial = partial or {}
     ok = [r for r in rows if r.get("status", "ok") == "ok"]
     volumes = ([r[f"{HEMORRHAGE}_ml"] for r in ok], [r[f"{HEMORRHAGE}_ref_ml"] for r in ok],
                [r[f"{HEMORRHAGE}_dice"] for r in ok])
@@ -114,8 +115,8 @@ def summarise(rows: list[dict], phantoms: dict[str, dict], partial: dict[str, di
                        "dice": r[f"{HEMORRHAGE}_dice"], "ichseg_ml": r[f"{HEMORRHAGE}_ml"],
                        "reference_ml": r[f"{HEMORRHAGE}_ref_ml"],
                        "painted_ml": float(phantoms.get(r["scan"], {}).get("true_volume_ml", "nan")),
-                       **(partial or {}).get(r["scan"], {})} for r in ok]
-    scored = [(partial or {})[r["scan"]] for r in ok if r["scan"] in (partial or {})]
+                       **partial.get(r["scan"], {})} for r in ok]
+    scored = [partial[r["scan"]] for r in ok if r["scan"] in partial]
     stats["partial_voxels"] = {"n_scans": len(scored)} | ({
         "band": list(PARTIAL_BAND),
         "dice_mean_without_partial": float(np.nanmean([p["dice_without_partial"] for p in scored])),

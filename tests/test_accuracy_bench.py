@@ -92,6 +92,8 @@ def test_partial_voxel_table_reads_the_truth_sets_fraction_maps(tmp_path):
     _nifti(ignore, ref_dir / "sub-01/anat/sub-01_desc-ignore_mask.nii.gz")
     _nifti(fraction, ref_dir / f"sub-01/anat/sub-01_{FRACTION_ENTITIES}.nii.gz")
     _nifti(reference, ref_dir / "sub-02/anat/sub-02_dseg.nii.gz")  # no fraction map: left out
+    _nifti(reference, ref_dir / "sub-03/anat/sub-03_mask.nii.gz")  # a mask is no truth set's: left out
+    _nifti(predicted, out / "sub-03/anat/sub-03_dseg.nii.gz")
     _nifti(predicted, out / "sub-01/anat/sub-01_dseg.nii.gz")
     _nifti(predicted, out / "sub-02/anat/sub-02_dseg.nii.gz")
     table = accuracy.partial_voxel_table(out, ref_dir)
