@@ -100,7 +100,7 @@ Fine-tuned by `ichseg train` (ichseg {card['ichseg_version']}, {card['date']}) f
 - License of the data: {_license_line(card['data']['license'])}
 - Training: {len(card['data']['training_scans'])} scans of {len(card['data']['training_subjects'])} subjects: {', '.join(card['data']['training_subjects'])}
 - Validation: {len(card['data']['validation_scans'])} scans of {len(card['data']['validation_subjects'])} subjects: {', '.join(card['data']['validation_subjects'])}
-- Put on the template grid with `--transform {card['data'].get('transform', 'rigid')}`; run the model with the same
+- Put on the template grid with `--transform {card['data'].get('transform', 'rigid')}`; run the model with the same `--transform`
 
 ## Training
 
