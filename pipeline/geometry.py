@@ -134,6 +134,35 @@ def resample(
     return out[0] if data.ndim == 3 else out
 
 
+def resample_voxel_mean(
+    data: np.ndarray,
+    source_affine: np.ndarray,
+    target_shape: tuple[int, int, int],
+    target_affine: np.ndarray,
+    target_to_source: np.ndarray | None = None,
+    cval: float = 0.0,
+) -> np.ndarray:
+    """Like :func:`resample` (linear), but the mean of ``data`` over each target voxel's
+    extent rather than its value at the voxel centre.
+
+    Along each target axis whose voxel edge spans more than one source voxel, the voxel is
+    sampled at that many evenly spaced points (the midpoint rule): a 5 mm slice of a scan,
+    resampled from a 1 mm grid, is the mean of 5 samples 1 mm apart. Of a probability map
+    this is the expected share of the voxel that the class fills, which is how a partially
+    covered voxel is judged (filled at least half: in the class).
+    """
+    source_step = min(voxel_sizes(source_affine))
+    counts = [max(1, int(round(edge / source_step))) for edge in voxel_sizes(target_affine)]
+    total = None
+    for offset in np.stack(np.meshgrid(*[(np.arange(n) + 0.5) / n - 0.5 for n in counts],
+                                       indexing="ij"), axis=-1).reshape(-1, 3):
+        shifted = np.asarray(target_affine, dtype=float).copy()
+        shifted[:3, 3] += shifted[:3, :3] @ offset
+        sampled = resample(data, source_affine, target_shape, shifted, target_to_source, order=1, cval=cval)
+        total = sampled if total is None else total + sampled
+    return total / float(np.prod(counts))
+
+
 def _inside_source(matrix: np.ndarray, offset: np.ndarray, shape, source_shape) -> np.ndarray:
     """Which target voxels (of a box of ``shape``) map into the source grid, within
     rounding: source index ``matrix @ ijk + offset`` in [0, n - 1] on every axis.

@@ -16,6 +16,7 @@ from ichseg.pipeline.geometry import (
     LPS_TO_RAS,
     ants_affine_to_ras,
     resample,
+    resample_voxel_mean,
     world_aligned_grid,
 )
 
@@ -232,7 +233,14 @@ def warp_to_scan(
     template_to_scan: np.ndarray,
     order: int = 1,
     cval: float = 0.0,
+    voxel_mean: bool = False,
 ) -> np.ndarray:
-    """Resample a template-space array (3D or channels-first 4D) onto the scan's own grid."""
+    """Resample a template-space array (3D or channels-first 4D) onto the scan's own grid:
+    the value at each scan voxel's centre, or with ``voxel_mean`` (linear only) the mean over
+    the voxel (:func:`~ichseg.pipeline.geometry.resample_voxel_mean`)."""
     scan_to_template = np.linalg.inv(template_to_scan)
+    if voxel_mean:
+        if order != 1:
+            raise ValueError("voxel_mean resampling is linear (order=1)")
+        return resample_voxel_mean(data, template_affine, scan_shape, scan_affine, scan_to_template, cval)
     return resample(data, template_affine, scan_shape, scan_affine, scan_to_template, order, cval)

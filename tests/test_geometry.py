@@ -10,6 +10,7 @@ from ichseg.pipeline.geometry import (
     LPS_TO_RAS,
     ants_affine_to_ras,
     resample,
+    resample_voxel_mean,
     shear_degrees,
     voxel_sizes,
     voxel_volume_ml,
@@ -393,3 +394,32 @@ def test_bounding_box_grows_by_the_margin_inside_the_array_and_shifts_the_affine
     cropped = box_affine(affine, box)
     # voxel (0, 0, 0) of the crop is voxel (2, 5, 6) of the whole
     np.testing.assert_allclose(cropped @ [0, 0, 0, 1], affine @ [2, 5, 6, 1])
+
+
+def test_resample_voxel_mean_is_the_mean_over_each_thick_slice(rng):
+    # Source: 1 mm voxels. Target: 1 x 1 x 5 mm, slice k centred on source plane 2 + 5k, so
+    # the five samples of a slice fall on source voxel centres and the mean is exact.
+    data = rng.normal(size=(6, 7, 15)).astype(np.float32)
+    target = _affine(np.diag([1.0, 1.0, 5.0]), (0.0, 0.0, 2.0))
+    mean = resample_voxel_mean(data, np.eye(4), (6, 7, 3), target)
+    expected = data.reshape(6, 7, 3, 5).mean(axis=-1)
+    np.testing.assert_allclose(mean, expected, atol=1e-5)
+    # sampling at the centres alone gives the middle plane of each slice, not the mean
+    centre = resample(data, np.eye(4), (6, 7, 3), target)
+    np.testing.assert_allclose(centre, data[:, :, 2::5], atol=1e-6)
+    assert not np.allclose(centre, expected, atol=1e-2)
+
+
+def test_resample_voxel_mean_of_a_half_filled_slice_is_one_half():
+    # A binary slab (1 mm source) that fills the upper half of a 6 mm target slice: slice 0
+    # is sampled on planes 7-12 (source planes 10 and up filled), slice 1 on planes 13-18.
+    # The scan is 2 mm higher in the world than the source (target_to_source shifts it back).
+    data = np.zeros((5, 5, 24), dtype=np.float32)
+    data[:, :, 10:] = 1.0
+    target = _affine(np.diag([1.0, 1.0, 6.0]), (0.0, 0.0, 11.5))
+    shift = _affine(np.eye(3), (0.0, 0.0, -2.0))
+    mean = resample_voxel_mean(data, np.eye(4), (5, 5, 2), target, shift)
+    np.testing.assert_allclose(mean[2, 2, 0], 0.5, atol=1e-6)
+    np.testing.assert_allclose(mean[2, 2, 1], 1.0, atol=1e-6)
+    multichannel = resample_voxel_mean(np.stack([data, 1 - data]), np.eye(4), (5, 5, 2), target, shift)
+    np.testing.assert_allclose(multichannel.sum(axis=0), 1.0, atol=1e-6)
