@@ -2,15 +2,17 @@
 """Accuracy of ichseg on a truth set, for one or several settings (the levers of issue 11).
 
     python bench/accuracy.py TRUTHSET_SPLIT_DIR OUT [--setting NAME "ICHSEG ARGS" ...]
-        [--relabel] [--n-procs N] [--score-only] [--reference DIR]
+        [--relabel [--thresholds T ...] [--seeds S ...] [--resamplings MODE ...]
+         [--sources SOURCE ...] [--density-edge]] [--n-procs N] [--score-only] [--reference DIR]
 
 ``TRUTHSET_SPLIT_DIR`` is one split written by ``bench/make_truthset.py`` (``bids/``,
 ``reference/``, ``phantoms.tsv``). Each setting runs ``ichseg BIDS OUT/<name> participant``
 with its arguments (default: one setting, ``default``, with no extra arguments), then
 ``ichseg evaluate`` against the reference, and prints the dataset figures. ``--relabel``
 also scores the ways of turning the same class probabilities into a label map (argmax, a
-threshold on the total hemorrhage probability, the CT-density refinement) without running
-the network again: it reads the template-space probabilities and transform from the work
+threshold on the total hemorrhage probability, with hysteresis seeds, sampled at the scan's
+voxel centres or averaged over its voxels, the CT-density refinement) without running the
+network again: it reads the template-space probabilities and transform from the work
 directory.
 
 Writes ``OUT/accuracy.json`` and ``OUT/accuracy.md`` (one row per setting and labelling:
@@ -179,9 +181,13 @@ def _recomputed(node: Path, source: str, cache: dict) -> tuple[np.ndarray, np.nd
 
 
 def relabel_scores(split_dir: Path, reference: Path, out: Path, name: str, phantoms: dict, thresholds,
-                   sources=("network",)) -> dict:
+                   sources=("network",), resamplings=("centre",), seeds=(), density_edge=False) -> dict:
     """Score labellings of the setting's probabilities, and of probabilities recomputed from
-    its registered CTs (``sources``: ``network``, ``flip``, ``ensemble``)."""
+    its registered CTs (``sources``: ``network``, ``flip``, ``ensemble``), each brought onto
+    the scan by sampling at the voxel centres or by the mean over each voxel
+    (``resamplings``: ``centre``, ``voxel-mean``); with ``seeds``, also each threshold with
+    hysteresis (a blood region is kept only where it reaches the seed probability); with
+    ``density_edge``, each of them also refined along the CT's clot edge."""
     from ichseg.pipeline.geometry import ants_affine_to_ras
     from ichseg.pipeline.refine import refine_hemorrhage
     from ichseg.pipeline.registration import warp_to_scan
@@ -212,16 +218,22 @@ def relabel_scores(split_dir: Path, reference: Path, out: Path, name: str, phant
                 affine = prob_img.affine
             else:
                 probs, affine = _recomputed(node, kind, networks)
-            scan = warp_to_scan(probs, affine, source.shape[:3], source.affine, transform)
-            scan[0] += np.clip(1.0 - scan.sum(axis=0), 0.0, 1.0)
-            variants = {"argmax": label_map(scan, None)}
-            for t in thresholds:
-                variants[f"threshold {t:g}"] = label_map(scan, t)
-            for label in list(variants):
-                variants[f"{label} + density edge"] = refine_hemorrhage(variants[label], hu, brain, source.affine)
-            for label, labels in variants.items():
-                row = compare_labels(labels.astype(np.int16), ref, source.affine, ignore, classes=[HEMORRHAGE])
-                results.setdefault(f"{kind}, {label}", []).append({"scan": sid, **row})
+            for mode in resamplings:
+                scan = warp_to_scan(probs, affine, source.shape[:3], source.affine, transform,
+                                    voxel_mean=mode == "voxel-mean")
+                scan[0] += np.clip(1.0 - scan.sum(axis=0), 0.0, 1.0)
+                variants = {"argmax": label_map(scan, None)}
+                for t in thresholds:
+                    variants[f"threshold {t:g}"] = label_map(scan, t)
+                    for seed in seeds:
+                        variants[f"threshold {t:g}, seeds {seed:g}"] = label_map(scan, t, seed)
+                for label in list(variants) if density_edge else ():
+                    variants[f"{label} + density edge"] = refine_hemorrhage(variants[label], hu, brain,
+                                                                            source.affine)
+                prefix = kind if mode == "centre" else f"{kind}, {mode}"
+                for label, labels in variants.items():
+                    row = compare_labels(labels.astype(np.int16), ref, source.affine, ignore, classes=[HEMORRHAGE])
+                    results.setdefault(f"{prefix}, {label}", []).append({"scan": sid, **row})
         print(f"  relabelled {sid}", flush=True)
     return {label: summarise(rows, phantoms) for label, rows in results.items()}
 
@@ -295,6 +307,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--thresholds", nargs="+", type=float, default=[0.3, 0.4, 0.5])
     parser.add_argument("--sources", nargs="+", default=["network"], choices=["network", "flip", "ensemble"],
                         help="with --relabel: probabilities of the run, or recomputed with flips or the ensemble")
+    parser.add_argument("--resamplings", nargs="+", default=["centre"], choices=["centre", "voxel-mean"],
+                        help="with --relabel: probabilities sampled at the scan's voxel centres or averaged over its voxels")
+    parser.add_argument("--seeds", nargs="*", type=float, default=[],
+                        help="with --relabel: also each threshold with these hysteresis seed probabilities")
+    parser.add_argument("--density-edge", action="store_true",
+                        help="with --relabel: also each labelling refined along the CT's clot edge (pipeline/refine.py)")
     parser.add_argument("--n-procs", type=int, default=2)
     parser.add_argument("--score-only", action="store_true",
                         help="score the derivatives already in OUT/NAME, without running ichseg")
@@ -315,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         print(render({name: summary[name]}), flush=True)
         if args.relabel:
             for label, stats in relabel_scores(args.split_dir, reference, args.out, name, phantoms, args.thresholds,
-                                               args.sources).items():
+                                               args.sources, args.resamplings, args.seeds,
+                                               args.density_edge).items():
                 summary[f"{name}, {label}"] = stats
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "accuracy.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")

@@ -26,6 +26,18 @@ def _threshold(text: str) -> float | None:
     return value
 
 
+def _seed(text: str) -> float | None:
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability or 'none', got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"the seed probability must lie between 0 and 1, got {value:g}")
+    return value
+
+
 #: Nipype execution plugins ``--nipype-plugin`` accepts.
 #: Not the *Graph plugins: they return as soon as they have submitted, so ichseg could
 #: neither hold the scans' locks nor record their failures (--submit does that instead).
@@ -141,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar="P|argmax",
                         help="total hemorrhage probability from which a voxel is labelled blood "
                              "(docs/method.md, accuracy); 'argmax' labels the most likely class")
+    method.add_argument("--hemorrhage-seed", type=_seed, default=MethodSettings.hemorrhage_seed,
+                        metavar="P|none",
+                        help="keep a connected region of blood only if its total hemorrhage probability "
+                             "reaches P somewhere (hysteresis; removes faint specks); 'none' keeps every region")
 
     out = parser.add_argument_group("messages")
     verbosity = out.add_mutually_exclusive_group()

@@ -203,7 +203,7 @@ def method_settings(args, resources: Resources) -> MethodSettings:
         model=args.model, device=args.device, precision=args.precision,
         omp_nthreads=resources.omp_nthreads, transform=args.transform,
         network_input=args.network_input, margin_mm=args.margin_mm,
-        hemorrhage_threshold=args.hemorrhage_threshold,
+        hemorrhage_threshold=args.hemorrhage_threshold, hemorrhage_seed=args.hemorrhage_seed,
     )
 
 

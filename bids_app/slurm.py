@@ -61,6 +61,8 @@ def task_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
             argv.append(option)
         elif value is None and action.dest == "hemorrhage_threshold":
             argv += [option, "argmax"]
+        elif value is None and action.dest == "hemorrhage_seed":
+            argv += [option, "none"]
         elif isinstance(value, Path):
             argv += [option, str(value.absolute())]
         else:

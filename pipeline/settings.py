@@ -6,7 +6,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from ichseg.pipeline.cpu import PRECISIONS
-from ichseg.pipeline.segmentation import DEFAULT_HEMORRHAGE_THRESHOLD, DEFAULT_MARGIN_MM
+from ichseg.pipeline.segmentation import (
+    DEFAULT_HEMORRHAGE_SEED,
+    DEFAULT_HEMORRHAGE_THRESHOLD,
+    DEFAULT_MARGIN_MM,
+)
 
 __all__ = ["MethodSettings", "TRANSFORMS", "ANTS_TRANSFORMS", "DEFAULT_TRANSFORM", "NETWORK_INPUTS"]
 
@@ -31,6 +35,8 @@ class MethodSettings:
     network_input : the network sees the whole ``head`` or the extracted ``brain``
     margin_mm : margin around the brain mask where the network is run
     hemorrhage_threshold : total hemorrhage probability from which a voxel is blood (None: arg-max)
+    hemorrhage_seed : a region of blood is kept only where it reaches this total hemorrhage
+        probability somewhere (None: every region)
     """
 
     model: str = "blastct-v1"
@@ -41,6 +47,7 @@ class MethodSettings:
     network_input: str = "head"
     margin_mm: float = DEFAULT_MARGIN_MM
     hemorrhage_threshold: float | None = DEFAULT_HEMORRHAGE_THRESHOLD
+    hemorrhage_seed: float | None = DEFAULT_HEMORRHAGE_SEED
 
     def __post_init__(self):
         for name, value, allowed in (("transform", self.transform, TRANSFORMS),
@@ -50,6 +57,8 @@ class MethodSettings:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
         if self.hemorrhage_threshold is not None and not 0 < self.hemorrhage_threshold < 1:
             raise ValueError(f"hemorrhage_threshold must lie between 0 and 1, not {self.hemorrhage_threshold}")
+        if self.hemorrhage_seed is not None and not 0 < self.hemorrhage_seed <= 1:
+            raise ValueError(f"hemorrhage_seed must lie between 0 and 1, not {self.hemorrhage_seed}")
 
     @property
     def ants_transform(self) -> str:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 
 from ichseg.bids_app.cli import build_parser
-from ichseg.pipeline.segmentation import DEFAULT_HEMORRHAGE_THRESHOLD
+from ichseg.pipeline.segmentation import (
+    DEFAULT_HEMORRHAGE_SEED,
+    DEFAULT_HEMORRHAGE_THRESHOLD,
+)
 
 BASE = ["/bids", "/out", "participant"]
 
@@ -15,6 +18,21 @@ def test_hemorrhage_threshold_default_value_and_argmax():
     assert parser.parse_args(BASE).hemorrhage_threshold == DEFAULT_HEMORRHAGE_THRESHOLD
     assert parser.parse_args([*BASE, "--hemorrhage-threshold", "0.3"]).hemorrhage_threshold == 0.3
     assert parser.parse_args([*BASE, "--hemorrhage-threshold", "argmax"]).hemorrhage_threshold is None
+
+
+def test_hemorrhage_seed_default_value_and_none():
+    parser = build_parser()
+    assert parser.parse_args(BASE).hemorrhage_seed == DEFAULT_HEMORRHAGE_SEED
+    assert parser.parse_args([*BASE, "--hemorrhage-seed", "0.9"]).hemorrhage_seed == 0.9
+    assert parser.parse_args([*BASE, "--hemorrhage-seed", "1"]).hemorrhage_seed == 1.0
+    assert parser.parse_args([*BASE, "--hemorrhage-seed", "none"]).hemorrhage_seed is None
+
+
+@pytest.mark.parametrize("bad", ["1.5", "0", "all"])
+def test_hemorrhage_seed_rejects_what_is_not_a_probability(bad, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*BASE, "--hemorrhage-seed", bad])
+    assert "--hemorrhage-seed" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("bad", ["1.5", "0", "half"])
@@ -31,12 +49,13 @@ def test_array_tasks_get_the_options_as_given():
     parser = build_parser()
     given = [*BASE, "--participant-label", "01", "--submit", "slurm", "--sbatch-args", "-p short",
              "--nprocs", "3", "--omp-nthreads", "1", "--mem", "6", "--model", "blastct-v1-ensemble",
-             "--hemorrhage-threshold", "argmax", "--transform", "affine", "-vv"]
+             "--hemorrhage-threshold", "argmax", "--hemorrhage-seed", "none", "--transform", "affine", "-vv"]
     args = parser.parse_args(given)
     forwarded = task_arguments(args, parser)
     assert "--participant-label" not in forwarded and "--submit" not in forwarded
     again = parser.parse_args([*BASE, *forwarded])
-    for name in ("n_procs", "omp_nthreads", "mem", "model", "hemorrhage_threshold", "transform", "verbose"):
+    for name in ("n_procs", "omp_nthreads", "mem", "model", "hemorrhage_threshold", "hemorrhage_seed", "transform",
+                 "verbose"):
         assert getattr(again, name) == getattr(args, name), name
 
 

@@ -345,7 +345,7 @@ def test_sessions_give_identical_results(run):
 
 def test_normal_head_has_almost_no_hemorrhage(run):
     row = _volumes(run, "sub-ge/anat/sub-ge_ct.nii.gz")
-    assert row["hemorrhage_ml"] < 1.0
+    assert row["hemorrhage_ml"] < 0.5  # issue 11's target for this normal head
     assert 800 < row["brain_ml"] < 1600
 
 

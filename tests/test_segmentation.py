@@ -55,3 +55,29 @@ def test_label_map_threshold_on_total_hemorrhage():
     assert label_map(probs, 0.45).ravel().tolist() == [1, 0, 3, 4]
     assert label_map(probs, 0.5).ravel().tolist() == [0, 0, 3, 4]
     assert label_map(probs, 0.2).ravel().tolist() == [1, 1, 3, 4]
+
+
+def test_label_map_hemorrhage_seed_keeps_only_regions_that_reach_it():
+    from ichseg.pipeline.segmentation import label_map
+
+    # classes: background, IPH, EAH, oedema, IVH; three blood regions along a line
+    probs = np.zeros((5, 1, 1, 9), dtype=np.float32)
+    probs[0] = 1.0
+    weak_iph = [0.3, 0.0, 0.7, 0.0, 0.0]      # blood 0.7
+    strong_iph = [0.05, 0.95, 0.0, 0.0, 0.0]  # blood 0.95
+    weak_eah = [0.2, 0.0, 0.5, 0.3, 0.0]      # blood 0.5, oedema next
+    for x, column in {1: weak_iph, 2: strong_iph, 3: weak_iph, 5: weak_eah, 7: weak_iph}.items():
+        probs[:, 0, 0, x] = column
+    plain = label_map(probs, 0.45)
+    assert plain.ravel().tolist() == [0, 2, 1, 2, 0, 2, 0, 2, 0]
+    # the region 1-3 holds a voxel of 0.95 and stays whole; the lone weak voxels go
+    seeded = label_map(probs, 0.45, hemorrhage_seed=0.9)
+    assert seeded.ravel().tolist() == [0, 2, 1, 2, 0, 3, 0, 0, 0]
+    # a region touching a seed only diagonally is one region (26-neighbourhood)
+    diagonal = np.zeros((5, 2, 2, 2), dtype=np.float32)
+    diagonal[0] = 1.0
+    diagonal[:, 0, 0, 0] = strong_iph
+    diagonal[:, 1, 1, 1] = weak_iph
+    assert label_map(diagonal, 0.45, hemorrhage_seed=0.9)[1, 1, 1] == 2
+    assert label_map(probs, 0.45, hemorrhage_seed=0.45).tolist() == plain.tolist()
+    assert label_map(probs, None, hemorrhage_seed=0.9).ravel().tolist() == [0, 2, 1, 2, 0, 3, 0, 0, 0]

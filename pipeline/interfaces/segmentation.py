@@ -12,6 +12,7 @@ from ichseg.pipeline.cpu import PRECISIONS
 from ichseg.pipeline.geometry import ants_affine_to_ras
 from ichseg.pipeline.interfaces.base import NodeInterface, read_image, read_mask
 from ichseg.pipeline.segmentation import (
+    DEFAULT_HEMORRHAGE_SEED,
     DEFAULT_HEMORRHAGE_THRESHOLD,
     DEFAULT_MARGIN_MM,
     probabilities_to_scan,
@@ -28,6 +29,13 @@ def _hemorrhage_threshold_trait():
         desc="total hemorrhage probability from which a voxel is blood (None: arg-max)")
 
 
+def _hemorrhage_seed_trait():
+    """The labelling's hysteresis, beside the threshold."""
+    return traits.Either(
+        None, traits.Range(0.0, 1.0), default=DEFAULT_HEMORRHAGE_SEED, usedefault=True,
+        desc="a region of blood is kept only where it reaches this total hemorrhage probability (None: all)")
+
+
 class _SegmentInputSpec(BaseInterfaceInputSpec):
     template_ct = File(exists=True, mandatory=True, desc="CT in HU on the 1 mm template grid")
     template_brain_mask = File(exists=True, mandatory=True, desc="brain mask on the template grid")
@@ -39,6 +47,7 @@ class _SegmentInputSpec(BaseInterfaceInputSpec):
     precision = traits.Enum(*PRECISIONS, usedefault=True,
                             desc="network precision (auto: fp32; see ichseg.pipeline.cpu.resolve_precision)")
     hemorrhage_threshold = _hemorrhage_threshold_trait()
+    hemorrhage_seed = _hemorrhage_seed_trait()
 
 
 class _SegmentOutputSpec(TraitedSpec):
@@ -65,7 +74,7 @@ class SegmentHemorrhage(NodeInterface):
             hu, read_mask(self.inputs.template_brain_mask), ct_img.affine, self.inputs.model,
             self.inputs.device, self.inputs.precision,
             self.inputs.num_threads, self.inputs.network_input, self.inputs.margin_mm,
-            self.inputs.hemorrhage_threshold, LOGGER.info,
+            self.inputs.hemorrhage_threshold, LOGGER.info, self.inputs.hemorrhage_seed,
         )
         self._results["qc"] = result.qc
         self._write_image(runtime, "probabilities", "probabilities_space-template.nii",
@@ -80,6 +89,7 @@ class _ToScanInputSpec(BaseInterfaceInputSpec):
     transform = File(exists=True, mandatory=True, desc="ANTs affine (template -> scan points)")
     source_file = File(exists=True, mandatory=True, desc="the original CT, whose grid is the target")
     hemorrhage_threshold = _hemorrhage_threshold_trait()
+    hemorrhage_seed = _hemorrhage_seed_trait()
 
 
 class _ToScanOutputSpec(TraitedSpec):
@@ -99,6 +109,7 @@ class ProbabilitiesToScan(NodeInterface):
         labels, hemorrhage = probabilities_to_scan(
             np.moveaxis(probabilities, -1, 0), prob_img.affine, source.shape[:3], source.affine,
             ants_affine_to_ras(self.inputs.transform), self.inputs.hemorrhage_threshold,
+            self.inputs.hemorrhage_seed,
         )
         self._write_image(runtime, "dseg", "dseg.nii", labels, source)
         self._write_image(runtime, "hemorrhage_probseg", "hemorrhage_probseg.nii", hemorrhage, source)

@@ -144,12 +144,14 @@ def init_single_ct_wf(
             model=settings.model, device=settings.device, precision=settings.precision,
             num_threads=settings.omp_nthreads, network_input=settings.network_input,
             margin_mm=settings.margin_mm, hemorrhage_threshold=settings.hemorrhage_threshold,
+            hemorrhage_seed=settings.hemorrhage_seed,
         ),
         name="segment",
         n_procs=settings.omp_nthreads,
         mem_gb=MEM_GB["segment"],
     )
-    to_scan = pe.Node(ProbabilitiesToScan(hemorrhage_threshold=settings.hemorrhage_threshold),
+    to_scan = pe.Node(ProbabilitiesToScan(hemorrhage_threshold=settings.hemorrhage_threshold,
+                                          hemorrhage_seed=settings.hemorrhage_seed),
                       name="probabilities_to_scan", mem_gb=MEM_GB["to_scan"])
     mask_to_source = pe.Node(ToSourceGrid(), name="brain_mask_to_source")
     tabulate = pe.Node(
