@@ -14,28 +14,24 @@ from ichseg.pipeline.cpu import PRECISIONS
 from ichseg.pipeline.settings import NETWORK_INPUTS, TRANSFORMS, MethodSettings
 
 
-def _threshold(text: str) -> float | None:
-    if text.strip().lower() == "argmax":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a probability or 'argmax', got {text!r}") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"the threshold must lie between 0 and 1, got {value:g}")
-    return value
+def _probability_or(word: str, what: str, one_allowed: bool):
+    """An argparse type: a probability in (0, 1) (or (0, 1] with ``one_allowed``), or ``word``
+    for None."""
+    def parse(text: str) -> float | None:
+        if text.strip().lower() == word:
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a probability or {word!r}, got {text!r}") from None
+        if not (0.0 < value <= 1.0 if one_allowed else 0.0 < value < 1.0):
+            raise argparse.ArgumentTypeError(f"the {what} must lie between 0 and 1, got {value:g}")
+        return value
+    return parse
 
 
-def _seed(text: str) -> float | None:
-    if text.strip().lower() == "none":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a probability or 'none', got {text!r}") from None
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"the seed probability must lie between 0 and 1, got {value:g}")
-    return value
+_threshold = _probability_or("argmax", "threshold", one_allowed=False)
+_seed = _probability_or("none", "seed probability", one_allowed=True)
 
 
 #: Nipype execution plugins ``--nipype-plugin`` accepts.
