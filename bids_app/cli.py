@@ -16,7 +16,8 @@ from ichseg.pipeline.settings import NETWORK_INPUTS, TRANSFORMS, MethodSettings
 
 def _probability_or(word: str, what: str, one_allowed: bool):
     """An argparse type: a probability in (0, 1) (or (0, 1] with ``one_allowed``), or ``word``
-    for None."""
+    for None. The word is kept as ``none_word``, so that options can be written back
+    (``ichseg.bids_app.slurm.task_arguments``)."""
     def parse(text: str) -> float | None:
         if text.strip().lower() == word:
             return None
@@ -27,6 +28,7 @@ def _probability_or(word: str, what: str, one_allowed: bool):
         if not (0.0 < value <= 1.0 if one_allowed else 0.0 < value < 1.0):
             raise argparse.ArgumentTypeError(f"the {what} must lie between 0 and 1, got {value:g}")
         return value
+    parse.none_word = word
     return parse
 
 

@@ -59,10 +59,8 @@ def task_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
             argv += [option] * int(value)
         elif isinstance(action, argparse._StoreTrueAction):
             argv.append(option)
-        elif value is None and action.dest == "hemorrhage_threshold":
-            argv += [option, "argmax"]
-        elif value is None and action.dest == "hemorrhage_seed":
-            argv += [option, "none"]
+        elif value is None and hasattr(action.type, "none_word"):
+            argv += [option, action.type.none_word]  # e.g. --hemorrhage-threshold argmax
         elif isinstance(value, Path):
             argv += [option, str(value.absolute())]
         else:

@@ -123,7 +123,7 @@ def segment(
         result = segment_template_space(
             template_ct, space.brain_mask, template_img.affine, settings.model, settings.device,
             settings.precision, settings.omp_nthreads, settings.network_input, settings.margin_mm,
-            settings.hemorrhage_threshold, log, settings.hemorrhage_seed)
+            settings.hemorrhage_threshold, log, hemorrhage_seed=settings.hemorrhage_seed)
         source = nib.load(source_file)
         # Through a file, as between the workflow's steps: the box's affine as NIfTI stores it.
         stored = nib.load(save_like(np.moveaxis(result.probabilities, 0, -1), template_img,
@@ -131,7 +131,7 @@ def segment(
         labels, hemorrhage = probabilities_to_scan(
             np.moveaxis(np.asanyarray(stored.dataobj, dtype=np.float32), -1, 0), stored.affine,
             source.shape[:3], source.affine, space.template_to_scan, settings.hemorrhage_threshold,
-            settings.hemorrhage_seed)
+            hemorrhage_seed=settings.hemorrhage_seed)
         mask = to_source_orientation(brain.astype(np.uint8), conformed.affine, source)
         rows, location = locate_on_scan(labels, source.affine, space.atlas_to_scan, atlas, region_names)
         qc = {**space.qc, **result.qc, **checked.measures}

@@ -63,10 +63,10 @@ def test_label_map_hemorrhage_seed_keeps_only_regions_that_reach_it():
     # classes: background, IPH, EAH, oedema, IVH; three blood regions along a line
     probs = np.zeros((5, 1, 1, 9), dtype=np.float32)
     probs[0] = 1.0
-    weak_iph = [0.3, 0.0, 0.7, 0.0, 0.0]      # blood 0.7
-    strong_iph = [0.05, 0.95, 0.0, 0.0, 0.0]  # blood 0.95
-    weak_eah = [0.2, 0.0, 0.5, 0.3, 0.0]      # blood 0.5, oedema next
-    for x, column in {1: weak_iph, 2: strong_iph, 3: weak_iph, 5: weak_eah, 7: weak_iph}.items():
+    weak_eah = [0.3, 0.0, 0.7, 0.0, 0.0]         # blood 0.7
+    strong_iph = [0.05, 0.95, 0.0, 0.0, 0.0]     # blood 0.95
+    faint_eah = [0.2, 0.0, 0.5, 0.3, 0.0]        # blood 0.5, oedema next
+    for x, column in {1: weak_eah, 2: strong_iph, 3: weak_eah, 5: faint_eah, 7: weak_eah}.items():
         probs[:, 0, 0, x] = column
     plain = label_map(probs, 0.45)
     assert plain.ravel().tolist() == [0, 2, 1, 2, 0, 2, 0, 2, 0]
@@ -77,7 +77,7 @@ def test_label_map_hemorrhage_seed_keeps_only_regions_that_reach_it():
     diagonal = np.zeros((5, 2, 2, 2), dtype=np.float32)
     diagonal[0] = 1.0
     diagonal[:, 0, 0, 0] = strong_iph
-    diagonal[:, 1, 1, 1] = weak_iph
+    diagonal[:, 1, 1, 1] = weak_eah
     assert label_map(diagonal, 0.45, hemorrhage_seed=0.9)[1, 1, 1] == 2
     assert label_map(probs, 0.45, hemorrhage_seed=0.45).tolist() == plain.tolist()
     assert label_map(probs, None, hemorrhage_seed=0.9).ravel().tolist() == [0, 2, 1, 2, 0, 3, 0, 0, 0]

@@ -74,7 +74,7 @@ class SegmentHemorrhage(NodeInterface):
             hu, read_mask(self.inputs.template_brain_mask), ct_img.affine, self.inputs.model,
             self.inputs.device, self.inputs.precision,
             self.inputs.num_threads, self.inputs.network_input, self.inputs.margin_mm,
-            self.inputs.hemorrhage_threshold, LOGGER.info, self.inputs.hemorrhage_seed,
+            self.inputs.hemorrhage_threshold, LOGGER.info, hemorrhage_seed=self.inputs.hemorrhage_seed,
         )
         self._results["qc"] = result.qc
         self._write_image(runtime, "probabilities", "probabilities_space-template.nii",
@@ -109,7 +109,7 @@ class ProbabilitiesToScan(NodeInterface):
         labels, hemorrhage = probabilities_to_scan(
             np.moveaxis(probabilities, -1, 0), prob_img.affine, source.shape[:3], source.affine,
             ants_affine_to_ras(self.inputs.transform), self.inputs.hemorrhage_threshold,
-            self.inputs.hemorrhage_seed,
+            hemorrhage_seed=self.inputs.hemorrhage_seed,
         )
         self._write_image(runtime, "dseg", "dseg.nii", labels, source)
         self._write_image(runtime, "hemorrhage_probseg", "hemorrhage_probseg.nii", hemorrhage, source)
