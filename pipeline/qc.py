@@ -99,6 +99,7 @@ def qc_column_descriptions() -> dict[str, dict]:
         "registration_dice": {"Description": "Dice overlap of the registered brain mask and the template brain mask, inside the scan's field of view."},
         "hemorrhage_at_roi_edge_ml": {"Description": "Hemorrhage touching the edge of the inference region (template space).", "Units": "mL"},
         "hemorrhage_outside_brain_fraction": {"Description": "Fraction of hemorrhage probability mass outside the brain mask."},
+        "hemorrhage_below_seed_ml": {"Description": "Blood left out by the hysteresis seed (--hemorrhage-seed): regions whose total hemorrhage probability reaches the threshold but nowhere the seed (template space; 0 without a seed). Rerun with --hemorrhage-seed none to keep them.", "Units": "mL"},
         "flag_brain_volume": {"Description": f"Brain volume outside {low:g}-{high:g} mL."},
         "flag_registration": {"Description": f"Registration Dice below {MIN_REGISTRATION_DICE}."},
         "flag_roi_edge": {"Description": f"More than {MAX_EDGE_HEMORRHAGE_ML} mL of hemorrhage at the inference-region edge."},

@@ -72,6 +72,16 @@ def _best_other(probabilities: np.ndarray) -> np.ndarray:
     return others[np.argmax(probabilities[others], axis=0)]
 
 
+def _below_seed_ml(probabilities: np.ndarray, labels: np.ndarray, hemorrhage_threshold: float | None,
+                   voxel_ml: float) -> float:
+    """Volume of the blood that the hysteresis seed left out of ``labels``: what the same
+    threshold labels as blood without a seed, and ``labels`` does not."""
+    from ichseg.pipeline.labels import HEMORRHAGE_INDICES
+
+    unseeded = np.isin(label_map(probabilities, hemorrhage_threshold, None), HEMORRHAGE_INDICES)
+    return float(np.count_nonzero(unseeded & ~np.isin(labels, HEMORRHAGE_INDICES)) * voxel_ml)
+
+
 def region_of_interest(brain_mask: np.ndarray, affine: np.ndarray, margin_mm: float) -> np.ndarray:
     """The brain mask grown by ``margin_mm``: where the network is run.
 
@@ -194,6 +204,7 @@ def segment_template_space(
     probs, info = run_model(hu, roi, model, device, log, precision=precision, num_threads=num_threads)
     labels = label_map(probs, hemorrhage_threshold, hemorrhage_seed)
     qc = segmentation_qc(probs, labels, brain, roi, voxel_volume_ml(affine))
+    qc["hemorrhage_below_seed_ml"] = _below_seed_ml(probs, labels, hemorrhage_threshold, voxel_volume_ml(affine))
     box_probs, probs_affine = crop_to_roi(probs, roi, affine)
     info.update(network_input=network_input, margin_mm=margin_mm, device=device,
                 hemorrhage_threshold=hemorrhage_threshold, hemorrhage_seed=hemorrhage_seed)

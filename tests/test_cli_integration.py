@@ -364,6 +364,11 @@ def test_group_table(run):
     assert sorted(table["participant_id"].unique()) == ["sub-0034", "sub-ge", "sub-partial", "sub-stripped"]
     for flag in ("flag_brain_volume", "flag_registration", "flag_roi_edge", "flag_outside_brain"):
         assert flag in table.columns
+    # the faint blood the hysteresis seed left out is counted, not hidden (mistie-0034: specks
+    # at the skull base and a strip along the convexity, docs/method.md section 7)
+    assert (table["hemorrhage_below_seed_ml"] >= 0).all()
+    first = (table["participant_id"] == "sub-0034") & (table["session_id"] == "ses-1")
+    assert table.loc[first, "hemorrhage_below_seed_ml"].item() > 0.3
     assert set(table.loc[table["participant_id"] == "sub-0034", "session_id"]) == {"ses-1", "ses-2", "ses-3", "ses-4"}
     for column in VOLUME_COLUMNS:
         assert table[column].notna().all(), column

@@ -81,3 +81,10 @@ def test_label_map_hemorrhage_seed_keeps_only_regions_that_reach_it():
     assert label_map(diagonal, 0.45, hemorrhage_seed=0.9)[1, 1, 1] == 2
     assert label_map(probs, 0.45, hemorrhage_seed=0.45).tolist() == plain.tolist()
     assert label_map(probs, None, hemorrhage_seed=0.9).ravel().tolist() == [0, 2, 1, 2, 0, 3, 0, 0, 0]
+
+    # the QC column counts what the seed left out: the lone voxels 5 and 7 (0.5 mL each here)
+    from ichseg.pipeline.segmentation import _below_seed_ml
+
+    assert _below_seed_ml(probs, seeded, 0.45, 0.5) == pytest.approx(1.0)
+    assert _below_seed_ml(probs, plain, 0.45, 0.5) == 0.0  # no seed: nothing left out
+    assert _below_seed_ml(probs, label_map(probs, None, hemorrhage_seed=0.9), None, 0.5) == pytest.approx(1.0)
