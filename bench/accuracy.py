@@ -156,11 +156,21 @@ def painted_agreement(rows: list[dict], phantoms: dict[str, dict]) -> dict:
             "reference_mask": _volume_figures([r[f"{HEMORRHAGE}_ref_ml"] for r in scored], truth)}
 
 
+#: ``ensemble-near`` runs the ensemble where the single model's hemorrhage probability reaches
+#: this, grown by :data:`NEAR_MM`, and keeps the single model's probabilities elsewhere.
+NEAR_PROBABILITY = 0.1
+NEAR_MM = 3.0
+
+
 def _recomputed(node: Path, source: str, cache: dict) -> tuple[np.ndarray, np.ndarray]:
     """Template-space probabilities (C, ...) and affine of another way of running the network
-    on the registered CT of the work directory: ``flip`` (mean with the left-right mirror) or
-    ``ensemble`` (the 12 BLAST-CT networks)."""
+    on the registered CT of the work directory: ``flip`` (mean with the left-right mirror),
+    ``ensemble`` (the 12 BLAST-CT networks) or ``ensemble-near`` (the 12 networks only near
+    what the single model calls blood, :data:`NEAR_PROBABILITY`; the single model elsewhere)."""
+    from scipy import ndimage as ndi
+
     from ichseg.pipeline.inference import IntensityWindow, load_networks, segment
+    from ichseg.pipeline.labels import HEMORRHAGE_INDICES
     from ichseg.pipeline.models import resolve_model
     from ichseg.pipeline.segmentation import DEFAULT_MARGIN_MM, region_of_interest
 
@@ -168,28 +178,47 @@ def _recomputed(node: Path, source: str, cache: dict) -> tuple[np.ndarray, np.nd
     hu = np.asanyarray(ct_img.dataobj, dtype=np.float32)
     brain = np.asanyarray(nib.load(str(node / "register" / "brain_mask_space-template.nii")).dataobj) > 0
     roi = region_of_interest(brain, ct_img.affine, DEFAULT_MARGIN_MM)
-    model = "blastct-v1-ensemble" if source == "ensemble" else "blastct-v1"
+    model = "blastct-v1-ensemble" if source.startswith("ensemble") else "blastct-v1"
     if model not in cache:
         resolved = resolve_model(model)
         cache[model] = load_networks(resolved.weight_paths, resolved.config)
     networks = cache[model]
+    single = None
+    if source == "ensemble-near":
+        # the run's probabilities cover a box of the template grid: put them on the whole grid
+        prob_img = nib.load(str(node / "segment" / "probabilities_space-template.nii"))
+        offset = np.rint(np.linalg.solve(ct_img.affine, prob_img.affine)[:3, 3]).astype(int)
+        box = tuple(slice(o, o + n) for o, n in zip(offset, prob_img.shape[:3]))
+        single = np.zeros((prob_img.shape[3], *hu.shape), np.float32)
+        single[(slice(None), *box)] = np.moveaxis(np.asanyarray(prob_img.dataobj, dtype=np.float32), -1, 0)
+        near = single[list(HEMORRHAGE_INDICES)].sum(axis=0) >= NEAR_PROBABILITY
+        reach = int(np.ceil(NEAR_MM))  # 1 mm template grid
+        ball = np.linalg.norm(np.indices((2 * reach + 1,) * 3) - reach, axis=0) <= reach
+        roi &= ndi.binary_dilation(near, structure=ball)
+        if not roi.any():
+            return single, ct_img.affine
     probs, _ = segment(hu, roi, networks, IntensityWindow())
     if source == "flip":
         mirrored, _ = segment(hu[::-1].copy(), roi[::-1].copy(), networks, IntensityWindow())
         probs = (probs + mirrored[:, ::-1]) / 2
+    if single is not None:
+        probs = np.where(roi, probs, single)
     return probs, ct_img.affine
 
 
 def relabel_scores(split_dir: Path, reference: Path, out: Path, name: str, phantoms: dict, thresholds,
-                   sources=("network",), resamplings=("centre",), seeds=(), density_edge=False) -> dict:
+                   sources=("network",), resamplings=("centre",), seeds=(), density_edge=False,
+                   partial_margins=()) -> dict:
     """Score labellings of the setting's probabilities, and of probabilities recomputed from
     its registered CTs (``sources``: ``network``, ``flip``, ``ensemble``), each brought onto
     the scan by sampling at the voxel centres or by the mean over each voxel
     (``resamplings``: ``centre``, ``voxel-mean``); with ``seeds``, also each threshold with
     hysteresis (a blood region is kept only where it reaches the seed probability); with
-    ``density_edge``, each of them also refined along the CT's clot edge."""
+    ``density_edge``, each of them also refined along the CT's clot edge; with
+    ``partial_margins``, each of them also with its edges decided by partial volume where the
+    clot share of a voxel's density is that far from one half."""
     from ichseg.pipeline.geometry import ants_affine_to_ras
-    from ichseg.pipeline.refine import refine_hemorrhage
+    from ichseg.pipeline.refine import refine_hemorrhage, refine_partial_volume
     from ichseg.pipeline.registration import warp_to_scan
     from ichseg.pipeline.segmentation import label_map
 
@@ -230,6 +259,12 @@ def relabel_scores(split_dir: Path, reference: Path, out: Path, name: str, phant
                 for label in list(variants) if density_edge else ():
                     variants[f"{label} + density edge"] = refine_hemorrhage(variants[label], hu, brain,
                                                                             source.affine)
+                for label in list(variants) if partial_margins else ():
+                    if "density edge" in label:
+                        continue
+                    for margin in partial_margins:
+                        variants[f"{label} + partial volume {margin:g}"] = refine_partial_volume(
+                            variants[label], scan, hu, brain, source.affine, margin=margin)
                 prefix = kind if mode == "centre" else f"{kind}, {mode}"
                 for label, labels in variants.items():
                     row = compare_labels(labels.astype(np.int16), ref, source.affine, ignore, classes=[HEMORRHAGE])
@@ -305,14 +340,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="a named setting and its ichseg arguments (repeatable)")
     parser.add_argument("--relabel", action="store_true", help="also score labellings of the same probabilities")
     parser.add_argument("--thresholds", nargs="+", type=float, default=[0.3, 0.4, 0.5])
-    parser.add_argument("--sources", nargs="+", default=["network"], choices=["network", "flip", "ensemble"],
-                        help="with --relabel: probabilities of the run, or recomputed with flips or the ensemble")
+    parser.add_argument("--sources", nargs="+", default=["network"], choices=["network", "flip", "ensemble", "ensemble-near"],
+                        help="with --relabel: probabilities of the run, or recomputed with flips, the ensemble, or the "
+                             "ensemble near what the run calls blood (ensemble-near)")
     parser.add_argument("--resamplings", nargs="+", default=["centre"], choices=["centre", "voxel-mean"],
                         help="with --relabel: probabilities sampled at the scan's voxel centres or averaged over its voxels")
     parser.add_argument("--seeds", nargs="*", type=float, default=[],
                         help="with --relabel: also each threshold with these hysteresis seed probabilities")
     parser.add_argument("--density-edge", action="store_true",
                         help="with --relabel: also each labelling refined along the CT's clot edge (pipeline/refine.py)")
+    parser.add_argument("--partial-volume", nargs="*", type=float, default=[], metavar="MARGIN",
+                        help="with --relabel: also each labelling with its edges decided by partial volume "
+                             "(pipeline/refine.py) where a voxel's clot share is MARGIN or more from one half")
     parser.add_argument("--n-procs", type=int, default=2)
     parser.add_argument("--score-only", action="store_true",
                         help="score the derivatives already in OUT/NAME, without running ichseg")
@@ -334,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.relabel:
             for label, stats in relabel_scores(args.split_dir, reference, args.out, name, phantoms, args.thresholds,
                                                args.sources, args.resamplings, args.seeds,
-                                               args.density_edge).items():
+                                               args.density_edge, args.partial_volume).items():
                 summary[f"{name}, {label}"] = stats
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "accuracy.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")

@@ -8,7 +8,12 @@ around it, and redraws its edge at that midpoint: it adds the dense voxels next 
 lesion that the network left out, and drops the voxels below the midpoint that it included.
 It only moves the edge within ``reach_mm`` of the network's outline, keeps to the
 intracranial mask, and leaves a lesion alone when clot and tissue are too close in density
-to tell apart.
+to tell apart. :func:`refine_partial_volume` decides only the voxels next to the edge, by the
+share of clot their density implies, and only where that share is clearly above or below
+one half.
+
+Neither is used by the pipeline: both were measured on the truth set and did not beat the
+network's own edges (docs/method.md, section 7); ``bench/accuracy.py`` keeps them as levers.
 """
 
 from __future__ import annotations
@@ -80,4 +85,93 @@ def refine_hemorrhage(
         target[leaving & np.isin(target, HEMORRHAGE_INDICES)] = 0
         joining = keep & ~lesion & ~np.isin(target, HEMORRHAGE_INDICES)
         target[joining] = kind
+    return out
+
+
+#: Reach (mm) of the band of voxels whose label the density decides, on fine axes; on a
+#: thick axis (slices of 2 mm or more) the band is one voxel: the slice the lesion's face
+#: crosses.
+PARTIAL_BAND_MM = 1.0
+#: In-plane smoothing (sigma, mm) of the density before the comparison; thick axes are not
+#: smoothed.
+PARTIAL_SMOOTH_MM = 1.0
+#: Ring (mm, within the slice) around a lesion whose density counts as the tissue next to it.
+PARTIAL_TISSUE_MM = (1.0, 3.0)
+#: A voxel joins a lesion only where the network gives it at least this hemorrhage probability.
+PARTIAL_GROW_FLOOR = 0.05
+#: The density overrules the network only where the clot share it implies is this far from
+#: one half: clot texture and noise make it uncertain by about a tenth near the midpoint.
+PARTIAL_MARGIN = 0.2
+
+
+def _band_structure(spacing) -> np.ndarray:
+    """Ellipsoidal neighbourhood reaching :data:`PARTIAL_BAND_MM` on fine axes, one voxel on thick ones."""
+    reach = [1 if s >= 2.0 else max(1, int(round(PARTIAL_BAND_MM / s))) for s in spacing]
+    grid = np.meshgrid(*[np.arange(-r, r + 1) / r for r in reach], indexing="ij")
+    return sum(g ** 2 for g in grid) <= 1.0 + 1e-6
+
+
+def refine_partial_volume(labels: np.ndarray, probabilities: np.ndarray, hu: np.ndarray, brain: np.ndarray,
+                          affine: np.ndarray, margin: float = PARTIAL_MARGIN,
+                          grow_floor: float = PARTIAL_GROW_FLOOR) -> np.ndarray:
+    """Label map whose hemorrhage edges are decided by the voxels' density: partial volume.
+
+    A voxel on a lesion's edge, most often a thick slice that the lesion's top or bottom face
+    crosses, holds a share ``f`` of clot and its density is ``f * clot + (1 - f) * tissue``.
+    It is more clot than tissue when ``f`` is above one half. For each connected lesion, the
+    clot density is the median of its inner voxels and the tissue's the median of a thin
+    ring around it within its slices; a voxel on either side of its edge (one slice through,
+    :data:`PARTIAL_BAND_MM` within a slice) joins it where its ``f`` is at least
+    ``0.5 + margin`` and leaves it where ``f`` is below ``0.5 - margin``; in between the
+    network's label stands. A voxel joins only inside the brain mask, below
+    :data:`MAX_CLOT_HU` and where the network gives it at least ``grow_floor`` hemorrhage
+    probability; one that leaves takes its best non-blood class. ``labels``, ``probabilities`` (C, ...), ``hu``
+    and ``brain`` share the CT's grid (``affine``).
+    """
+    from ichseg.pipeline.segmentation import _best_other
+
+    spacing = voxel_sizes(affine)
+    blood = np.asarray(HEMORRHAGE_INDICES)
+    hemorrhage = np.isin(labels, blood)
+    if not hemorrhage.any():
+        return labels
+    total = probabilities[blood].sum(axis=0)
+    structure = _band_structure(spacing)
+    half = [s // 2 for s in structure.shape]
+    fine = [s < 2.0 for s in spacing]
+    sigma = [PARTIAL_SMOOTH_MM / s if f else 0.0 for s, f in zip(spacing, fine)]
+    ring_vox = [int(np.ceil(PARTIAL_TISSUE_MM[1] / s)) if f else 0 for s, f in zip(spacing, fine)]
+    pad = [h + r + int(np.ceil(3 * g)) + 1 for h, r, g in zip(half, ring_vox, sigma)]
+    out = labels.copy()
+    components, _ = ndi.label(hemorrhage, structure=np.ones((3, 3, 3), dtype=bool))
+    for index, box in enumerate(ndi.find_objects(components), start=1):
+        region = tuple(slice(max(0, b.start - p), min(n, b.stop + p)) for b, p, n in zip(box, pad, labels.shape))
+        lesion = components[region] == index
+        smooth = ndi.gaussian_filter(hu[region].astype(np.float32), sigma=sigma)
+        inner = ndi.binary_erosion(lesion, structure=structure, border_value=1)
+        core = inner & (smooth <= MAX_CLOT_HU)
+        clot_voxels = smooth[core] if core.sum() >= 20 else smooth[lesion & (smooth <= MAX_CLOT_HU)]
+        if clot_voxels.size == 0:
+            continue
+        clot = float(np.median(clot_voxels)) if core.sum() >= 20 else float(np.percentile(clot_voxels, 75))
+        # the tissue ring lies within the lesion's own slices: distances along fine axes only
+        fine_distance = ndi.distance_transform_edt(~lesion, sampling=[s if f else 1e6 for s, f in
+                                                                     zip(spacing, fine)])
+        others = np.isin(out[region], blood) & ~lesion
+        ring = ((fine_distance >= PARTIAL_TISSUE_MM[0]) & (fine_distance <= PARTIAL_TISSUE_MM[1])
+                & brain[region] & ~others & (smooth >= -5.0) & (smooth <= MAX_CLOT_HU))
+        if ring.sum() < 20:
+            continue
+        tissue = float(np.median(smooth[ring]))
+        if clot - tissue < MIN_CONTRAST_HU:
+            continue
+        share = (smooth - tissue) / (clot - tissue)  # the clot share the density implies
+        outer = ndi.binary_dilation(lesion, structure=structure) & ~lesion
+        leaving = lesion & ~inner & (share < 0.5 - margin)
+        joining = (outer & (share >= 0.5 + margin) & (smooth <= MAX_CLOT_HU) & brain[region] & ~others
+                   & (total[region] >= grow_floor))
+        target = out[region]
+        if leaving.any():
+            target[leaving] = _best_other(probabilities[(slice(None),) + region][:, leaving])
+        target[joining] = np.bincount(labels[region][lesion]).argmax()
     return out
