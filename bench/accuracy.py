@@ -206,6 +206,22 @@ def _recomputed(node: Path, source: str, cache: dict) -> tuple[np.ndarray, np.nd
     return probs, ct_img.affine
 
 
+def _cached_recomputed(node: Path, source: str, cache: dict) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_recomputed`, kept in the work directory (``recomputed-<source>.npz``), so that
+    scoring the same run against other references does not run the networks again."""
+    saved = node / f"recomputed-{source}.npz"
+    # remade when the run behind it was: its registered CT or its probabilities changed
+    inputs = np.array([(node / "register" / "ct_space-template.nii").stat().st_mtime_ns,
+                       (node / "segment" / "probabilities_space-template.nii").stat().st_mtime_ns])
+    if saved.is_file():
+        with np.load(saved) as data:
+            if np.array_equal(data["inputs"], inputs):
+                return data["probabilities"], data["affine"]
+    probs, affine = _recomputed(node, source, cache)
+    np.savez_compressed(saved, probabilities=probs.astype(np.float32), affine=affine, inputs=inputs)
+    return probs, affine
+
+
 def relabel_scores(split_dir: Path, reference: Path, out: Path, name: str, phantoms: dict, thresholds,
                    sources=("network",), resamplings=("centre",), seeds=(), density_edge=False,
                    partial_margins=()) -> dict:
@@ -246,7 +262,7 @@ def relabel_scores(split_dir: Path, reference: Path, out: Path, name: str, phant
                 probs = np.moveaxis(np.asanyarray(prob_img.dataobj, dtype=np.float32), -1, 0)
                 affine = prob_img.affine
             else:
-                probs, affine = _recomputed(node, kind, networks)
+                probs, affine = _cached_recomputed(node, kind, networks)
             for mode in resamplings:
                 scan = warp_to_scan(probs, affine, source.shape[:3], source.affine, transform,
                                     voxel_mean=mode == "voxel-mean")

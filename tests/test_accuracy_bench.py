@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -102,3 +103,25 @@ def test_partial_voxel_table_reads_the_truth_sets_fraction_maps(tmp_path):
     summary = accuracy.summarise([_row("sub-01", 0.008, 0.012)], {}, table)
     assert summary["partial_voxels"]["n_scans"] == 1
     assert "| default | 1 | 100 % | 1.000 |" in accuracy.render({"default": summary})
+
+
+def test_recomputed_probabilities_are_kept_until_their_run_changes(tmp_path, monkeypatch):
+    node = tmp_path / "ct_sub_t001"
+    for part in ("register/ct_space-template.nii", "segment/probabilities_space-template.nii"):
+        (node / part).parent.mkdir(parents=True, exist_ok=True)
+        (node / part).write_bytes(b"")
+    calls = []
+
+    def fake(node_, source, cache):
+        calls.append(source)
+        return np.full((5, 2, 2, 2), len(calls), np.float32), np.eye(4)
+
+    monkeypatch.setattr(accuracy, "_recomputed", fake)
+    first, _ = accuracy._cached_recomputed(node, "ensemble", {})
+    again, affine = accuracy._cached_recomputed(node, "ensemble", {})
+    assert calls == ["ensemble"] and np.array_equal(first, again) and np.array_equal(affine, np.eye(4))
+    # a new run of the setting (its probabilities rewritten): computed again
+    stat = (node / "segment/probabilities_space-template.nii").stat()
+    os.utime(node / "segment/probabilities_space-template.nii", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    remade, _ = accuracy._cached_recomputed(node, "ensemble", {})
+    assert calls == ["ensemble", "ensemble"] and remade[0, 0, 0, 0] == 2
