@@ -119,16 +119,17 @@ def refine_partial_volume(labels: np.ndarray, probabilities: np.ndarray, hu: np.
     A voxel on a lesion's edge, most often a thick slice that the lesion's top or bottom face
     crosses, holds a share ``f`` of clot and its density is ``f * clot + (1 - f) * tissue``.
     It is more clot than tissue when ``f`` is above one half. For each connected lesion, the
-    clot density is the median of its inner voxels and the tissue's the median of a thin
-    ring around it within its slices; a voxel on either side of its edge (one slice through,
+    clot density is the median of its inner voxels (the upper quartile of all its voxels when
+    fewer than 20 are inner) and the tissue's the median of a thin ring around it within its
+    slices; a voxel on either side of its edge (one slice through,
     :data:`PARTIAL_BAND_MM` within a slice) joins it where its ``f`` is at least
     ``0.5 + margin`` and leaves it where ``f`` is below ``0.5 - margin``; in between the
     network's label stands. A voxel joins only inside the brain mask, below
     :data:`MAX_CLOT_HU` and where the network gives it at least ``grow_floor`` hemorrhage
-    probability; one that leaves takes its best non-blood class. ``labels``, ``probabilities`` (C, ...), ``hu``
-    and ``brain`` share the CT's grid (``affine``).
+    probability; one that leaves takes its best non-blood class. ``labels``,
+    ``probabilities`` (C, ...), ``hu`` and ``brain`` share the CT's grid (``affine``).
     """
-    from ichseg.pipeline.segmentation import _best_other
+    from ichseg.pipeline.segmentation import best_non_blood_class
 
     spacing = voxel_sizes(affine)
     blood = np.asarray(HEMORRHAGE_INDICES)
@@ -172,6 +173,6 @@ def refine_partial_volume(labels: np.ndarray, probabilities: np.ndarray, hu: np.
                    & (total[region] >= grow_floor))
         target = out[region]
         if leaving.any():
-            target[leaving] = _best_other(probabilities[(slice(None),) + region][:, leaving])
+            target[leaving] = best_non_blood_class(probabilities[(slice(None),) + region][:, leaving])
         target[joining] = np.bincount(labels[region][lesion]).argmax()
     return out

@@ -51,7 +51,8 @@ def label_map(probabilities: np.ndarray, hemorrhage_threshold: float | None = DE
         blood = np.asarray(HEMORRHAGE_INDICES)
         total = probabilities[blood].sum(axis=0)
         best_blood = blood[np.argmax(probabilities[blood], axis=0)]
-        labels = np.where(total >= hemorrhage_threshold, best_blood, _best_other(probabilities)).astype(np.uint8)
+        labels = np.where(total >= hemorrhage_threshold, best_blood,
+                          best_non_blood_class(probabilities)).astype(np.uint8)
     if hemorrhage_seed is None:
         return labels
     if total is None:
@@ -60,11 +61,11 @@ def label_map(probabilities: np.ndarray, hemorrhage_threshold: float | None = DE
     regions, _ = ndimage.label(is_blood, structure=np.ones((3, 3, 3), dtype=bool))
     seeded = np.unique(regions[is_blood & (total >= hemorrhage_seed)])
     unseeded = is_blood & ~np.isin(regions, seeded)
-    labels[unseeded] = _best_other(probabilities[:, unseeded])
+    labels[unseeded] = best_non_blood_class(probabilities[:, unseeded])
     return labels
 
 
-def _best_other(probabilities: np.ndarray) -> np.ndarray:
+def best_non_blood_class(probabilities: np.ndarray) -> np.ndarray:
     """The most probable class that is not blood, per voxel (classes on the first axis)."""
     from ichseg.pipeline.labels import HEMORRHAGE_INDICES
 
