@@ -44,9 +44,16 @@ def _labels_and_volume(probs: np.ndarray) -> tuple[np.ndarray, float]:
     return blood, float(blood.sum()) / 1000.0  # 1 mm template grid: 1000 voxels per mL
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+def _agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two hemorrhage masks (``ichseg.pipeline.metrics.dice``); two empty masks agree fully."""
+    from ichseg.pipeline.metrics import dice
+
+    return 1.0 if not (a.any() or b.any()) else dice(a, b)
+
+
+def _timing(seconds: list[float], peak: float | None) -> dict:
+    return {"median_seconds": round(statistics.median(seconds), 3), "seconds": [round(s, 3) for s in seconds],
+            "peak_memory_gib": peak}
 
 
 def _timed(run, repeats: int, device: str) -> tuple[np.ndarray, list[float], float | None]:
@@ -121,10 +128,8 @@ def main(argv: list[str] | None = None) -> int:
                                       args.repeats, args.device)
         blood, ml = _labels_and_volume(probs)
         report[precision] = {
-            "median_seconds": round(statistics.median(seconds), 3), "seconds": [round(s, 3) for s in seconds],
-            "max_abs_probability_difference": float(np.abs(probs - reference).max()),
-            "hemorrhage_ml": round(ml, 3), "hemorrhage_dice_vs_cpu": round(_dice(blood, ref_blood), 4),
-            "peak_memory_gib": peak}
+            **_timing(seconds, peak), "max_abs_probability_difference": float(np.abs(probs - reference).max()),
+            "hemorrhage_ml": round(ml, 3), "hemorrhage_dice_vs_cpu": round(_agreement(blood, ref_blood), 4)}
         print(precision, json.dumps(report[precision]), flush=True)
 
     if args.ensemble:
@@ -132,10 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         for precision in args.precisions[:2]:
             _, seconds, peak = _timed(lambda: segment(hu, roi, ensemble, window, precision=precision)[0],
                                       args.repeats, args.device)
-            report[f"{precision}, {args.ensemble} networks"] = {
-                "median_seconds": round(statistics.median(seconds), 3), "seconds": [round(s, 3) for s in seconds],
-                "peak_memory_gib": peak}
-            print(precision, args.ensemble, json.dumps(report[f"{precision}, {args.ensemble} networks"]), flush=True)
+            key = f"{precision}, {args.ensemble} networks"
+            report[key] = _timing(seconds, peak)
+            print(key, json.dumps(report[key]), flush=True)
 
     text = json.dumps(report, indent=2)
     print(text)
