@@ -236,7 +236,11 @@ def relabel_scores(split_dir: Path, reference: Path, out: Path, name: str, phant
     from ichseg.pipeline.geometry import ants_affine_to_ras
     from ichseg.pipeline.refine import refine_hemorrhage, refine_partial_volume
     from ichseg.pipeline.registration import warp_to_scan
-    from ichseg.pipeline.segmentation import label_map
+    from ichseg.pipeline.segmentation import (
+        keep_seeded_blood,
+        label_map,
+        threshold_labels,
+    )
 
     references = find_references(reference)
     brains = {scan_id(e): p for e, p in find_derivatives(out / name, "brain_mask")}
@@ -269,9 +273,10 @@ def relabel_scores(split_dir: Path, reference: Path, out: Path, name: str, phant
                 scan[0] += np.clip(1.0 - scan.sum(axis=0), 0.0, 1.0)
                 variants = {"argmax": label_map(scan, None)}
                 for t in thresholds:
-                    variants[f"threshold {t:g}"] = label_map(scan, t)
+                    variants[f"threshold {t:g}"] = threshold_labels(scan, t)
                     for seed in seeds:
-                        variants[f"threshold {t:g}, seeds {seed:g}"] = label_map(scan, t, seed)
+                        variants[f"threshold {t:g}, seeds {seed:g}"] = keep_seeded_blood(
+                            variants[f"threshold {t:g}"], scan, seed)
                 for label in list(variants) if density_edge else ():
                     variants[f"{label} + density edge"] = refine_hemorrhage(variants[label], hu, brain,
                                                                             source.affine)

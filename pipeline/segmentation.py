@@ -42,27 +42,42 @@ def label_map(probabilities: np.ndarray, hemorrhage_threshold: float | None = DE
     kept only if its total hemorrhage probability reaches ``hemorrhage_seed`` somewhere; the
     others take their best non-blood class.
     """
+    return keep_seeded_blood(threshold_labels(probabilities, hemorrhage_threshold), probabilities,
+                             hemorrhage_seed)
+
+
+def threshold_labels(probabilities: np.ndarray,
+                     hemorrhage_threshold: float | None = DEFAULT_HEMORRHAGE_THRESHOLD) -> np.ndarray:
+    """The first step of :func:`label_map`: arg-max, or blood (its most likely bleeding class)
+    wherever the total hemorrhage probability reaches ``hemorrhage_threshold``."""
     from ichseg.pipeline.labels import HEMORRHAGE_INDICES
 
     if hemorrhage_threshold is None:
-        labels = np.argmax(probabilities, axis=0).astype(np.uint8)
-        total = None
-    else:
-        blood = np.asarray(HEMORRHAGE_INDICES)
-        total = probabilities[blood].sum(axis=0)
-        best_blood = blood[np.argmax(probabilities[blood], axis=0)]
-        labels = np.where(total >= hemorrhage_threshold, best_blood,
-                          best_non_blood_class(probabilities)).astype(np.uint8)
+        return np.argmax(probabilities, axis=0).astype(np.uint8)
+    blood = np.asarray(HEMORRHAGE_INDICES)
+    total = probabilities[blood].sum(axis=0)
+    best_blood = blood[np.argmax(probabilities[blood], axis=0)]
+    return np.where(total >= hemorrhage_threshold, best_blood,
+                    best_non_blood_class(probabilities)).astype(np.uint8)
+
+
+def keep_seeded_blood(labels: np.ndarray, probabilities: np.ndarray,
+                      hemorrhage_seed: float | None) -> np.ndarray:
+    """The second step of :func:`label_map`: a copy of ``labels`` in which each connected region
+    of blood whose total hemorrhage probability never reaches ``hemorrhage_seed`` takes its best
+    non-blood class (``labels`` itself when there is no seed)."""
+    from ichseg.pipeline.labels import HEMORRHAGE_INDICES
+
     if hemorrhage_seed is None:
         return labels
-    if total is None:
-        total = probabilities[list(HEMORRHAGE_INDICES)].sum(axis=0)
+    total = probabilities[list(HEMORRHAGE_INDICES)].sum(axis=0)
     is_blood = np.isin(labels, HEMORRHAGE_INDICES)
     regions, _ = ndimage.label(is_blood, structure=np.ones((3, 3, 3), dtype=bool))
     seeded = np.unique(regions[is_blood & (total >= hemorrhage_seed)])
     unseeded = is_blood & ~np.isin(regions, seeded)
-    labels[unseeded] = best_non_blood_class(probabilities[:, unseeded])
-    return labels
+    kept = labels.copy()
+    kept[unseeded] = best_non_blood_class(probabilities[:, unseeded])
+    return kept
 
 
 def best_non_blood_class(probabilities: np.ndarray) -> np.ndarray:
@@ -73,14 +88,13 @@ def best_non_blood_class(probabilities: np.ndarray) -> np.ndarray:
     return others[np.argmax(probabilities[others], axis=0)]
 
 
-def _below_seed_ml(probabilities: np.ndarray, labels: np.ndarray, hemorrhage_threshold: float | None,
-                   voxel_ml: float) -> float:
-    """Volume of the blood that the hysteresis seed left out of ``labels``: what the same
-    threshold labels as blood without a seed, and ``labels`` does not."""
+def blood_left_out_ml(before_seed: np.ndarray, labels: np.ndarray, voxel_ml: float) -> float:
+    """Volume of the blood that the hysteresis seed left out: blood in ``before_seed``
+    (:func:`threshold_labels`) that ``labels`` (:func:`keep_seeded_blood`) no longer has."""
     from ichseg.pipeline.labels import HEMORRHAGE_INDICES
 
-    unseeded = np.isin(label_map(probabilities, hemorrhage_threshold, None), HEMORRHAGE_INDICES)
-    return float(np.count_nonzero(unseeded & ~np.isin(labels, HEMORRHAGE_INDICES)) * voxel_ml)
+    left_out = np.isin(before_seed, HEMORRHAGE_INDICES) & ~np.isin(labels, HEMORRHAGE_INDICES)
+    return float(np.count_nonzero(left_out) * voxel_ml)
 
 
 def region_of_interest(brain_mask: np.ndarray, affine: np.ndarray, margin_mm: float) -> np.ndarray:
@@ -203,9 +217,10 @@ def segment_template_space(
     if network_input == "brain":
         hu = np.where(brain, hu, 0.0).astype(np.float32)
     probs, info = run_model(hu, roi, model, device, log, precision=precision, num_threads=num_threads)
-    labels = label_map(probs, hemorrhage_threshold, hemorrhage_seed)
+    before_seed = threshold_labels(probs, hemorrhage_threshold)
+    labels = keep_seeded_blood(before_seed, probs, hemorrhage_seed)
     qc = segmentation_qc(probs, labels, brain, roi, voxel_volume_ml(affine))
-    qc["hemorrhage_below_seed_ml"] = _below_seed_ml(probs, labels, hemorrhage_threshold, voxel_volume_ml(affine))
+    qc["hemorrhage_below_seed_ml"] = blood_left_out_ml(before_seed, labels, voxel_volume_ml(affine))
     box_probs, probs_affine = crop_to_roi(probs, roi, affine)
     info.update(network_input=network_input, margin_mm=margin_mm, device=device,
                 hemorrhage_threshold=hemorrhage_threshold, hemorrhage_seed=hemorrhage_seed)

@@ -82,9 +82,19 @@ def test_label_map_hemorrhage_seed_keeps_only_regions_that_reach_it():
     assert label_map(probs, 0.45, hemorrhage_seed=0.45).tolist() == plain.tolist()
     assert label_map(probs, None, hemorrhage_seed=0.9).ravel().tolist() == [0, 2, 1, 2, 0, 3, 0, 0, 0]
 
-    # the QC column counts what the seed left out: the lone voxels 5 and 7 (0.5 mL each here)
-    from ichseg.pipeline.segmentation import _below_seed_ml
+    # the two steps compose to label_map and leave their input alone
+    from ichseg.pipeline.segmentation import (
+        blood_left_out_ml,
+        keep_seeded_blood,
+        threshold_labels,
+    )
 
-    assert _below_seed_ml(probs, seeded, 0.45, 0.5) == pytest.approx(1.0)
-    assert _below_seed_ml(probs, plain, 0.45, 0.5) == 0.0  # no seed: nothing left out
-    assert _below_seed_ml(probs, label_map(probs, None, hemorrhage_seed=0.9), None, 0.5) == pytest.approx(1.0)
+    before_seed = threshold_labels(probs, 0.45)
+    assert before_seed.tolist() == plain.tolist()
+    assert keep_seeded_blood(before_seed, probs, 0.9).tolist() == seeded.tolist()
+    assert before_seed.tolist() == plain.tolist()
+    # the QC column counts what the seed left out: the lone voxels 5 and 7 (0.5 mL each here)
+    assert blood_left_out_ml(before_seed, seeded, 0.5) == pytest.approx(1.0)
+    assert blood_left_out_ml(before_seed, keep_seeded_blood(before_seed, probs, None), 0.5) == 0.0
+    argmax = threshold_labels(probs, None)
+    assert blood_left_out_ml(argmax, keep_seeded_blood(argmax, probs, 0.9), 0.5) == pytest.approx(1.0)
