@@ -170,9 +170,12 @@ def _recomputed(node: Path, source: str, cache: dict) -> tuple[np.ndarray, np.nd
     from scipy import ndimage as ndi
 
     from ichseg.pipeline.inference import IntensityWindow, load_networks, segment
-    from ichseg.pipeline.labels import HEMORRHAGE_INDICES
     from ichseg.pipeline.models import resolve_model
-    from ichseg.pipeline.segmentation import DEFAULT_MARGIN_MM, region_of_interest
+    from ichseg.pipeline.segmentation import (
+        DEFAULT_MARGIN_MM,
+        region_of_interest,
+        total_hemorrhage_probability,
+    )
 
     ct_img = nib.load(str(node / "register" / "ct_space-template.nii"))
     hu = np.asanyarray(ct_img.dataobj, dtype=np.float32)
@@ -191,7 +194,7 @@ def _recomputed(node: Path, source: str, cache: dict) -> tuple[np.ndarray, np.nd
         box = tuple(slice(o, o + n) for o, n in zip(offset, prob_img.shape[:3]))
         single = np.zeros((prob_img.shape[3], *hu.shape), np.float32)
         single[(slice(None), *box)] = np.moveaxis(np.asanyarray(prob_img.dataobj, dtype=np.float32), -1, 0)
-        near = single[list(HEMORRHAGE_INDICES)].sum(axis=0) >= NEAR_PROBABILITY
+        near = total_hemorrhage_probability(single) >= NEAR_PROBABILITY
         reach = int(np.ceil(NEAR_MM))  # 1 mm template grid
         ball = np.linalg.norm(np.indices((2 * reach + 1,) * 3) - reach, axis=0) <= reach
         roi &= ndi.binary_dilation(near, structure=ball)

@@ -39,7 +39,9 @@ def segmentation_qc(
     """
     hemorrhage = np.isin(labels, HEMORRHAGE_INDICES)
     edge = roi & ~ndimage.binary_erosion(roi)
-    mass = probabilities[list(HEMORRHAGE_INDICES)].sum(axis=0)
+    from ichseg.pipeline.segmentation import total_hemorrhage_probability
+
+    mass = total_hemorrhage_probability(probabilities)
     total = float(mass.sum())
     return {
         "hemorrhage_at_roi_edge_ml": float(np.count_nonzero(hemorrhage & edge) * voxel_ml),

@@ -129,14 +129,17 @@ def refine_partial_volume(labels: np.ndarray, probabilities: np.ndarray, hu: np.
     probability; one that leaves takes its best non-blood class. ``labels``,
     ``probabilities`` (C, ...), ``hu`` and ``brain`` share the CT's grid (``affine``).
     """
-    from ichseg.pipeline.segmentation import best_non_blood_class
+    from ichseg.pipeline.segmentation import (
+        best_non_blood_class,
+        total_hemorrhage_probability,
+    )
 
     spacing = voxel_sizes(affine)
     blood = np.asarray(HEMORRHAGE_INDICES)
     hemorrhage = np.isin(labels, blood)
     if not hemorrhage.any():
         return labels
-    total = probabilities[blood].sum(axis=0)
+    total = total_hemorrhage_probability(probabilities)
     structure = _band_structure(spacing)
     half = [s // 2 for s in structure.shape]
     fine = [s < 2.0 for s in spacing]

@@ -55,9 +55,8 @@ def threshold_labels(probabilities: np.ndarray,
     if hemorrhage_threshold is None:
         return np.argmax(probabilities, axis=0).astype(np.uint8)
     blood = np.asarray(HEMORRHAGE_INDICES)
-    total = probabilities[blood].sum(axis=0)
     best_blood = blood[np.argmax(probabilities[blood], axis=0)]
-    return np.where(total >= hemorrhage_threshold, best_blood,
+    return np.where(total_hemorrhage_probability(probabilities) >= hemorrhage_threshold, best_blood,
                     best_non_blood_class(probabilities)).astype(np.uint8)
 
 
@@ -70,7 +69,7 @@ def keep_seeded_blood(labels: np.ndarray, probabilities: np.ndarray,
 
     if hemorrhage_seed is None:
         return labels
-    total = probabilities[list(HEMORRHAGE_INDICES)].sum(axis=0)
+    total = total_hemorrhage_probability(probabilities)
     is_blood = np.isin(labels, HEMORRHAGE_INDICES)
     regions, _ = ndimage.label(is_blood, structure=np.ones((3, 3, 3), dtype=bool))
     seeded = np.unique(regions[is_blood & (total >= hemorrhage_seed)])
@@ -78,6 +77,14 @@ def keep_seeded_blood(labels: np.ndarray, probabilities: np.ndarray,
     kept = labels.copy()
     kept[unseeded] = best_non_blood_class(probabilities[:, unseeded])
     return kept
+
+
+def total_hemorrhage_probability(probabilities: np.ndarray) -> np.ndarray:
+    """The probability that a voxel is blood of any kind (IPH + EAH + IVH; classes on the first
+    axis)."""
+    from ichseg.pipeline.labels import HEMORRHAGE_INDICES
+
+    return probabilities[list(HEMORRHAGE_INDICES)].sum(axis=0)
 
 
 def best_non_blood_class(probabilities: np.ndarray) -> np.ndarray:
@@ -238,7 +245,6 @@ def probabilities_to_scan(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities mapped onto the scan's grid; returns its label map and the total
     hemorrhage probability there."""
-    from ichseg.pipeline.labels import HEMORRHAGE_INDICES
     from ichseg.pipeline.registration import warp_to_scan
 
     scan_probs = warp_to_scan(probabilities, probabilities_affine, scan_shape, scan_affine, template_to_scan)
@@ -247,5 +253,5 @@ def probabilities_to_scan(
     # background channel equals warping with those per-class fill values.
     scan_probs[0] += np.clip(1.0 - scan_probs.sum(axis=0), 0.0, 1.0)
     labels = label_map(scan_probs, hemorrhage_threshold, hemorrhage_seed)
-    hemorrhage = np.clip(scan_probs[list(HEMORRHAGE_INDICES)].sum(axis=0), 0, 1).astype(np.float32)
+    hemorrhage = np.clip(total_hemorrhage_probability(scan_probs), 0, 1).astype(np.float32)
     return labels, hemorrhage
