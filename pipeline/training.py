@@ -5,7 +5,10 @@ moved with ichseg's default ``--transform`` and resampled onto the template grid
 its reference labels (nearest neighbour) and brain mask; the network then learns on patches
 of that grid, as it will later be run. Patches are drawn around voxels of a class chosen
 with BLAST-CT's class probabilities (background 0.3, each other class 0.175, among the
-classes the scan has), mirrored left-right at random. Batch norm keeps the statistics of the
+classes the scan has), mirrored left-right at random. Half of the background patches are
+centred on background as dense as clot away from bone (:func:`dense_background`: venous
+sinuses, arteries, dense grey matter), which a draw over the whole region rarely reaches:
+without them, fine-tuning on blood teaches the network to call them blood. Batch norm keeps the statistics of the
 base model (batches of a few patches are too small to estimate them); dropout stays on.
 
 Validation uses a fixed set of patches of the validation scans, drawn once from the seed:
@@ -47,6 +50,15 @@ LOGGER = logging.getLogger(__name__)
 #: BLAST-CT's patch sampling: probability of centring a patch on each class.
 CLASS_PROBABILITIES = (0.3, 0.175, 0.175, 0.175, 0.175)
 
+#: Share of the background patches centred on dense background: the density range (HU) of
+#: clot, after smoothing (sigma, mm) so that noise does not count, and at least a distance (mm)
+#: from bone, whose partial volume would otherwise make most of it.
+DENSE_BACKGROUND_SHARE = 0.5
+DENSE_BACKGROUND_HU = (50.0, 100.0)
+DENSE_BACKGROUND_SMOOTHING_MM = 1.5
+DENSE_BACKGROUND_BONE_DISTANCE_MM = 3
+BONE_HU = 150.0
+
 #: Label of voxels that the reference leaves out (its ``desc-ignore`` mask): no loss, no score.
 IGNORE_LABEL = 255
 
@@ -59,6 +71,24 @@ class PreparedScan:
     hu: np.ndarray  # float32
     labels: np.ndarray  # uint8
     roi: np.ndarray  # bool: brain + margin, where patches are centred
+    _dense: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def dense_background(self) -> np.ndarray:
+        """:func:`dense_background` of this scan, computed once."""
+        if self._dense is None:
+            self._dense = dense_background(self.hu, self.labels, self.roi)
+        return self._dense
+
+
+def dense_background(hu: np.ndarray, labels: np.ndarray, roi: np.ndarray) -> np.ndarray:
+    """Background of the region whose mean density over a few millimetres is that of clot
+    (:data:`DENSE_BACKGROUND_HU`), away from bone: on the 1 mm template grid."""
+    from scipy import ndimage as ndi
+
+    low, high = DENSE_BACKGROUND_HU
+    smooth = ndi.gaussian_filter(np.minimum(hu, BONE_HU), DENSE_BACKGROUND_SMOOTHING_MM)
+    near_bone = ndi.binary_dilation(hu >= BONE_HU, iterations=DENSE_BACKGROUND_BONE_DISTANCE_MM)
+    return roi & (labels == 0) & (smooth >= low) & (smooth <= high) & ~near_bone
 
 
 def prepare_scan(name: str, ct_path: Path, labels_path: Path, template: Path, workdir: Path,
@@ -123,11 +153,17 @@ def load_prepared(name: str, path: Path, fingerprint: str | None = None) -> Prep
 # --------------------------------------------------------------------------- patches
 
 
-def _centre(scan: PreparedScan, rng: np.random.Generator) -> np.ndarray:
+def draw_patch_centre(scan: PreparedScan, rng: np.random.Generator) -> np.ndarray:
+    """Index of a voxel to centre a training patch on (module docstring: the classes and the
+    dense background)."""
     present = [c for c in range(len(CLASS_PROBABILITIES)) if c == 0 or (scan.labels[scan.roi] == c).any()]
     weights = np.array([CLASS_PROBABILITIES[c] for c in present])
     cls = present[rng.choice(len(present), p=weights / weights.sum())]
     where = scan.roi if cls == 0 else (scan.labels == cls) & scan.roi
+    if cls == 0 and rng.random() < DENSE_BACKGROUND_SHARE:
+        dense = scan.dense_background()
+        if dense.any():
+            where = dense
     voxels = np.flatnonzero(where)
     return np.array(np.unravel_index(voxels[rng.integers(len(voxels))], where.shape))
 
@@ -151,7 +187,7 @@ def sample_patches(scans: Sequence[PreparedScan], n: int, output: int, context: 
     targets = np.empty((n, output, output, output), dtype=np.int64)
     for i in range(n):
         scan = scans[rng.integers(len(scans))]
-        centre = _centre(scan, rng)
+        centre = draw_patch_centre(scan, rng)
         x = window(extract_patch(scan.hu, centre, size, OUTSIDE_FOV_HU))
         y = extract_patch(scan.labels, centre, output, 0)
         if mirror and rng.random() < 0.5:  # left-right: the last network axis

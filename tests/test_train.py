@@ -16,8 +16,10 @@ from ichseg.pipeline.inference import build_network
 from ichseg.pipeline.phantom import make_head_phantom
 from ichseg.pipeline.settings import MethodSettings
 from ichseg.pipeline.training import (
+    DENSE_BACKGROUND_SHARE,
     IGNORE_LABEL,
     PreparedScan,
+    draw_patch_centre,
     extract_patch,
     hemorrhage_dice,
     inputs_fingerprint,
@@ -45,6 +47,44 @@ def test_extract_patch_pads_beyond_the_volume():
     assert patch[1, 1, 1] == volume[0, 0, 0]
     assert patch[0, 0, 0] == -1.0
     np.testing.assert_array_equal(extract_patch(volume, np.array([1, 1, 1]), 3, -1.0), volume)
+
+
+def _centres(scan, n=2000):
+    rng = np.random.default_rng(0)
+    return np.array([draw_patch_centre(scan, rng) for _ in range(n)])
+
+
+def test_background_patches_reach_dense_background_but_not_bone_or_blood():
+    hu = np.full((30, 30, 30), 30.0, np.float32)
+    hu += np.random.default_rng(1).normal(0.0, 8.0, hu.shape).astype(np.float32)  # noise: specks over 50 HU
+    labels = np.zeros(hu.shape, np.uint8)
+    hu[4:10, 4:10, 4:10] = 65.0  # a venous sinus: dense background, 0.8 % of the region
+    hu[24:, :, :] = 400.0  # bone, with its partial volume beside it
+    hu[22:24, :, :] = 80.0
+    scan = PreparedScan("sub-01", hu, labels, np.ones(hu.shape, bool))
+    centres = _centres(scan)
+    on_sinus = np.all((centres >= 3) & (centres < 11), axis=1)
+    # half the background draws land on the sinus; noise and the bone's edge do not count as dense
+    assert DENSE_BACKGROUND_SHARE - 0.1 < on_sinus.mean() < DENSE_BACKGROUND_SHARE + 0.1
+    # the other half are uniform over the region (bone included, 8 of 30 planes)
+    assert 0.08 < (centres[:, 0] >= 22).mean() < 0.18
+
+    labels[4:10, 4:10, 4:10] = IGNORE_LABEL  # the sinus left out of the reference: not background
+    centres = _centres(PreparedScan("sub-01", hu, labels, np.ones(hu.shape, bool)))
+    assert np.all((centres >= 3) & (centres < 11), axis=1).mean() < 0.05
+
+    labels[4:10, 4:10, 4:10] = 1  # the same dense voxels as blood
+    centres = _centres(PreparedScan("sub-01", hu, labels, np.ones(hu.shape, bool)))
+    on_blood = np.all((centres >= 4) & (centres < 10), axis=1)
+    # IPH is drawn with 0.175 / (0.3 + 0.175); no background draw finds dense background to go to
+    assert 0.3 < on_blood.mean() < 0.45
+
+
+def test_without_dense_background_the_background_draws_are_uniform():
+    hu = np.full((10, 10, 10), 30.0, np.float32)
+    scan = PreparedScan("sub-01", hu, np.zeros(hu.shape, np.uint8), np.ones(hu.shape, bool))
+    centres = _centres(scan)
+    assert abs(centres[:, 0].mean() - 4.5) < 0.3
 
 
 def test_ignored_voxels_do_not_count_in_the_validation_score():
