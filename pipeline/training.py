@@ -8,8 +8,9 @@ with BLAST-CT's class probabilities (background 0.3, each other class 0.175, amo
 classes the scan has), mirrored left-right at random. Half of the background patches are
 centred on background as dense as clot away from bone (:func:`dense_background`: venous
 sinuses, arteries, dense grey matter), which a draw over the whole region rarely reaches:
-without them, fine-tuning on blood teaches the network to call them blood. Batch norm keeps the statistics of the
-base model (batches of a few patches are too small to estimate them); dropout stays on.
+without them, fine-tuning on blood teaches the network to call them blood. Batch norm keeps
+the statistics of the base model (batches of a few patches are too small to estimate them);
+dropout stays on.
 
 Validation uses a fixed set of patches of the validation scans, drawn once from the seed:
 the score is the hemorrhage Dice over them. Training stops after ``patience`` epochs without
@@ -30,6 +31,7 @@ from typing import Callable, Sequence
 
 import nibabel as nib
 import numpy as np
+from scipy import ndimage as ndi
 
 from ichseg.pipeline.assets import file_sha256
 from ichseg.pipeline.brain import extract_brain
@@ -83,8 +85,6 @@ class PreparedScan:
 def dense_background(hu: np.ndarray, labels: np.ndarray, roi: np.ndarray) -> np.ndarray:
     """Background of the region whose mean density over a few millimetres is that of clot
     (:data:`DENSE_BACKGROUND_HU`), away from bone: on the 1 mm template grid."""
-    from scipy import ndimage as ndi
-
     low, high = DENSE_BACKGROUND_HU
     smooth = ndi.gaussian_filter(np.minimum(hu, BONE_HU), DENSE_BACKGROUND_SMOOTHING_MM)
     near_bone = ndi.binary_dilation(hu >= BONE_HU, iterations=DENSE_BACKGROUND_BONE_DISTANCE_MM)
