@@ -54,12 +54,13 @@ CLASS_PROBABILITIES = (0.3, 0.175, 0.175, 0.175, 0.175)
 
 #: Share of the background patches centred on dense background: the density range (HU) of
 #: clot, after smoothing (sigma, mm) so that noise does not count, and at least a distance (mm)
-#: from bone, whose partial volume would otherwise make most of it.
+#: from bone (here: 150 HU and denser, lower than brain.BONE_HU, so that the bone's partial
+#: volume counts too), which would otherwise make most of it.
 DENSE_BACKGROUND_SHARE = 0.5
 DENSE_BACKGROUND_HU = (50.0, 100.0)
 DENSE_BACKGROUND_SMOOTHING_MM = 1.5
 DENSE_BACKGROUND_BONE_DISTANCE_MM = 3
-BONE_HU = 150.0
+DENSE_BACKGROUND_BONE_HU = 150.0
 
 #: Label of voxels that the reference leaves out (its ``desc-ignore`` mask): no loss, no score.
 IGNORE_LABEL = 255
@@ -86,8 +87,8 @@ def dense_background(hu: np.ndarray, labels: np.ndarray, roi: np.ndarray) -> np.
     """Background of the region whose mean density over a few millimetres is that of clot
     (:data:`DENSE_BACKGROUND_HU`), away from bone: on the 1 mm template grid."""
     low, high = DENSE_BACKGROUND_HU
-    smooth = ndi.gaussian_filter(np.minimum(hu, BONE_HU), DENSE_BACKGROUND_SMOOTHING_MM)
-    near_bone = ndi.binary_dilation(hu >= BONE_HU, iterations=DENSE_BACKGROUND_BONE_DISTANCE_MM)
+    smooth = ndi.gaussian_filter(np.minimum(hu, DENSE_BACKGROUND_BONE_HU), DENSE_BACKGROUND_SMOOTHING_MM)
+    near_bone = ndi.binary_dilation(hu >= DENSE_BACKGROUND_BONE_HU, iterations=DENSE_BACKGROUND_BONE_DISTANCE_MM)
     return roi & (labels == 0) & (smooth >= low) & (smooth <= high) & ~near_bone
 
 
