@@ -106,6 +106,8 @@ Fine-tuned by `ichseg train` (ichseg {card['ichseg_version']}, {card['date']}) f
 
 Settings: `{json.dumps(card['settings'])}`
 
+Patches: `{json.dumps(card.get('patch_sampling', 'not recorded (ichseg before the dense-background sampling)'))}`
+
 | epoch | loss | validation hemorrhage Dice (patches) |
 |---:|---:|---:|
 {rows}
@@ -155,6 +157,7 @@ def _train(args) -> int:
         TrainingSettings,
         inputs_fingerprint,
         load_prepared,
+        patch_sampling,
         prepare_scan,
         save_prepared,
         train,
@@ -212,7 +215,7 @@ def _train(args) -> int:
                  "training_subjects": train_subjects, "validation_subjects": val_subjects,
                  "training_scans": [s.name for s in training], "validation_scans": [s.name for s in validation],
                  "transform": DEFAULT_TRANSFORM},
-        "settings": asdict(settings), "history": asdict(history),
+        "settings": asdict(settings), "patch_sampling": patch_sampling(), "history": asdict(history),
     }
     write_model_card(args.model_dir, card)
     print(f"best validation hemorrhage Dice {history.best_score:.4f} at epoch {history.best_epoch}; "

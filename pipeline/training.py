@@ -74,13 +74,17 @@ class PreparedScan:
     hu: np.ndarray  # float32
     labels: np.ndarray  # uint8
     roi: np.ndarray  # bool: brain + margin, where patches are centred
-    _dense: np.ndarray | None = field(default=None, repr=False, compare=False)
+    _centres: dict = field(default_factory=dict, repr=False, compare=False)
 
-    def dense_background(self) -> np.ndarray:
-        """:func:`dense_background` of this scan, computed once."""
-        if self._dense is None:
-            self._dense = dense_background(self.hu, self.labels, self.roi)
-        return self._dense
+    def centre_voxels(self, kind: int | str) -> np.ndarray:
+        """Flat indices of the voxels a patch of ``kind`` is centred on, computed once per scan:
+        a class index above 0, or ``"dense"`` (:func:`dense_background`). The background's
+        voxels (the whole region) are not kept: they would take 8 bytes a voxel."""
+        if kind not in self._centres:
+            where = (dense_background(self.hu, self.labels, self.roi) if kind == "dense"
+                     else (self.labels == kind) & self.roi)
+            self._centres[kind] = np.flatnonzero(where)
+        return self._centres[kind]
 
 
 def dense_background(hu: np.ndarray, labels: np.ndarray, roi: np.ndarray) -> np.ndarray:
@@ -157,16 +161,26 @@ def load_prepared(name: str, path: Path, fingerprint: str | None = None) -> Prep
 def draw_patch_centre(scan: PreparedScan, rng: np.random.Generator) -> np.ndarray:
     """Index of a voxel to centre a training patch on (module docstring: the classes and the
     dense background)."""
-    present = [c for c in range(len(CLASS_PROBABILITIES)) if c == 0 or (scan.labels[scan.roi] == c).any()]
+    present = [c for c in range(len(CLASS_PROBABILITIES)) if c == 0 or len(scan.centre_voxels(c))]
     weights = np.array([CLASS_PROBABILITIES[c] for c in present])
     cls = present[rng.choice(len(present), p=weights / weights.sum())]
-    where = scan.roi if cls == 0 else (scan.labels == cls) & scan.roi
+    voxels = scan.centre_voxels(cls) if cls else None
     if cls == 0 and rng.random() < DENSE_BACKGROUND_SHARE:
-        dense = scan.dense_background()
-        if dense.any():
-            where = dense
-    voxels = np.flatnonzero(where)
-    return np.array(np.unravel_index(voxels[rng.integers(len(voxels))], where.shape))
+        dense = scan.centre_voxels("dense")
+        voxels = dense if len(dense) else None
+    if voxels is None:
+        voxels = np.flatnonzero(scan.roi)
+    return np.array(np.unravel_index(voxels[rng.integers(len(voxels))], scan.roi.shape))
+
+
+def patch_sampling() -> dict:
+    """How :func:`draw_patch_centre` chooses patches, for the model card."""
+    return {"class_probabilities": dict(zip(label_names().values(), CLASS_PROBABILITIES)),
+            "dense_background": {"share_of_background_patches": DENSE_BACKGROUND_SHARE,
+                                 "hu": list(DENSE_BACKGROUND_HU), "smoothing_sigma_mm": DENSE_BACKGROUND_SMOOTHING_MM,
+                                 "bone_hu": DENSE_BACKGROUND_BONE_HU,
+                                 "bone_distance_mm": DENSE_BACKGROUND_BONE_DISTANCE_MM},
+            "mirrored_left_right": 0.5}
 
 
 def extract_patch(volume: np.ndarray, centre: np.ndarray, size: int, fill: float) -> np.ndarray:

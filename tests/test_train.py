@@ -185,6 +185,9 @@ def test_train_writes_a_model_that_ichseg_runs_and_resumes(dataset, asset, capsy
     assert card["data"]["transform"] == MethodSettings().transform  # prepared as ichseg runs by default
     assert f"--transform {card['data']['transform']}" in (model / "README.md").read_text()
     assert set(card["data"]["license"]) == {"CTs", "references"}
+    # how the patches were drawn, so that a card tells apart models of another sampler
+    assert card["patch_sampling"]["dense_background"]["share_of_background_patches"] == DENSE_BACKGROUND_SHARE
+    assert '"dense_background"' in (model / "README.md").read_text()
     assert "License of the data" in (model / "README.md").read_text()
     state = torch.load(str(model / "model_1.pt"), weights_only=True)
     original = torch.load(str(base / "model_1.pt"), weights_only=True)
