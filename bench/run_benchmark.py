@@ -510,6 +510,11 @@ def asset_ct(name: str) -> Path:
     return get_asset(f"ct/{name}_ct.nii.gz")
 
 
+def dataset_subject(name: str) -> str:
+    """The subject of a real CT in :func:`make_dataset`'s datasets."""
+    return "sub-" + re.sub(r"[^A-Za-z0-9]", "", name)
+
+
 def make_dataset(root: Path, scans: list[str]) -> list[tuple[str, Path]]:
     """A BIDS dataset of copies of the real CTs; a CT listed again becomes a further session.
 
@@ -523,7 +528,7 @@ def make_dataset(root: Path, scans: list[str]) -> list[tuple[str, Path]]:
     files = []
     for name in scans:
         seen[name] = seen.get(name, 0) + 1
-        sub = "sub-" + re.sub(r"[^A-Za-z0-9]", "", name)
+        sub = dataset_subject(name)
         ses = f"ses-{seen[name]}" if counts[name] > 1 else None
         folder = root / sub / (ses or "") / "anat"
         folder.mkdir(parents=True, exist_ok=True)

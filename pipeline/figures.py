@@ -11,6 +11,8 @@ docs/benchmarks.md).
   class volumes;
 * :func:`plot_registration_check` -- the CT resampled to the template, with the template's
   brain outline and ventricle/CSF edges drawn over it (axial, coronal and sagittal rows);
+* :func:`plot_label_map_comparison` -- the label maps of several runs of one CT, a row each, on
+  the same slices (``bench/real_scans.py``);
 * :func:`plot_group_volumes`, :func:`plot_courses` -- the group report's plots.
 
 Figure format. Figures are SVG (the ``figure`` derivative kind is ``.svg``), like fMRIPrep's:
@@ -62,7 +64,9 @@ from ichseg.pipeline.volumes import STATUS_OK
 __all__ = [
     "BRAIN_WINDOW_HU",
     "plot_courses",
+    "comparison_slices",
     "plot_group_volumes",
+    "plot_label_map_comparison",
     "plot_registration_check",
     "plot_segmentation_mosaic",
     "select_slices",
@@ -423,25 +427,134 @@ def plot_segmentation_mosaic(
             ax = fig.add_axes(
                 (col * panel_w / fig_w, 1 - (row + 1) * panel_h / fig_h, panel_w / fig_w, panel_h / fig_h)
             )
-            _plain_axes(ax)
-            gray = _window(_display(ct_img.axial(k)[crop], radiological))
-            rgb = _compose(gray, _display(labels[crop + (k,)], radiological))
-            rgb = np.clip(_resample_display(rgb, zoom), 0, 1)
             extent = (0.0, width_mm, 0.0, height_mm)
             gid = f"ichseg-slice-{pos}"
-            _draw_panel(ax, rgb, extent, gid)
-            rasters[gid] = rgb
+            rasters[gid] = _label_panel(ax, ct_img, labels, k, crop, zoom, extent, radiological, gid)
             plane = _display(mask[crop + (k,)], radiological).astype(np.float32)
             if plane.any():
                 plane = _resample_display(plane, zoom)
                 _draw_contour(ax, plane, 0.5, MASK_COLOR, extent, 0.6)
-            ax.set_xlim(0, width_mm)
-            ax.set_ylim(0, height_mm)
             _orientation_markers(ax, left_marker, right_marker)
-            centre = ct_img.affine @ np.array([ct_img.shape[0] / 2, ct_img.shape[1] / 2, k, 1.0])
-            _panel_text(ax, 0.02, 0.02, f"slice {ct_img.file_slice(k)}  z {centre[2]:+.0f} mm")
+            _panel_text(ax, 0.02, 0.02, _slice_caption(ct_img, k))
         _mosaic_legend(fig, legend_h / fig_h, volumes, vox, radiological)
         return _save_svg(fig, out_file, rasters)
+
+
+def _label_handles(volumes: Mapping[str, Any]) -> list[Patch]:
+    """Legend entries of the label colours, with their volumes where given."""
+    handles = []
+    for lab in FOREGROUND_LABELS:
+        text = f"{lab.abbreviation}: {lab.name}"
+        vol = _fmt_ml(volumes.get(lab.volume_column))
+        if vol is not None:
+            text += f"  ({vol})"
+        handles.append(Patch(facecolor=lab.color, edgecolor="none", alpha=0.9, label=text))
+    return handles
+
+
+def comparison_slices(hemorrhage: Sequence[float], disagreement: Sequence[float], n_slices: int) -> list[int]:
+    """Axial slices that show how label maps differ: half (at least one) those with the most
+    hemorrhage in any map, the rest those where the maps disagree on the most voxels; sorted."""
+    chosen: list[int] = []
+    for area, share in ((hemorrhage, max(1, n_slices // 2)), (disagreement, n_slices)):
+        area = np.asarray(area, dtype=float)
+        for k in np.argsort(-area, kind="stable"):
+            if len(chosen) >= min(share, n_slices) or area[k] <= 0:
+                break
+            if int(k) not in chosen:
+                chosen.append(int(k))
+    return sorted(chosen)
+
+
+def plot_label_map_comparison(
+    ct_file: str | os.PathLike,
+    label_maps: Mapping[str, str | os.PathLike],
+    out_file: str | os.PathLike,
+    n_slices: int = 4,
+    captions: Mapping[str, str] | None = None,
+    radiological: bool = True,
+) -> Path:
+    """Several label maps of one CT side by side (a row per map, the same axial slices in
+    each; :func:`comparison_slices`); write it as SVG to ``out_file``.
+
+    Parameters
+    ----------
+    ct_file : path
+        The CT (HU); every label map must be on its grid.
+    label_maps : dict
+        Label map by name (for example, one per setting of a run), in the order of the rows.
+    captions : dict, optional
+        A line of text per name (for example, its volumes), shown under the name.
+    """
+    ct_img = _RASVolume(ct_file)
+    if not label_maps:
+        raise ValueError("no label maps to compare")
+    maps = {}
+    for name, path in label_maps.items():
+        img = _RASVolume(path)
+        _same_grid(ct_img, img, f"label map of {name}", "CT")
+        labels = img.array()
+        maps[name] = labels if np.issubdtype(labels.dtype, np.integer) else np.rint(labels).astype(np.int16)
+    stack = list(maps.values())
+    hemorrhage = np.any([np.isin(labels, HEMORRHAGE_INDICES) for labels in stack], axis=0)
+    disagree = np.any([labels != stack[0] for labels in stack[1:]], axis=0) if len(stack) > 1 else hemorrhage
+    slices = comparison_slices(hemorrhage.sum(axis=(0, 1)), disagree.sum(axis=(0, 1)), n_slices)
+    if not slices:
+        slices = [ct_img.shape[2] // 2]
+    vox = _zooms(ct_img.affine)
+    head = np.stack([ct_img.axial(k) > -300 for k in slices], axis=-1).any(axis=-1)
+    box = _bbox(head | np.any([labels > 0 for labels in stack], axis=(0, 3)),
+                [int(math.ceil(5.0 / v)) for v in vox[:2]])
+    crop = (box[0], box[1])
+    height_mm = (box[1].stop - box[1].start) * vox[1]
+    width_mm = (box[0].stop - box[0].start) * vox[0]
+    zoom = _display_zoom((box[1].stop - box[1].start, box[0].stop - box[0].start), (vox[1], vox[0]))
+    panel_w = 1.75
+    panel_h = panel_w * height_mm / width_mm
+    legend_h = 0.5
+    fig_w, fig_h = len(slices) * panel_w, len(maps) * panel_h + legend_h
+    left_marker, right_marker = ("R", "L") if radiological else ("L", "R")
+    with matplotlib.rc_context(_SVG_RC):
+        fig = Figure(figsize=(fig_w, fig_h), facecolor="black")
+        rasters = {}
+        for row, (name, labels) in enumerate(maps.items()):
+            for col, k in enumerate(slices):
+                ax = fig.add_axes((col * panel_w / fig_w, 1 - (row + 1) * panel_h / fig_h,
+                                   panel_w / fig_w, panel_h / fig_h))
+                gid = f"ichseg-compare-{row}-{col}"
+                rasters[gid] = _label_panel(ax, ct_img, labels, k, crop, zoom, (0.0, width_mm, 0.0, height_mm),
+                                            radiological, gid)
+                _orientation_markers(ax, left_marker, right_marker)
+                if row == len(maps) - 1:
+                    _panel_text(ax, 0.02, 0.02, _slice_caption(ct_img, k))
+                if col == 0:
+                    text = name + (f"\n{captions[name]}" if captions and captions.get(name) else "")
+                    _panel_text(ax, 0.02, 0.98, text, size=6.0, va="top")
+        ax = fig.add_axes((0, 0, 1, legend_h / fig_h))
+        ax.set_axis_off()
+        legend = ax.legend(handles=_label_handles({}), loc="center", ncol=len(FOREGROUND_LABELS), frameon=False,
+                           fontsize=6.5, handlelength=1.2, columnspacing=1.2)
+        for text in legend.get_texts():
+            text.set_color("white")
+        return _save_svg(fig, out_file, rasters)
+
+
+def _label_panel(ax, ct_img: _RASVolume, labels: np.ndarray, k: int, crop, zoom, extent, radiological: bool,
+                 gid: str) -> np.ndarray:
+    """Draw axial slice ``k`` of the CT (cropped) with ``labels`` blended in; returns its raster."""
+    _plain_axes(ax)
+    gray = _window(_display(ct_img.axial(k)[crop], radiological))
+    rgb = _compose(gray, _display(labels[crop + (k,)], radiological))
+    rgb = np.clip(_resample_display(rgb, zoom), 0, 1)
+    _draw_panel(ax, rgb, extent, gid)
+    ax.set_xlim(extent[0], extent[1])
+    ax.set_ylim(extent[2], extent[3])
+    return rgb
+
+
+def _slice_caption(ct_img: _RASVolume, k: int) -> str:
+    centre = ct_img.affine @ np.array([ct_img.shape[0] / 2, ct_img.shape[1] / 2, k, 1.0])
+    return f"slice {ct_img.file_slice(k)}  z {centre[2]:+.0f} mm"
 
 
 def _fmt_ml(value: Any) -> str | None:
@@ -456,13 +569,7 @@ def _fmt_ml(value: Any) -> str | None:
 
 def _mosaic_legend(fig: Figure, height: float, volumes, vox, radiological: bool) -> None:
     volumes = volumes or {}
-    handles = []
-    for lab in FOREGROUND_LABELS:
-        text = f"{lab.abbreviation}: {lab.name}"
-        vol = _fmt_ml(volumes.get(lab.volume_column))
-        if vol is not None:
-            text += f"  ({vol})"
-        handles.append(Patch(facecolor=lab.color, edgecolor="none", alpha=0.9, label=text))
+    handles = _label_handles(volumes)
     mask_text = "brain mask outline"
     brain = _fmt_ml(volumes.get(BRAIN_VOLUME_COLUMN))
     if brain is not None:

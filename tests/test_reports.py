@@ -15,6 +15,8 @@ import pandas as pd
 import pytest
 
 from ichseg.pipeline.figures import (
+    comparison_slices,
+    plot_label_map_comparison,
     plot_registration_check,
     plot_segmentation_mosaic,
     select_slices,
@@ -215,6 +217,36 @@ def test_mosaic_rejects_images_on_other_grids(scan, tmp_path):
     nib.save(nib.Nifti1Image(np.zeros((10, 10, 10), np.uint8), np.eye(4)), other)
     with pytest.raises(ValueError, match="same grid"):
         plot_segmentation_mosaic(scan["ct"], other, scan["mask"], tmp_path / "x.svg")
+    assert not (tmp_path / "x.svg").exists()
+
+
+def test_comparison_slices_show_the_blood_and_where_maps_differ():
+    hemorrhage = [0, 5, 9, 0, 0, 0, 0]
+    disagreement = [0, 0, 1, 0, 7, 3, 0]
+    assert comparison_slices(hemorrhage, disagreement, 4) == [1, 2, 4, 5]
+    assert comparison_slices(hemorrhage, disagreement, 2) == [2, 4]
+    assert comparison_slices([0] * 5, [0] * 5, 3) == []  # nothing to show: the caller picks a slice
+
+
+def test_label_map_comparison_has_a_row_per_map(scan, tmp_path):
+    labels = np.asanyarray(nib.load(str(scan["dseg"])).dataobj)
+    smaller = tmp_path / "smaller.nii.gz"
+    nib.save(nib.Nifti1Image(np.where(labels == 1, 0, labels).astype(np.uint8), nib.load(str(scan["dseg"])).affine),
+             smaller)
+    out = plot_label_map_comparison(scan["ct"], {"default": scan["dseg"], "no IPH": smaller},
+                                    tmp_path / "compare.svg", n_slices=3,
+                                    captions={"default": "hemorrhage 20.04 mL"})
+    text = out.read_text()
+    panels = _svg_images(out)
+    assert len(panels) == 2 * 3  # two maps, the same three slices each
+    # the first row shows the IPH on every slice it chose (the hemorrhage's), the second none
+    assert all(_red_pixels(p["rgb"]).sum() > 10 for p in panels[:3])
+    assert not any(_red_pixels(p["rgb"]).sum() > 10 for p in panels[3:])
+    assert "default" in text and "no IPH" in text and "hemorrhage 20.04 mL" in text
+    other = tmp_path / "other.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((10, 10, 10), np.uint8), np.eye(4)), other)
+    with pytest.raises(ValueError, match="label map of other"):
+        plot_label_map_comparison(scan["ct"], {"default": scan["dseg"], "other": other}, tmp_path / "x.svg")
     assert not (tmp_path / "x.svg").exists()
 
 
