@@ -17,6 +17,7 @@ measuring it on scans it has not seen (``ichseg evaluate``).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -55,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--mine-background", action="store_true",
+                   help="before training, run the base model on every training scan and centre some background "
+                        "patches where it takes background for blood (one network run per scan, cached)")
     p.add_argument("--resume", action="store_true", help="continue from MODEL_DIR/checkpoint.pt")
     p.add_argument("-w", "--work-dir", type=Path, default=None,
                    help="where prepared scans are cached (default: MODEL_DIR/prepared)")
@@ -146,6 +150,23 @@ def run_train(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _mine_background(scans, network, window, weights: Path, work: Path, precision: str) -> None:
+    """:func:`~ichseg.pipeline.training.mine_background` of every scan, cached in ``work`` by
+    scan, base weights and mining settings."""
+    from ichseg.pipeline.assets import file_sha256
+    from ichseg.pipeline.fileutils import atomic_output
+    from ichseg.pipeline.training import mine_background, patch_sampling
+
+    key = hashlib.sha256(f"{file_sha256(weights)}{precision}{patch_sampling(True)['mined_background']}".encode())
+    for i, scan in enumerate(scans, 1):
+        cache = work / f"{scan.name}_mined-{key.hexdigest()[:16]}.npy"
+        if not cache.is_file():
+            LOGGER.info("mining the background of %s with the base model (%d/%d)", scan.name, i, len(scans))
+            with atomic_output(cache) as tmp, open(tmp, "wb") as f:
+                np.save(f, mine_background(scan, network, window, precision))
+        scan.mined = np.load(cache)
+
+
 def _train(args) -> int:
     from ichseg.bids_app.bids import collect_ct_images
     from ichseg.bids_app.evaluate import find_references
@@ -202,6 +223,8 @@ def _train(args) -> int:
                                 seed=args.seed, precision=args.precision, device=args.device)
     network = load_networks(base.weight_paths, base.config, args.device)[0]
     low, high = base.spec.input_window_hu
+    if args.mine_background:
+        _mine_background(training, network, IntensityWindow(low, high), base.weight_paths[0], work, args.precision)
     history = train(network, base.config, IntensityWindow(low, high), training, validation, args.model_dir,
                     settings, resume=args.resume)
     card = {
@@ -215,7 +238,7 @@ def _train(args) -> int:
                  "training_subjects": train_subjects, "validation_subjects": val_subjects,
                  "training_scans": [s.name for s in training], "validation_scans": [s.name for s in validation],
                  "transform": DEFAULT_TRANSFORM},
-        "settings": asdict(settings), "patch_sampling": patch_sampling(), "history": asdict(history),
+        "settings": asdict(settings), "patch_sampling": patch_sampling(args.mine_background), "history": asdict(history),
     }
     write_model_card(args.model_dir, card)
     print(f"best validation hemorrhage Dice {history.best_score:.4f} at epoch {history.best_epoch}; "

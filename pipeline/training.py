@@ -62,6 +62,14 @@ DENSE_BACKGROUND_SMOOTHING_MM = 1.5
 DENSE_BACKGROUND_BONE_DISTANCE_MM = 3
 DENSE_BACKGROUND_BONE_HU = 150.0
 
+#: Background that the base model takes for blood (total hemorrhage probability at least the
+#: first, at least a distance (mm) from any labelled or ignored voxel), mined before training
+#: (``ichseg train --mine-background``): where fine-tuning is most likely to add false blood.
+#: It takes half of the dense share of the background patches of a scan that has any.
+MINED_BACKGROUND_PROBABILITY = 0.2
+MINED_BACKGROUND_DISTANCE_MM = 3
+MINED_SHARE_OF_DENSE = 0.5
+
 #: Label of voxels that the reference leaves out (its ``desc-ignore`` mask): no loss, no score.
 IGNORE_LABEL = 255
 
@@ -74,6 +82,7 @@ class PreparedScan:
     hu: np.ndarray  # float32
     labels: np.ndarray  # uint8
     roi: np.ndarray  # bool: brain + margin, where patches are centred
+    mined: np.ndarray | None = None  # flat indices of :func:`mine_background`'s voxels, once mined
     _centres: dict = field(default_factory=dict, repr=False, compare=False)
 
     def centre_voxels(self, kind: int | str) -> np.ndarray:
@@ -94,6 +103,19 @@ def dense_background(hu: np.ndarray, labels: np.ndarray, roi: np.ndarray) -> np.
     smooth = ndi.gaussian_filter(np.minimum(hu, DENSE_BACKGROUND_BONE_HU), DENSE_BACKGROUND_SMOOTHING_MM)
     near_bone = ndi.binary_dilation(hu >= DENSE_BACKGROUND_BONE_HU, iterations=DENSE_BACKGROUND_BONE_DISTANCE_MM)
     return roi & (labels == 0) & (smooth >= low) & (smooth <= high) & ~near_bone
+
+
+def mine_background(scan: PreparedScan, network, window, precision: str = "fp32") -> np.ndarray:
+    """Flat indices of the background where ``network`` (the base model, before training) gives
+    a total hemorrhage probability of :data:`MINED_BACKGROUND_PROBABILITY` or more, at least
+    :data:`MINED_BACKGROUND_DISTANCE_MM` from anything labelled (or ignored); on the 1 mm grid."""
+    from ichseg.pipeline.inference import predict_probabilities
+    from ichseg.pipeline.segmentation import total_hemorrhage_probability
+
+    probabilities, _ = predict_probabilities(window(scan.hu), [network], scan.roi, precision=precision)
+    blood = total_hemorrhage_probability(probabilities) >= MINED_BACKGROUND_PROBABILITY
+    far_from_labels = ndi.distance_transform_edt(scan.labels == 0) > MINED_BACKGROUND_DISTANCE_MM
+    return np.flatnonzero(blood & far_from_labels)
 
 
 def prepare_scan(name: str, ct_path: Path, labels_path: Path, template: Path, workdir: Path,
@@ -165,21 +187,27 @@ def draw_patch_centre(scan: PreparedScan, rng: np.random.Generator) -> np.ndarra
     weights = np.array([CLASS_PROBABILITIES[c] for c in present])
     cls = present[rng.choice(len(present), p=weights / weights.sum())]
     voxels = scan.centre_voxels(cls) if cls else None
-    if cls == 0 and rng.random() < DENSE_BACKGROUND_SHARE:
-        dense = scan.centre_voxels("dense")
-        voxels = dense if len(dense) else None
+    if cls == 0 and (draw := rng.random()) < DENSE_BACKGROUND_SHARE:
+        if scan.mined is not None and len(scan.mined) and draw < DENSE_BACKGROUND_SHARE * MINED_SHARE_OF_DENSE:
+            voxels = scan.mined
+        else:
+            dense = scan.centre_voxels("dense")
+            voxels = dense if len(dense) else None
     if voxels is None:
         voxels = np.flatnonzero(scan.roi)
     return np.array(np.unravel_index(voxels[rng.integers(len(voxels))], scan.roi.shape))
 
 
-def patch_sampling() -> dict:
+def patch_sampling(mined_background: bool = False) -> dict:
     """How :func:`draw_patch_centre` chooses patches, for the model card."""
     return {"class_probabilities": dict(zip(label_names().values(), CLASS_PROBABILITIES)),
             "dense_background": {"share_of_background_patches": DENSE_BACKGROUND_SHARE,
                                  "hu": list(DENSE_BACKGROUND_HU), "smoothing_sigma_mm": DENSE_BACKGROUND_SMOOTHING_MM,
                                  "bone_hu": DENSE_BACKGROUND_BONE_HU,
                                  "bone_distance_mm": DENSE_BACKGROUND_BONE_DISTANCE_MM},
+            "mined_background": {"probability": MINED_BACKGROUND_PROBABILITY,
+                                 "distance_mm": MINED_BACKGROUND_DISTANCE_MM,
+                                 "share_of_dense_patches": MINED_SHARE_OF_DENSE} if mined_background else None,
             "mirrored_left_right": 0.5}
 
 

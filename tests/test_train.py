@@ -18,12 +18,15 @@ from ichseg.pipeline.settings import MethodSettings
 from ichseg.pipeline.training import (
     DENSE_BACKGROUND_SHARE,
     IGNORE_LABEL,
+    MINED_BACKGROUND_PROBABILITY,
+    MINED_SHARE_OF_DENSE,
     PreparedScan,
     draw_patch_centre,
     extract_patch,
     hemorrhage_dice,
     inputs_fingerprint,
     load_prepared,
+    mine_background,
     save_prepared,
 )
 
@@ -85,6 +88,56 @@ def test_without_dense_background_the_background_draws_are_uniform():
     scan = PreparedScan("sub-01", hu, np.zeros(hu.shape, np.uint8), np.ones(hu.shape, bool))
     centres = _centres(scan)
     assert abs(centres[:, 0].mean() - 4.5) < 0.3
+
+
+def test_mined_background_is_where_the_base_model_sees_blood_away_from_the_labels(monkeypatch):
+    import ichseg.pipeline.inference as inference
+
+    shape = (30, 30, 30)
+    labels = np.zeros(shape, np.uint8)
+    labels[20:24, 20:24, 20:24] = 1  # a lesion
+    labels[2:5, 20:24, 2:5] = IGNORE_LABEL  # a host's own finding, left out of the reference
+    blood = np.zeros(shape, np.float32)
+    blood[4:8, 4:8, 4:8] = 0.5  # the base model's false blood, far from any label: mined
+    blood[19:25, 19:25, 19:25] = 0.9  # the lesion and its edge
+    blood[2:7, 20:24, 2:7] = 0.9  # over and beside the ignored finding
+    blood[10:14, 4:8, 4:8] = MINED_BACKGROUND_PROBABILITY / 2  # too faint to count
+    roi = np.ones(shape, bool)
+    roi[:, :, 28:] = False  # the base model runs only in the region
+    blood[:, :, 28:] = 0.9
+
+    def fake_probabilities(image, networks, roi_, precision="fp32"):
+        probabilities = np.zeros((5, *image.shape), np.float32)
+        probabilities[1] = blood * roi_
+        probabilities[0] = 1 - probabilities[1]
+        return probabilities, 0
+
+    monkeypatch.setattr(inference, "predict_probabilities", fake_probabilities)
+    scan = PreparedScan("sub-01", np.zeros(shape, np.float32), labels, roi)
+    mined = np.zeros(shape, bool).ravel()
+    mined[mine_background(scan, None, lambda hu: hu)] = True
+    expected = np.zeros(shape, bool)
+    expected[4:8, 4:8, 4:8] = True
+    np.testing.assert_array_equal(mined.reshape(shape), expected)
+
+
+def test_mined_background_takes_half_of_the_dense_share():
+    hu = np.full((30, 30, 30), 30.0, np.float32)
+    hu[4:10, 4:10, 4:10] = 65.0  # dense background
+    scan = PreparedScan("sub-01", hu, np.zeros(hu.shape, np.uint8), np.ones(hu.shape, bool))
+    before = _centres(scan)
+    region = np.zeros(hu.shape, bool)
+    region[20:24, 20:24, 20:24] = True
+    scan.mined = np.flatnonzero(region)
+    after = _centres(scan)
+    on_mined = np.all((after >= 20) & (after < 24), axis=1)
+    on_dense = np.all((after >= 4) & (after < 10), axis=1)
+    share = DENSE_BACKGROUND_SHARE * MINED_SHARE_OF_DENSE
+    assert share - 0.05 < on_mined.mean() < share + 0.05
+    assert DENSE_BACKGROUND_SHARE - share - 0.05 < on_dense.mean() < DENSE_BACKGROUND_SHARE - share + 0.05
+    # the other draws are those of a scan without mined voxels, from the same seed
+    keep = ~on_mined
+    assert (np.all(after[keep] == before[keep], axis=1)).mean() > 0.99
 
 
 def test_ignored_voxels_do_not_count_in_the_validation_score():
@@ -199,6 +252,13 @@ def test_train_writes_a_model_that_ichseg_runs_and_resumes(dataset, asset, capsy
     assert main(["train", str(bids), str(ref), str(again), "--base", str(base), "-w", str(work), *ARGS]) == 0
     first = json.loads((again / "model_card.json").read_text())["history"]["epochs"][0]
     assert first["loss"] == pytest.approx(card["history"]["epochs"][0]["loss"], rel=1e-4)
+    # mining: the base model runs once on each training scan, its findings cached and on the card
+    mined = root / "mined"
+    assert main(["train", str(bids), str(ref), str(mined), "--base", str(base), "-w", str(work), *ARGS,
+                 "--mine-background"]) == 0
+    assert len(list(work.glob("*_mined-*.npy"))) == len(card["data"]["training_scans"])
+    assert json.loads((mined / "model_card.json").read_text())["patch_sampling"]["mined_background"]
+    assert card["patch_sampling"]["mined_background"] is None
     args = [a if a != "2" or i != 1 else "3" for i, a in enumerate(ARGS)]
     # a reference edited since the scans were prepared: that scan is prepared again, not taken from the cache
     (ref / "sub-01/anat/sub-01_desc-ignore_mask.nii.gz").unlink()
