@@ -63,8 +63,8 @@ from ichseg.pipeline.volumes import STATUS_OK
 
 __all__ = [
     "BRAIN_WINDOW_HU",
-    "plot_courses",
     "comparison_slices",
+    "plot_courses",
     "plot_group_volumes",
     "plot_label_map_comparison",
     "plot_registration_check",
@@ -502,7 +502,7 @@ def plot_label_map_comparison(
     if not slices:
         slices = [ct_img.shape[2] // 2]
     vox = _zooms(ct_img.affine)
-    head = np.stack([ct_img.axial(k) > -300 for k in slices], axis=-1).any(axis=-1)
+    head = _largest_component(np.stack([ct_img.axial(k) > -300 for k in slices], axis=-1).any(axis=-1))
     box = _bbox(head | np.any([labels > 0 for labels in stack], axis=(0, 3)),
                 [int(math.ceil(5.0 / v)) for v in vox[:2]])
     crop = (box[0], box[1])
@@ -537,6 +537,14 @@ def plot_label_map_comparison(
         for text in legend.get_texts():
             text.set_color("white")
         return _save_svg(fig, out_file, rasters)
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest connected part of a 2D mask: the head, without the head holder or the table."""
+    components, n = ndi.label(mask)
+    if n <= 1:
+        return mask
+    return components == 1 + int(np.argmax(ndi.sum_labels(mask, components, range(1, n + 1))))
 
 
 def _label_panel(ax, ct_img: _RASVolume, labels: np.ndarray, k: int, crop, zoom, extent, radiological: bool,

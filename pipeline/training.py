@@ -8,7 +8,9 @@ with BLAST-CT's class probabilities (background 0.3, each other class 0.175, amo
 classes the scan has), mirrored left-right at random. Half of the background patches are
 centred on background as dense as clot away from bone (:func:`dense_background`: venous
 sinuses, arteries, dense grey matter), which a draw over the whole region rarely reaches:
-without them, fine-tuning on blood teaches the network to call them blood. Batch norm keeps
+without them, fine-tuning on blood teaches the network to call them blood. With
+``mined`` voxels (:func:`mine_background`: where the base model already half sees blood), half
+of those dense-background patches go there instead. Batch norm keeps
 the statistics of the base model (batches of a few patches are too small to estimate them);
 dropout stays on.
 
@@ -181,8 +183,8 @@ def load_prepared(name: str, path: Path, fingerprint: str | None = None) -> Prep
 
 
 def draw_patch_centre(scan: PreparedScan, rng: np.random.Generator) -> np.ndarray:
-    """Index of a voxel to centre a training patch on (module docstring: the classes and the
-    dense background)."""
+    """Index of a voxel to centre a training patch on (module docstring: the classes, the
+    dense and the mined background)."""
     present = [c for c in range(len(CLASS_PROBABILITIES)) if c == 0 or len(scan.centre_voxels(c))]
     weights = np.array([CLASS_PROBABILITIES[c] for c in present])
     cls = present[rng.choice(len(present), p=weights / weights.sum())]

@@ -243,6 +243,16 @@ def test_label_map_comparison_has_a_row_per_map(scan, tmp_path):
     assert all(_red_pixels(p["rgb"]).sum() > 10 for p in panels[:3])
     assert not any(_red_pixels(p["rgb"]).sum() > 10 for p in panels[3:])
     assert "default" in text and "no IPH" in text and "hemorrhage 20.04 mL" in text
+    # a head holder beside the head does not widen the panels
+    ct = nib.load(str(scan["ct"]))
+    hu = np.asanyarray(ct.dataobj).copy()
+    hu[:3] = 100.0
+    with_holder = tmp_path / "holder.nii.gz"
+    nib.save(nib.Nifti1Image(hu, ct.affine), with_holder)
+    again = _svg_images(plot_label_map_comparison(with_holder, {"default": scan["dseg"]}, tmp_path / "h.svg",
+                                                  n_slices=3))
+    aspect = again[0]["height"] / again[0]["width"]
+    assert aspect == pytest.approx(panels[0]["height"] / panels[0]["width"], rel=0.01)
     other = tmp_path / "other.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((10, 10, 10), np.uint8), np.eye(4)), other)
     with pytest.raises(ValueError, match="label map of other"):
