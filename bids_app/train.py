@@ -222,11 +222,10 @@ def _train(args) -> int:
                                 patience=args.patience, validation_patches=args.validation_patches,
                                 seed=args.seed, precision=args.precision, device=args.device)
     network = load_networks(base.weight_paths, base.config, args.device)[0]
-    low, high = base.spec.input_window_hu
+    window = IntensityWindow(*base.spec.input_window_hu)
     if args.mine_background:
-        _mine_background(training, network, IntensityWindow(low, high), base.weight_paths[0], work, args.precision)
-    history = train(network, base.config, IntensityWindow(low, high), training, validation, args.model_dir,
-                    settings, resume=args.resume)
+        _mine_background(training, network, window, base.weight_paths[0], work, args.precision)
+    history = train(network, base.config, window, training, validation, args.model_dir, settings, resume=args.resume)
     card = {
         "name": args.model_dir.name, "ichseg_version": __version__,
         "date": time.strftime("%Y-%m-%d"),

@@ -54,6 +54,9 @@ LOGGER = logging.getLogger(__name__)
 #: BLAST-CT's patch sampling: probability of centring a patch on each class.
 CLASS_PROBABILITIES = (0.3, 0.175, 0.175, 0.175, 0.175)
 
+#: Probability that a training patch is mirrored left-right.
+MIRROR_PROBABILITY = 0.5
+
 #: Share of the background patches centred on dense background: the density range (HU) of
 #: clot, after smoothing (sigma, mm) so that noise does not count, and at least a distance (mm)
 #: from bone (here: 150 HU and denser, lower than brain.BONE_HU, so that the bone's partial
@@ -210,7 +213,7 @@ def patch_sampling(mined_background: bool = False) -> dict:
             "mined_background": {"probability": MINED_BACKGROUND_PROBABILITY,
                                  "distance_mm": MINED_BACKGROUND_DISTANCE_MM,
                                  "share_of_dense_patches": MINED_SHARE_OF_DENSE} if mined_background else None,
-            "mirrored_left_right": 0.5}
+            "mirrored_left_right": MIRROR_PROBABILITY}
 
 
 def extract_patch(volume: np.ndarray, centre: np.ndarray, size: int, fill: float) -> np.ndarray:
@@ -235,7 +238,7 @@ def sample_patches(scans: Sequence[PreparedScan], n: int, output: int, context: 
         centre = draw_patch_centre(scan, rng)
         x = window(extract_patch(scan.hu, centre, size, OUTSIDE_FOV_HU))
         y = extract_patch(scan.labels, centre, output, 0)
-        if mirror and rng.random() < 0.5:  # left-right: the last network axis
+        if mirror and rng.random() < MIRROR_PROBABILITY:  # left-right: the last network axis
             x, y = x[..., ::-1], y[..., ::-1]
         inputs[i, 0], targets[i] = x, y
     return inputs, targets
