@@ -4,7 +4,10 @@
 
 ``REFERENCE_DIR`` holds reference label maps as ``ichseg evaluate`` reads them (``_dseg`` with
 ichseg's labels, on each CT's grid; an optional ``_desc-ignore_mask`` leaves voxels out of the
-loss and the validation score). Subjects are split into training and validation; every
+loss and the validation score), or, with ``--distil``, hemorrhage masks (``_mask``): there the
+base model's probabilities decide what the reference leaves open (which blood class; background
+or oedema; the ignored voxels), so that fine-tuning does not unlearn the classes it does not
+trace. Subjects are split into training and validation; every
 scan is prepared as ichseg runs it (brain extraction, rigid registration to the CT template)
 and cached in the work directory, and the network is fine-tuned from the base weights
 (:mod:`ichseg.pipeline.training`). ``MODEL_DIR`` receives ``model_1.pt`` (the best weights),
@@ -59,7 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mine-background", action="store_true",
                    help="before training, run the base model on every training scan and centre some background "
                         "patches where it takes background for blood (one network run per scan, cached)")
-    p.add_argument("--resume", action="store_true", help="continue from MODEL_DIR/checkpoint.pt")
+    p.add_argument("--distil", action="store_true",
+                   help="where the reference leaves the class open (ignored voxels; with hemorrhage masks, which "
+                        "blood class, and background or oedema) train towards the base model's probabilities "
+                        "instead of leaving it out (one network run per training scan, cached); needed for _mask "
+                        "references")
+    p.add_argument("--resume", action="store_true", help="continue from MODEL_DIR/checkpoint.pt (same settings)")
     p.add_argument("-w", "--work-dir", type=Path, default=None,
                    help="where prepared scans are cached (default: MODEL_DIR/prepared)")
     return p
@@ -112,6 +120,8 @@ Settings: `{json.dumps(card['settings'])}`
 
 Patches: `{json.dumps(card.get('patch_sampling', 'not recorded (ichseg before the dense-background sampling)'))}`
 
+Targets: {_targets_line(card['settings'])}
+
 | epoch | loss | validation hemorrhage Dice (patches) |
 |---:|---:|---:|
 {rows}
@@ -121,6 +131,13 @@ of the validation scans, not on whole scans: measure the model on scans it has n
 with `ichseg evaluate` before using it.
 """
     (model_dir / "README.md").write_text(text)
+
+
+def _targets_line(settings: dict) -> str:
+    if settings.get("distil"):
+        return ("the reference's class where it names one; elsewhere (ignored voxels, a hemorrhage mask's blood "
+                "and background) the base model's probabilities over the classes left open (`--distil`)")
+    return "the reference's classes; ignored voxels left out of the loss"
 
 
 def _license_line(licenses: dict[str, str | None]) -> str:
@@ -150,21 +167,26 @@ def run_train(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _mine_background(scans, network, window, weights: Path, work: Path, precision: str) -> None:
-    """:func:`~ichseg.pipeline.training.mine_background` of every scan, cached in ``work`` by
-    scan, base weights and mining settings."""
+def _base_probabilities(scans, network, window, weights: Path, work: Path, precision: str,
+                        mine: bool, keep: bool) -> None:
+    """The base model's probabilities of every scan (:func:`~ichseg.pipeline.training.base_probabilities`),
+    cached in ``work`` by scan, base weights and precision; from them each scan's ``mined``
+    background (``mine``), and its ``base`` probabilities, memory-mapped (``keep``)."""
     from ichseg.pipeline.assets import file_sha256
     from ichseg.pipeline.fileutils import atomic_output
-    from ichseg.pipeline.training import mine_background, patch_sampling
+    from ichseg.pipeline.training import base_probabilities, mine_background
 
-    key = hashlib.sha256(f"{file_sha256(weights)}{precision}{patch_sampling(True)['mined_background']}".encode())
+    key = hashlib.sha256(f"{file_sha256(weights)}{precision}".encode()).hexdigest()[:16]
     for i, scan in enumerate(scans, 1):
-        cache = work / f"{scan.name}_mined-{key.hexdigest()[:16]}.npy"
+        cache = work / f"{scan.name}_base-{key}.npy"
         if not cache.is_file():
-            LOGGER.info("mining the background of %s with the base model (%d/%d)", scan.name, i, len(scans))
+            LOGGER.info("running the base model on %s (%d/%d)", scan.name, i, len(scans))
             with atomic_output(cache) as tmp, open(tmp, "wb") as f:
-                np.save(f, mine_background(scan, network, window, precision))
-        scan.mined = np.load(cache)
+                np.save(f, base_probabilities(scan, network, window, precision))
+        base = np.load(cache, mmap_mode="r")
+        if mine:
+            scan.mined = mine_background(scan, base)
+        scan.base = base if keep else None
 
 
 def _train(args) -> int:
@@ -192,8 +214,11 @@ def _train(args) -> int:
     pairs = [(img, references[img.scan_id]) for img in images if img.scan_id in references]
     if not pairs:
         raise ValueError(f"{args.reference_dir}: no reference _dseg matches a CT of {args.bids_dir}")
-    if any(ref.is_mask for _, ref in pairs):
-        raise ValueError("training needs label maps (_dseg with ichseg's labels), not hemorrhage masks")
+    masks = sorted(img.scan_id for img, ref in pairs if ref.is_mask)
+    if masks and not args.distil:
+        raise ValueError(f"the references of {', '.join(masks)} are hemorrhage masks (_mask), which do not say "
+                         "which class a voxel is: add --distil (the base model decides the class there) or give "
+                         "label maps (_dseg with ichseg's labels)")
     unpaired = sorted({img.scan_id for img in images} - {img.scan_id for img, _ in pairs})
     if unpaired:
         LOGGER.info("no reference for %d scan(s), not used: %s", len(unpaired), ", ".join(unpaired))
@@ -205,13 +230,14 @@ def _train(args) -> int:
     prepared = {}
     for img, ref in pairs:
         cache = work / f"{img.scan_id}.npz"
-        fingerprint = inputs_fingerprint(img.path, ref.path, template, ref.ignore, transform=DEFAULT_TRANSFORM)
+        fingerprint = inputs_fingerprint(img.path, ref.path, template, ref.ignore, transform=DEFAULT_TRANSFORM,
+                                         is_mask=ref.is_mask)
         scan = load_prepared(img.scan_id, cache, fingerprint) if cache.is_file() else None
         if scan is None:
             LOGGER.info("preparing %s%s", img.scan_id,
                         " again: its CT, reference or ignore mask changed" if cache.is_file() else "")
             save_prepared(prepare_scan(img.scan_id, img.path, ref.path, template, work, ignore_path=ref.ignore,
-                                       transform=DEFAULT_TRANSFORM),
+                                       transform=DEFAULT_TRANSFORM, is_mask=ref.is_mask),
                           cache, fingerprint)
             scan = load_prepared(img.scan_id, cache)
         prepared[img.scan_id] = scan
@@ -220,11 +246,13 @@ def _train(args) -> int:
     settings = TrainingSettings(epochs=args.epochs, iterations=args.iterations, batch_size=args.batch_size,
                                 output_patch=args.output_patch, learning_rate=args.learning_rate,
                                 patience=args.patience, validation_patches=args.validation_patches,
-                                seed=args.seed, precision=args.precision, device=args.device)
+                                seed=args.seed, precision=args.precision, device=args.device, distil=args.distil,
+                                mine_background=args.mine_background)
     network = load_networks(base.weight_paths, base.config, args.device)[0]
     window = IntensityWindow(*base.spec.input_window_hu)
-    if args.mine_background:
-        _mine_background(training, network, window, base.weight_paths[0], work, args.precision)
+    if args.mine_background or args.distil:
+        _base_probabilities(training, network, window, base.weight_paths[0], work, args.precision,
+                            mine=args.mine_background, keep=args.distil)
     history = train(network, base.config, window, training, validation, args.model_dir, settings, resume=args.resume)
     card = {
         "name": args.model_dir.name, "ichseg_version": __version__,

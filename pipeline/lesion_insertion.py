@@ -35,7 +35,8 @@ from ichseg.pipeline.geometry import (
     voxel_sizes,
     voxel_volume_ml,
 )
-from ichseg.pipeline.labels import LABELS
+from ichseg.pipeline.labels import IPH_INDEX as IPH
+from ichseg.pipeline.labels import OEDEMA_INDEX as OEDEMA
 
 #: How a truth set names each reference's map of lesion fractions, after ``sub-<label>_``
 #: (beside its ``_dseg``; ``ichseg evaluate`` reads only the ``_dseg``).
@@ -53,8 +54,6 @@ DENSE_MARGIN_MM = 15.0
 #: (the rest may be CSF).
 MIN_ALLOWED = 0.9
 MIN_PARENCHYMA = 0.6
-IPH = next(lab.index for lab in LABELS if lab.abbreviation == "IPH")
-OEDEMA = next(lab.index for lab in LABELS if lab.abbreviation == "OED")
 
 
 @dataclass(frozen=True)

@@ -5,12 +5,18 @@ moved with ichseg's default ``--transform`` and resampled onto the template grid
 its reference labels (nearest neighbour) and brain mask; the network then learns on patches
 of that grid, as it will later be run. Patches are drawn around voxels of a class chosen
 with BLAST-CT's class probabilities (background 0.3, each other class 0.175, among the
-classes the scan has), mirrored left-right at random. Half of the background patches are
+classes the scan has; a hemorrhage mask's blood counts as one class), mirrored left-right at
+random. Half of the background patches are
 centred on background as dense as clot away from bone (:func:`dense_background`: venous
 sinuses, arteries, dense grey matter), which a draw over the whole region rarely reaches:
 without them, fine-tuning on blood teaches the network to call them blood. With
 ``mined`` voxels (:func:`mine_background`: where the base model already half sees blood), half
-of those dense-background patches go there instead. Batch norm keeps
+of those dense-background patches go there instead. With ``base`` probabilities
+(:func:`base_probabilities`, ``ichseg train --distil``), the target of a voxel whose class the
+reference leaves open (ignored voxels; with a hemorrhage mask, which blood class, and
+background or oedema) is the base model's distribution over the classes left open
+(:func:`soft_targets`): the network keeps what the reference does not trace, instead of
+forgetting it (learning without forgetting, Li & Hoiem 2017). Batch norm keeps
 the statistics of the base model (batches of a few patches are too small to estimate them);
 dropout stays on.
 
@@ -40,7 +46,7 @@ from ichseg.pipeline.brain import extract_brain
 from ichseg.pipeline.fileutils import atomic_output
 from ichseg.pipeline.geometry import voxel_sizes
 from ichseg.pipeline.image import load_ct
-from ichseg.pipeline.labels import HEMORRHAGE_INDICES, LABELS
+from ichseg.pipeline.labels import HEMORRHAGE_INDICES, IPH_INDEX, LABELS, OEDEMA_INDEX
 from ichseg.pipeline.registration import (
     OUTSIDE_FOV_HU,
     register_to_template,
@@ -75,8 +81,23 @@ MINED_BACKGROUND_PROBABILITY = 0.2
 MINED_BACKGROUND_DISTANCE_MM = 3
 MINED_SHARE_OF_DENSE = 0.5
 
-#: Label of voxels that the reference leaves out (its ``desc-ignore`` mask): no loss, no score.
+#: Label of voxels that the reference leaves out (its ``desc-ignore`` mask): no loss (or, with
+#: base probabilities, the base model's), no score.
 IGNORE_LABEL = 255
+#: Labels of a hemorrhage-mask reference (``_mask``), which says where blood is but not which
+#: class: blood of any bleeding class, and no blood (background or oedema).
+ANY_BLOOD_LABEL = 254
+NO_BLOOD_LABEL = 253
+
+#: The classes each prepared label leaves open (a row per label value, a column per class).
+OPEN_CLASSES = np.zeros((256, len(LABELS)), dtype=bool)
+OPEN_CLASSES[np.arange(len(LABELS)), np.arange(len(LABELS))] = True
+OPEN_CLASSES[ANY_BLOOD_LABEL, list(HEMORRHAGE_INDICES)] = True
+OPEN_CLASSES[NO_BLOOD_LABEL, [0, OEDEMA_INDEX]] = True
+OPEN_CLASSES[IGNORE_LABEL] = True
+
+#: Base probabilities are kept as uint8, in steps of 1/255.
+BASE_PROBABILITY_SCALE = 255
 
 
 @dataclass
@@ -88,6 +109,7 @@ class PreparedScan:
     labels: np.ndarray  # uint8
     roi: np.ndarray  # bool: brain + margin, where patches are centred
     mined: np.ndarray | None = None  # flat indices of :func:`mine_background`'s voxels, once mined
+    base: np.ndarray | None = None  # (classes, *grid) uint8: :func:`base_probabilities`, for soft targets
     _centres: dict = field(default_factory=dict, repr=False, compare=False)
 
     def centre_voxels(self, kind: int | str) -> np.ndarray:
@@ -107,27 +129,51 @@ def dense_background(hu: np.ndarray, labels: np.ndarray, roi: np.ndarray) -> np.
     low, high = DENSE_BACKGROUND_HU
     smooth = ndi.gaussian_filter(np.minimum(hu, DENSE_BACKGROUND_BONE_HU), DENSE_BACKGROUND_SMOOTHING_MM)
     near_bone = ndi.binary_dilation(hu >= DENSE_BACKGROUND_BONE_HU, iterations=DENSE_BACKGROUND_BONE_DISTANCE_MM)
-    return roi & (labels == 0) & (smooth >= low) & (smooth <= high) & ~near_bone
+    return roi & unlabelled_background(labels) & (smooth >= low) & (smooth <= high) & ~near_bone
 
 
-def mine_background(scan: PreparedScan, network, window, precision: str = "fp32") -> np.ndarray:
-    """Flat indices of the background where ``network`` (the base model, before training) gives
-    a total hemorrhage probability of :data:`MINED_BACKGROUND_PROBABILITY` or more, at least
-    :data:`MINED_BACKGROUND_DISTANCE_MM` from anything labelled (or ignored); on the 1 mm grid."""
+def unlabelled_background(labels: np.ndarray) -> np.ndarray:
+    """Voxels the reference calls background: no class, no blood of a mask, not ignored."""
+    return (labels == 0) | (labels == NO_BLOOD_LABEL)
+
+
+def base_probabilities(scan: PreparedScan, network, window, precision: str = "fp32") -> np.ndarray:
+    """The base model's class probabilities (classes, *grid) over the scan's region, as uint8
+    (:data:`BASE_PROBABILITY_SCALE`): what mining and soft targets start from."""
     from ichseg.pipeline.inference import predict_probabilities
-    from ichseg.pipeline.segmentation import total_hemorrhage_probability
 
     probabilities, _ = predict_probabilities(window(scan.hu), [network], scan.roi, precision=precision)
-    blood = total_hemorrhage_probability(probabilities) >= MINED_BACKGROUND_PROBABILITY
-    far_from_labels = ndi.distance_transform_edt(scan.labels == 0) > MINED_BACKGROUND_DISTANCE_MM
-    return np.flatnonzero(blood & far_from_labels)
+    return np.rint(probabilities * BASE_PROBABILITY_SCALE).astype(np.uint8)
+
+
+def mine_background(scan: PreparedScan, base: np.ndarray) -> np.ndarray:
+    """Flat indices of the background where the base model (``base``: :func:`base_probabilities`)
+    gives a total hemorrhage probability of :data:`MINED_BACKGROUND_PROBABILITY` or more, at least
+    :data:`MINED_BACKGROUND_DISTANCE_MM` from anything labelled (or ignored); on the 1 mm grid."""
+    blood = base[list(HEMORRHAGE_INDICES)].sum(axis=0, dtype=np.int32) >= (
+        MINED_BACKGROUND_PROBABILITY * BASE_PROBABILITY_SCALE)
+    far_from_labels = ndi.distance_transform_edt(unlabelled_background(scan.labels)) > MINED_BACKGROUND_DISTANCE_MM
+    return np.flatnonzero(blood & far_from_labels & scan.roi)
+
+
+def soft_targets(labels: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """Per-voxel target distributions (n, classes, ...) of patches of prepared ``labels`` (n, ...):
+    one-hot where the label names a class; elsewhere the base model's probabilities ``base``
+    (n, classes, ..., uint8) over the classes the label leaves open (:data:`OPEN_CLASSES`),
+    renormalised, or uniform over them where the base model gives them none."""
+    open_classes = np.moveaxis(OPEN_CLASSES[labels], -1, 1)
+    weights = base.astype(np.float32) * open_classes
+    total = weights.sum(axis=1, keepdims=True)
+    uniform = open_classes / open_classes.sum(axis=1, keepdims=True)
+    return np.where(total > 0, weights / np.maximum(total, 1.0), uniform).astype(np.float32)
 
 
 def prepare_scan(name: str, ct_path: Path, labels_path: Path, template: Path, workdir: Path,
                  margin_mm: float = DEFAULT_MARGIN_MM, ignore_path: Path | None = None,
-                 transform: str = DEFAULT_TRANSFORM) -> PreparedScan:
+                 transform: str = DEFAULT_TRANSFORM, is_mask: bool = False) -> PreparedScan:
     """CT and reference labels on the template grid, as ichseg's pipeline would see them.
 
+    A hemorrhage mask (``is_mask``) becomes :data:`ANY_BLOOD_LABEL` and :data:`NO_BLOOD_LABEL`.
     Background voxels of the optional ``ignore_path`` mask (tissue the reference does not
     describe, such as a host scan's own hematoma) get :data:`IGNORE_LABEL`.
     """
@@ -146,11 +192,13 @@ def prepare_scan(name: str, ct_path: Path, labels_path: Path, template: Path, wo
     warped = warp_to_template(np.stack([hu - OUTSIDE_FOV_HU, brain.astype(np.float32)]), ct.affine, template_img,
                               to_scan)
     reference_labels = np.asanyarray(reference.dataobj).astype(np.uint8)
+    if is_mask:
+        reference_labels = np.where(reference_labels > 0, ANY_BLOOD_LABEL, NO_BLOOD_LABEL).astype(np.uint8)
     if ignore_path is not None:
         ignore = nib.as_closest_canonical(nib.load(str(ignore_path)))
         if ignore.shape[:3] != ct.shape[:3]:
             raise ValueError(f"{ignore_path} is not on the grid of {ct_path}: resample it onto the CT")
-        reference_labels[(np.asanyarray(ignore.dataobj) > 0) & (reference_labels == 0)] = IGNORE_LABEL
+        reference_labels[(np.asanyarray(ignore.dataobj) > 0) & unlabelled_background(reference_labels)] = IGNORE_LABEL
     labels = warp_to_template(reference_labels.astype(np.float32), ct.affine, template_img, to_scan, order=0)
     brain_t = warped[1] >= 0.5
     roi = region_of_interest(brain_t, template_img.affine, margin_mm)
@@ -163,10 +211,12 @@ def prepare_scan(name: str, ct_path: Path, labels_path: Path, template: Path, wo
 
 
 def inputs_fingerprint(ct_path: Path, labels_path: Path, template: Path, ignore_path: Path | None = None,
-                       margin_mm: float = DEFAULT_MARGIN_MM, transform: str = DEFAULT_TRANSFORM) -> str:
+                       margin_mm: float = DEFAULT_MARGIN_MM, transform: str = DEFAULT_TRANSFORM,
+                       is_mask: bool = False) -> str:
     """sha256 of what :func:`prepare_scan` reads and how, so that a cached scan is remade when any of it changes."""
     parts = [file_sha256(p) if p is not None else "-" for p in (ct_path, labels_path, template, ignore_path)]
-    return hashlib.sha256("\n".join([*parts, f"{margin_mm:g}", transform]).encode()).hexdigest()
+    parts += [f"{margin_mm:g}", transform] + (["mask"] if is_mask else [])
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 def save_prepared(scan: PreparedScan, path: Path, fingerprint: str = "") -> None:
@@ -185,11 +235,16 @@ def load_prepared(name: str, path: Path, fingerprint: str | None = None) -> Prep
 # --------------------------------------------------------------------------- patches
 
 
+#: What a patch is centred on, with its probability: a class, or a hemorrhage mask's blood
+#: (drawn as often as IPH would be).
+CENTRE_KINDS = {**dict(enumerate(CLASS_PROBABILITIES)), ANY_BLOOD_LABEL: CLASS_PROBABILITIES[IPH_INDEX]}
+
+
 def draw_patch_centre(scan: PreparedScan, rng: np.random.Generator) -> np.ndarray:
     """Index of a voxel to centre a training patch on (module docstring: the classes, the
     dense and the mined background)."""
-    present = [c for c in range(len(CLASS_PROBABILITIES)) if c == 0 or len(scan.centre_voxels(c))]
-    weights = np.array([CLASS_PROBABILITIES[c] for c in present])
+    present = [c for c in CENTRE_KINDS if c == 0 or len(scan.centre_voxels(c))]
+    weights = np.array([CENTRE_KINDS[c] for c in present])
     cls = present[rng.choice(len(present), p=weights / weights.sum())]
     voxels = scan.centre_voxels(cls) if cls else None
     if cls == 0 and (draw := rng.random()) < DENSE_BACKGROUND_SHARE:
@@ -227,21 +282,31 @@ def extract_patch(volume: np.ndarray, centre: np.ndarray, size: int, fill: float
 
 
 def sample_patches(scans: Sequence[PreparedScan], n: int, output: int, context: int, window,
-                   rng: np.random.Generator, mirror: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                   rng: np.random.Generator, mirror: bool = True,
+                   soft: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``n`` training pairs: windowed inputs (n, 1, s, s, s), s = output + context, and
-    labels (n, output, output, output)."""
+    labels (n, output, output, output), or with ``soft`` the :func:`soft_targets` of the scans'
+    base probabilities (n, classes, output, output, output)."""
     size = output + context
     inputs = np.empty((n, 1, size, size, size), dtype=np.float32)
-    targets = np.empty((n, output, output, output), dtype=np.int64)
+    labels = np.empty((n, output, output, output), dtype=np.uint8)
+    base = np.empty((n, len(LABELS), output, output, output), dtype=np.uint8) if soft else None
     for i in range(n):
         scan = scans[rng.integers(len(scans))]
         centre = draw_patch_centre(scan, rng)
         x = window(extract_patch(scan.hu, centre, size, OUTSIDE_FOV_HU))
         y = extract_patch(scan.labels, centre, output, 0)
+        if soft:  # beyond the grid: background, certain
+            p = np.stack([extract_patch(scan.base[c], centre, output, BASE_PROBABILITY_SCALE if c == 0 else 0)
+                          for c in range(len(LABELS))])
         if mirror and rng.random() < MIRROR_PROBABILITY:  # left-right: the last network axis
             x, y = x[..., ::-1], y[..., ::-1]
-        inputs[i, 0], targets[i] = x, y
-    return inputs, targets
+            if soft:
+                p = p[..., ::-1]
+        inputs[i, 0], labels[i] = x, y
+        if soft:
+            base[i] = p
+    return inputs, (soft_targets(labels, base) if soft else labels.astype(np.int64))
 
 
 # --------------------------------------------------------------------------- training
@@ -259,6 +324,8 @@ class TrainingSettings:
     seed: int = 0
     precision: str = "fp32"  # fp32, or bf16 (CPU with AMX/AVX-512-BF16, CUDA), fp16 (CUDA)
     device: str = "cpu"
+    distil: bool = False  # soft targets from the base probabilities where the reference leaves the class open
+    mine_background: bool = False  # the scans' ``mined`` background was set before training
 
 
 @dataclass
@@ -274,7 +341,7 @@ def hemorrhage_dice(logits, targets) -> tuple[int, int]:
 
     blood = torch.tensor(HEMORRHAGE_INDICES, device=logits.device)
     predicted = torch.isin(logits.argmax(dim=1), blood)
-    truth = torch.isin(targets, blood)
+    truth = torch.isin(targets, torch.tensor([*HEMORRHAGE_INDICES, ANY_BLOOD_LABEL], device=targets.device))
     predicted &= targets != IGNORE_LABEL
     return int(2 * (predicted & truth).sum()), int(predicted.sum() + truth.sum())
 
@@ -291,7 +358,9 @@ def train(network, config: dict, window, training: Sequence[PreparedScan], valid
           out_dir: Path, settings: TrainingSettings, resume: bool = False,
           progress: Callable[[str], None] | None = None) -> History:
     """Fine-tune ``network`` in place; writes ``checkpoint.pt`` and the best ``model_1.pt``
-    into ``out_dir`` and returns the history."""
+    into ``out_dir`` and returns the history. With ``settings.distil`` every training scan
+    needs its ``base`` probabilities. A checkpoint is resumed only with the same settings (the
+    number of epochs and the patience aside)."""
     import torch
 
     from ichseg.pipeline.cpu import configure_torch
@@ -310,8 +379,14 @@ def train(network, config: dict, window, training: Sequence[PreparedScan], valid
     history = History()
     checkpoint = out_dir / "checkpoint.pt"
     start = 0
+    if settings.distil and any(scan.base is None for scan in training):
+        raise ValueError("soft targets (distil) need the base model's probabilities of every training scan")
     if resume and checkpoint.is_file():
         state = torch.load(str(checkpoint), map_location=settings.device, weights_only=False)
+        changed = _changed_settings(state["settings"], asdict(settings))
+        if changed:
+            raise ValueError(f"{checkpoint} was trained with other settings ({changed}): resume with the "
+                             "same ones, or train into a new model folder")
         network.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         rng.bit_generator.state = state["numpy_rng"]
@@ -326,14 +401,20 @@ def train(network, config: dict, window, training: Sequence[PreparedScan], valid
         if validation else (None, None)
     dtype = COMPUTE_DTYPES[settings.precision]
     autocast = torch.autocast(torch.device(settings.device).type, dtype=dtype, enabled=settings.precision != "fp32")
-    loss_fn = torch.nn.CrossEntropyLoss(ignore_index=IGNORE_LABEL)
+    hard_loss = torch.nn.CrossEntropyLoss(ignore_index=IGNORE_LABEL)
+
+    def loss_fn(logits, targets):  # soft targets: the cross-entropy with the target distribution
+        if settings.distil:
+            return -(targets * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
+        return hard_loss(logits, targets)
     for epoch in range(start, settings.epochs):
         began = time.time()
         network.train()
         _set_batch_norm_eval(network)
         losses = []
         for _ in range(settings.iterations):
-            x, y = sample_patches(training, settings.batch_size, settings.output_patch, context, window, rng)
+            x, y = sample_patches(training, settings.batch_size, settings.output_patch, context, window, rng,
+                                  soft=settings.distil)
             x = torch.from_numpy(x).to(settings.device)
             y = torch.from_numpy(y).to(settings.device)
             with autocast:
@@ -371,6 +452,17 @@ def train(network, config: dict, window, training: Sequence[PreparedScan], valid
             break
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return history
+
+
+#: Settings that may change when a run is resumed.
+RESUMABLE_CHANGES = ("epochs", "patience")
+
+
+def _changed_settings(before: dict, now: dict) -> str:
+    """The settings other than :data:`RESUMABLE_CHANGES` that differ, as ``name: before -> now``."""
+    before = {**asdict(TrainingSettings()), **before}  # a checkpoint from before a setting existed: its default
+    names = sorted((set(before) | set(now)) - set(RESUMABLE_CHANGES))
+    return ", ".join(f"{k}: {before.get(k)} -> {now.get(k)}" for k in names if before.get(k) != now.get(k))
 
 
 def _atomic_torch_save(obj, path: Path) -> None:

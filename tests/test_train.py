@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict
 
 import nibabel as nib
 import numpy as np
@@ -16,18 +17,25 @@ from ichseg.pipeline.inference import build_network
 from ichseg.pipeline.phantom import make_head_phantom
 from ichseg.pipeline.settings import MethodSettings
 from ichseg.pipeline.training import (
+    ANY_BLOOD_LABEL,
+    BASE_PROBABILITY_SCALE,
     DENSE_BACKGROUND_SHARE,
     IGNORE_LABEL,
     MINED_BACKGROUND_PROBABILITY,
     MINED_SHARE_OF_DENSE,
+    NO_BLOOD_LABEL,
     PreparedScan,
+    TrainingSettings,
+    _changed_settings,
     draw_patch_centre,
     extract_patch,
     hemorrhage_dice,
     inputs_fingerprint,
     load_prepared,
     mine_background,
+    sample_patches,
     save_prepared,
+    soft_targets,
 )
 
 NARROW = {
@@ -90,9 +98,7 @@ def test_without_dense_background_the_background_draws_are_uniform():
     assert abs(centres[:, 0].mean() - 4.5) < 0.3
 
 
-def test_mined_background_is_where_the_base_model_sees_blood_away_from_the_labels(monkeypatch):
-    import ichseg.pipeline.inference as inference
-
+def test_mined_background_is_where_the_base_model_sees_blood_away_from_the_labels():
     shape = (30, 30, 30)
     labels = np.zeros(shape, np.uint8)
     labels[20:24, 20:24, 20:24] = 1  # a lesion
@@ -103,22 +109,81 @@ def test_mined_background_is_where_the_base_model_sees_blood_away_from_the_label
     blood[2:7, 20:24, 2:7] = 0.9  # over and beside the ignored finding
     blood[10:14, 4:8, 4:8] = MINED_BACKGROUND_PROBABILITY / 2  # too faint to count
     roi = np.ones(shape, bool)
-    roi[:, :, 28:] = False  # the base model runs only in the region
+    roi[:, :, 28:] = False  # outside the region
     blood[:, :, 28:] = 0.9
-
-    def fake_probabilities(image, networks, roi_, precision="fp32"):
-        probabilities = np.zeros((5, *image.shape), np.float32)
-        probabilities[1] = blood * roi_
-        probabilities[0] = 1 - probabilities[1]
-        return probabilities, 0
-
-    monkeypatch.setattr(inference, "predict_probabilities", fake_probabilities)
+    base = np.zeros((5, *shape), np.uint8)
+    base[1] = np.rint(blood * 0.6 * BASE_PROBABILITY_SCALE)  # the total over the bleeding classes counts
+    base[4] = np.rint(blood * 0.4 * BASE_PROBABILITY_SCALE)
+    base[0] = BASE_PROBABILITY_SCALE - base[1] - base[4]
     scan = PreparedScan("sub-01", np.zeros(shape, np.float32), labels, roi)
     mined = np.zeros(shape, bool).ravel()
-    mined[mine_background(scan, None, lambda hu: hu)] = True
+    mined[mine_background(scan, base)] = True
     expected = np.zeros(shape, bool)
     expected[4:8, 4:8, 4:8] = True
     np.testing.assert_array_equal(mined.reshape(shape), expected)
+    # a hemorrhage mask's blood is labelled too; its background is not
+    labels[labels == 0] = NO_BLOOD_LABEL
+    labels[labels == 1] = ANY_BLOOD_LABEL
+    mined[:] = False
+    mined[mine_background(scan, base)] = True
+    np.testing.assert_array_equal(mined.reshape(shape), expected)
+
+
+def test_soft_targets_follow_the_base_model_only_where_the_reference_leaves_the_class_open():
+    labels = np.array([[0, 1, 3, ANY_BLOOD_LABEL, NO_BLOOD_LABEL, IGNORE_LABEL, ANY_BLOOD_LABEL]], np.uint8)
+    #                   bg   IPH  EAH  OED  IVH
+    base = np.array([[60, 100, 20, 60, 15],
+                     [60, 100, 20, 60, 15],
+                     [60, 100, 20, 60, 15],
+                     [60, 100, 20, 60, 15],
+                     [60, 100, 20, 60, 15],
+                     [60, 100, 20, 60, 15],
+                     [255, 0, 0, 0, 0]], np.uint8).T[None]  # (1, classes, voxels)
+    targets = soft_targets(labels, base)
+    assert targets.shape == (1, 5, 7)
+    np.testing.assert_allclose(targets.sum(axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(targets[0, :, 0], [1, 0, 0, 0, 0])  # a named class: itself,
+    np.testing.assert_array_equal(targets[0, :, 1], [0, 1, 0, 0, 0])  # whatever the base model says
+    np.testing.assert_array_equal(targets[0, :, 2], [0, 0, 0, 1, 0])
+    np.testing.assert_allclose(targets[0, :, 3], np.array([0, 100, 20, 0, 15]) / 135)  # which blood class
+    np.testing.assert_allclose(targets[0, :, 4], np.array([60, 0, 0, 60, 0]) / 120)  # background or oedema
+    np.testing.assert_allclose(targets[0, :, 5], np.array([60, 100, 20, 60, 15]) / 255)  # ignored: all of it
+    np.testing.assert_allclose(targets[0, :, 6], [0, 1 / 3, 1 / 3, 0, 1 / 3])  # base sees no blood: uniform
+
+
+def test_soft_patches_are_aligned_with_their_inputs_and_mirrored_with_them():
+    shape = (40, 40, 40)
+    rng = np.random.default_rng(0)
+    iph = rng.random(shape) < 0.3  # a pattern the input and the base probabilities share
+    hu = np.where(iph, 60.0, 20.0).astype(np.float32)
+    hu[..., :20] += 5.0  # left and right differ, so that a mirrored target would not match
+    base = np.zeros((5, *shape), np.uint8)
+    base[1] = iph * BASE_PROBABILITY_SCALE
+    base[0] = BASE_PROBABILITY_SCALE - base[1]
+    scan = PreparedScan("sub-01", hu, np.full(shape, IGNORE_LABEL, np.uint8), np.ones(shape, bool), base=base)
+    output, context = 6, 4
+    inputs, targets = sample_patches([scan], 40, output, context, lambda x: x, np.random.default_rng(1), soft=True)
+    assert targets.shape == (40, 5, output, output, output)
+    centre = slice(context // 2, context // 2 + output)
+    np.testing.assert_array_equal(targets[:, 1] > 0.5, inputs[:, 0, centre, centre, centre] >= 60)
+
+
+def test_a_hemorrhage_masks_blood_is_drawn_as_a_class():
+    labels = np.full((20, 20, 20), NO_BLOOD_LABEL, np.uint8)
+    labels[2:6, 2:6, 2:6] = ANY_BLOOD_LABEL
+    centres = _centres(PreparedScan("sub-01", np.full(labels.shape, 30.0, np.float32), labels,
+                                    np.ones(labels.shape, bool)))
+    on_blood = np.all((centres >= 2) & (centres < 6), axis=1).mean()
+    assert 0.3 < on_blood < 0.45  # as often as IPH in a label map: 0.175 / (0.3 + 0.175)
+
+
+def test_resuming_with_other_settings_is_refused():
+    before = asdict(TrainingSettings(epochs=2))
+    assert _changed_settings(before, asdict(TrainingSettings(epochs=5, patience=9))) == ""
+    assert _changed_settings(before, asdict(TrainingSettings(mine_background=True))) == \
+        "mine_background: False -> True"
+    del before["distil"]  # a checkpoint from before the setting existed holds its default
+    assert _changed_settings(before, asdict(TrainingSettings())) == ""
 
 
 def test_mined_background_takes_half_of_the_dense_share():
@@ -146,6 +211,8 @@ def test_ignored_voxels_do_not_count_in_the_validation_score():
     logits[0, 1] = 5.0  # every voxel predicted IPH
     # one true positive, one false positive (the background voxel); the ignored voxels are neither
     assert hemorrhage_dice(logits, targets) == (2, 3)
+    # a hemorrhage mask's blood and background count as blood and background
+    assert hemorrhage_dice(logits, torch.tensor([[NO_BLOOD_LABEL, ANY_BLOOD_LABEL, IGNORE_LABEL, 0]])) == (2, 4)
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +223,8 @@ def dataset(tmp_path_factory):
     (bids / "dataset_description.json").write_text(json.dumps({"Name": "tiny", "BIDSVersion": "1.9.0"}))
     for i, ml in enumerate((12.0, 20.0, 8.0), start=1):
         head = make_head_phantom(voxel_size=(0.9, 0.9, 5.0), shape=(200, 220, 28), hemorrhage_ml=ml, seed=i)
-        for folder, data, name in ((bids, head.data, "ct"), (ref, head.hemorrhage_mask.astype(np.uint8), "dseg")):
+        for folder, data, name in ((bids, head.data, "ct"), (ref, head.hemorrhage_mask.astype(np.uint8), "dseg"),
+                                   (root / "masks", head.hemorrhage_mask.astype(np.uint8), "desc-hemorrhage_mask")):
             path = folder / f"sub-{i:02d}/anat/sub-{i:02d}_{name}.nii.gz"
             path.parent.mkdir(parents=True, exist_ok=True)
             nib.save(nib.Nifti1Image(data, head.affine), str(path))
@@ -256,9 +324,26 @@ def test_train_writes_a_model_that_ichseg_runs_and_resumes(dataset, asset, capsy
     mined = root / "mined"
     assert main(["train", str(bids), str(ref), str(mined), "--base", str(base), "-w", str(work), *ARGS,
                  "--mine-background"]) == 0
-    assert len(list(work.glob("*_mined-*.npy"))) == len(card["data"]["training_scans"])
+    assert len(list(work.glob("*_base-*.npy"))) == len(card["data"]["training_scans"])
     assert json.loads((mined / "model_card.json").read_text())["patch_sampling"]["mined_background"]
     assert card["patch_sampling"]["mined_background"] is None
+    # resuming with other settings would mix two runs in one model: refused, the fix named
+    assert main(["train", str(bids), str(ref), str(model), "--base", str(base), "-w", str(work), *ARGS,
+                 "--mine-background", "--resume"]) == 2
+    assert "mine_background: False -> True" in capsys.readouterr().err
+
+    # hemorrhage masks as references: refused without --distil; with it, the base model's
+    # probabilities (already cached above) decide the classes the masks leave open
+    masks = root / "masks"
+    assert main(["train", str(bids), str(masks), str(root / "from-masks"), "--base", str(base),
+                 "-w", str(root / "prepared-masks"), *ARGS]) == 2
+    assert "add --distil" in capsys.readouterr().err
+    assert main(["train", str(bids), str(masks), str(root / "from-masks"), "--base", str(base),
+                 "-w", str(root / "prepared-masks"), *ARGS, "--distil"]) == 0
+    prepared = np.load(root / "prepared-masks" / "sub-02.npz")["labels"]
+    assert set(np.unique(prepared)) == {0, NO_BLOOD_LABEL, ANY_BLOOD_LABEL}  # 0: beyond the CT
+    distilled = json.loads((root / "from-masks" / "model_card.json").read_text())
+    assert distilled["settings"]["distil"] and "--distil" in (root / "from-masks" / "README.md").read_text()
     args = [a if a != "2" or i != 1 else "3" for i, a in enumerate(ARGS)]
     # a reference edited since the scans were prepared: that scan is prepared again, not taken from the cache
     (ref / "sub-01/anat/sub-01_desc-ignore_mask.nii.gz").unlink()
