@@ -265,7 +265,7 @@ def _train(args) -> int:
                  "training_subjects": train_subjects, "validation_subjects": val_subjects,
                  "training_scans": [s.name for s in training], "validation_scans": [s.name for s in validation],
                  "transform": DEFAULT_TRANSFORM},
-        "settings": asdict(settings), "patch_sampling": patch_sampling(args.mine_background), "history": asdict(history),
+        "settings": asdict(settings), "patch_sampling": patch_sampling(args.mine_background, args.distil), "history": asdict(history),
     }
     write_model_card(args.model_dir, card)
     print(f"best validation hemorrhage Dice {history.best_score:.4f} at epoch {history.best_epoch}; "

@@ -235,15 +235,19 @@ def load_prepared(name: str, path: Path, fingerprint: str | None = None) -> Prep
 # --------------------------------------------------------------------------- patches
 
 
-#: What a patch is centred on, with its probability: a class, or a hemorrhage mask's blood
-#: (drawn as often as IPH would be).
-CENTRE_KINDS = {**dict(enumerate(CLASS_PROBABILITIES)), ANY_BLOOD_LABEL: CLASS_PROBABILITIES[IPH_INDEX]}
+#: What a patch is centred on, with its probability: a class, a hemorrhage mask's blood, or, on a
+#: scan with base probabilities (soft targets), ignored voxels, each of the last two as often as
+#: IPH: without their own draw the base model's behaviour there (a host's hematoma and oedema)
+#: would be met only by chance, and forgotten.
+CENTRE_KINDS = {**dict(enumerate(CLASS_PROBABILITIES)), ANY_BLOOD_LABEL: CLASS_PROBABILITIES[IPH_INDEX],
+                IGNORE_LABEL: CLASS_PROBABILITIES[IPH_INDEX]}
 
 
 def draw_patch_centre(scan: PreparedScan, rng: np.random.Generator) -> np.ndarray:
     """Index of a voxel to centre a training patch on (module docstring: the classes, the
     dense and the mined background)."""
-    present = [c for c in CENTRE_KINDS if c == 0 or len(scan.centre_voxels(c))]
+    present = [c for c in CENTRE_KINDS
+               if c == 0 or (c != IGNORE_LABEL or scan.base is not None) and len(scan.centre_voxels(c))]
     weights = np.array([CENTRE_KINDS[c] for c in present])
     cls = present[rng.choice(len(present), p=weights / weights.sum())]
     voxels = scan.centre_voxels(cls) if cls else None
@@ -258,9 +262,11 @@ def draw_patch_centre(scan: PreparedScan, rng: np.random.Generator) -> np.ndarra
     return np.array(np.unravel_index(voxels[rng.integers(len(voxels))], scan.roi.shape))
 
 
-def patch_sampling(mined_background: bool = False) -> dict:
+def patch_sampling(mined_background: bool = False, distil: bool = False) -> dict:
     """How :func:`draw_patch_centre` chooses patches, for the model card."""
     return {"class_probabilities": dict(zip(label_names().values(), CLASS_PROBABILITIES)),
+            "hemorrhage_mask_blood": CENTRE_KINDS[ANY_BLOOD_LABEL],
+            "ignored_voxels": CENTRE_KINDS[IGNORE_LABEL] if distil else None,
             "dense_background": {"share_of_background_patches": DENSE_BACKGROUND_SHARE,
                                  "hu": list(DENSE_BACKGROUND_HU), "smoothing_sigma_mm": DENSE_BACKGROUND_SMOOTHING_MM,
                                  "bone_hu": DENSE_BACKGROUND_BONE_HU,

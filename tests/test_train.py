@@ -177,6 +177,17 @@ def test_a_hemorrhage_masks_blood_is_drawn_as_a_class():
     assert 0.3 < on_blood < 0.45  # as often as IPH in a label map: 0.175 / (0.3 + 0.175)
 
 
+def test_ignored_voxels_are_drawn_only_where_they_have_targets():
+    labels = np.zeros((20, 20, 20), np.uint8)
+    labels[2:6, 2:6, 2:6] = IGNORE_LABEL
+    scan = PreparedScan("sub-01", np.full(labels.shape, 30.0, np.float32), labels, np.ones(labels.shape, bool))
+    on_ignored = np.all((_centres(scan) >= 2) & (_centres(scan) < 6), axis=1).mean()
+    assert on_ignored < 0.05  # no loss there: only the uniform background draws land on it
+    scan.base = np.zeros((5, *labels.shape), np.uint8)  # soft targets: the base model's output, rehearsed
+    on_ignored = np.all((_centres(scan) >= 2) & (_centres(scan) < 6), axis=1).mean()
+    assert 0.3 < on_ignored < 0.45
+
+
 def test_resuming_with_other_settings_is_refused():
     before = asdict(TrainingSettings(epochs=2))
     assert _changed_settings(before, asdict(TrainingSettings(epochs=5, patience=9))) == ""
