@@ -183,6 +183,12 @@ def prepare_scan(name: str, ct_path: Path, labels_path: Path, template: Path, wo
     reference = nib.as_closest_canonical(nib.load(str(labels_path)))
     if reference.shape[:3] != ct.shape[:3] or not np.allclose(reference.affine, ct.affine, atol=1e-3):
         raise ValueError(f"{labels_path} is not on the grid of {ct_path}: resample it onto the CT")
+    raw = np.asanyarray(reference.dataobj)
+    unknown = sorted(set(np.unique(raw).tolist()) - {lab.index for lab in LABELS})
+    if unknown and not is_mask:
+        raise ValueError(f"{labels_path} holds labels {unknown} that ichseg's label table lacks ("
+                         + ", ".join(f"{lab.index} {lab.abbreviation}" for lab in LABELS)
+                         + "): relabel it, or give a hemorrhage mask (_mask) and train with --distil")
     hu = np.asanyarray(ct.dataobj, dtype=np.float32)
     brain = extract_brain(hu, voxel_sizes(ct.affine))
     template_img = nib.load(str(template))
@@ -191,7 +197,7 @@ def prepare_scan(name: str, ct_path: Path, labels_path: Path, template: Path, wo
     to_scan = result["template_to_scan"]
     warped = warp_to_template(np.stack([hu - OUTSIDE_FOV_HU, brain.astype(np.float32)]), ct.affine, template_img,
                               to_scan)
-    reference_labels = np.asanyarray(reference.dataobj).astype(np.uint8)
+    reference_labels = raw.astype(np.uint8)
     if is_mask:
         reference_labels = np.where(reference_labels > 0, ANY_BLOOD_LABEL, NO_BLOOD_LABEL).astype(np.uint8)
     if ignore_path is not None:

@@ -371,6 +371,20 @@ def test_train_writes_a_model_that_ichseg_runs_and_resumes(dataset, asset, capsy
     assert (out / "sub-03/anat/sub-03_dseg.nii.gz").is_file()
 
 
+def test_a_label_map_with_labels_outside_the_table_is_refused_by_name(tmp_path):
+    from ichseg.pipeline.training import prepare_scan
+
+    affine = np.diag([1.0, 1.0, 5.0, 1.0])
+    ct = np.full((40, 40, 12), 30.0, np.float32)
+    labels = np.zeros(ct.shape, np.uint16)
+    labels[10:20, 10:20, 4:6] = 300  # another tool's label numbering
+    nib.save(nib.Nifti1Image(ct, affine), str(tmp_path / "ct.nii.gz"))
+    nib.save(nib.Nifti1Image(labels, affine), str(tmp_path / "dseg.nii.gz"))
+    with pytest.raises(ValueError, match=r"dseg.nii.gz holds labels \[300\].*relabel it"):
+        prepare_scan("sub-01", tmp_path / "ct.nii.gz", tmp_path / "dseg.nii.gz", tmp_path / "template.nii.gz",
+                     tmp_path)
+
+
 def test_train_refuses_bad_input(tmp_path, capsys):
     (tmp_path / "bids").mkdir()
     code = main(["train", str(tmp_path / "bids"), str(tmp_path / "ref"), str(tmp_path / "model")])
