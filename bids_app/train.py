@@ -170,15 +170,20 @@ def run_train(argv: list[str] | None = None) -> int:
 def _base_probabilities(scans, network, window, weights: Path, work: Path, precision: str,
                         mine: bool, keep: bool) -> None:
     """The base model's probabilities of every scan (:func:`~ichseg.pipeline.training.base_probabilities`),
-    cached in ``work`` by scan, base weights and precision; from them each scan's ``mined``
-    background (``mine``), and its ``base`` probabilities, memory-mapped (``keep``)."""
+    cached in ``work`` by what they are computed from: the scan's CT and region on the template
+    grid, the base weights and the precision (a scan prepared again from another CT is run
+    again); from them each scan's ``mined`` background (``mine``), and its ``base``
+    probabilities, memory-mapped (``keep``)."""
     from ichseg.pipeline.assets import file_sha256
     from ichseg.pipeline.fileutils import atomic_output
     from ichseg.pipeline.training import base_probabilities, mine_background
 
-    key = hashlib.sha256(f"{file_sha256(weights)}{precision}".encode()).hexdigest()[:16]
+    model = f"{file_sha256(weights)}{precision}"
     for i, scan in enumerate(scans, 1):
-        cache = work / f"{scan.name}_base-{key}.npy"
+        key = hashlib.sha256(model.encode())
+        key.update(scan.hu.tobytes())
+        key.update(np.packbits(scan.roi).tobytes())
+        cache = work / f"{scan.name}_base-{key.hexdigest()[:16]}.npy"
         if not cache.is_file():
             LOGGER.info("running the base model on %s (%d/%d)", scan.name, i, len(scans))
             with atomic_output(cache) as tmp, open(tmp, "wb") as f:

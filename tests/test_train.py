@@ -188,6 +188,32 @@ def test_ignored_voxels_are_drawn_only_where_they_have_targets():
     assert 0.3 < on_ignored < 0.45
 
 
+def test_the_base_models_run_is_cached_by_the_scan_it_was_computed_from(tmp_path, monkeypatch):
+    import ichseg.pipeline.training as training
+    from ichseg.bids_app.train import _base_probabilities
+
+    runs = []
+
+    def fake_run(scan, network, window, precision="fp32"):
+        runs.append(scan.name)
+        return np.broadcast_to(scan.hu.astype(np.uint8), (5, *scan.hu.shape)).copy()
+
+    monkeypatch.setattr(training, "base_probabilities", fake_run)
+    weights = tmp_path / "model_1.pt"
+    weights.write_bytes(b"weights")
+    shape = (4, 4, 4)
+    scan = PreparedScan("sub-01", np.full(shape, 7.0, np.float32), np.zeros(shape, np.uint8), np.ones(shape, bool))
+    _base_probabilities([scan], None, None, weights, tmp_path, "fp32", mine=False, keep=True)
+    _base_probabilities([scan], None, None, weights, tmp_path, "fp32", mine=False, keep=True)
+    assert runs == ["sub-01"] and scan.base[0, 0, 0, 0] == 7  # the second start reads the cache
+    # the same scan prepared again from another CT: its cached run no longer applies
+    scan = PreparedScan("sub-01", np.full(shape, 9.0, np.float32), np.zeros(shape, np.uint8), np.ones(shape, bool))
+    _base_probabilities([scan], None, None, weights, tmp_path, "fp32", mine=False, keep=True)
+    assert runs == ["sub-01", "sub-01"] and scan.base[0, 0, 0, 0] == 9
+    _base_probabilities([scan], None, None, weights, tmp_path, "bf16", mine=False, keep=False)
+    assert len(runs) == 3 and scan.base is None  # another precision runs again; not kept without distil
+
+
 def test_resuming_with_other_settings_is_refused():
     before = asdict(TrainingSettings(epochs=2))
     assert _changed_settings(before, asdict(TrainingSettings(epochs=5, patience=9))) == ""
