@@ -413,12 +413,10 @@ def train(network, config: dict, window, training: Sequence[PreparedScan], valid
         if validation else (None, None)
     dtype = COMPUTE_DTYPES[settings.precision]
     autocast = torch.autocast(torch.device(settings.device).type, dtype=dtype, enabled=settings.precision != "fp32")
-    hard_loss = torch.nn.CrossEntropyLoss(ignore_index=IGNORE_LABEL)
+    def soft_cross_entropy(logits, targets):  # with the target distribution of every voxel
+        return -(targets * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
 
-    def loss_fn(logits, targets):  # soft targets: the cross-entropy with the target distribution
-        if settings.distil:
-            return -(targets * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
-        return hard_loss(logits, targets)
+    loss_fn = soft_cross_entropy if settings.distil else torch.nn.CrossEntropyLoss(ignore_index=IGNORE_LABEL)
     for epoch in range(start, settings.epochs):
         began = time.time()
         network.train()
