@@ -306,18 +306,14 @@ def sample_patches(scans: Sequence[PreparedScan], n: int, output: int, context: 
     for i in range(n):
         scan = scans[rng.integers(len(scans))]
         centre = draw_patch_centre(scan, rng)
-        x = window(extract_patch(scan.hu, centre, size, OUTSIDE_FOV_HU))
-        y = extract_patch(scan.labels, centre, output, 0)
+        flip = mirror and rng.random() < MIRROR_PROBABILITY  # left-right: the last network axis
+        oriented = (lambda a: a[..., ::-1]) if flip else (lambda a: a)
+        inputs[i, 0] = oriented(window(extract_patch(scan.hu, centre, size, OUTSIDE_FOV_HU)))
+        labels[i] = oriented(extract_patch(scan.labels, centre, output, 0))
         if soft:  # beyond the grid: background, certain
-            p = np.stack([extract_patch(scan.base[c], centre, output, BASE_PROBABILITY_SCALE if c == 0 else 0)
-                          for c in range(len(LABELS))])
-        if mirror and rng.random() < MIRROR_PROBABILITY:  # left-right: the last network axis
-            x, y = x[..., ::-1], y[..., ::-1]
-            if soft:
-                p = p[..., ::-1]
-        inputs[i, 0], labels[i] = x, y
-        if soft:
-            base[i] = p
+            base[i] = oriented(np.stack([extract_patch(scan.base[c], centre, output,
+                                                       BASE_PROBABILITY_SCALE if c == 0 else 0)
+                                         for c in range(len(LABELS))]))
     return inputs, (soft_targets(labels, base) if soft else labels.astype(np.int64))
 
 
