@@ -33,7 +33,8 @@ import nibabel as nib
 import numpy as np
 
 from ichseg.bids_app.evaluate import evaluate, find_references
-from ichseg.pipeline.lesion_insertion import FRACTION_ENTITIES
+from ichseg.pipeline.labels import HEMORRHAGE_INDICES, LABELS
+from ichseg.pipeline.lesion_insertion import fraction_entities
 from ichseg.pipeline.metrics import (
     HEMORRHAGE,
     agreement,
@@ -43,6 +44,9 @@ from ichseg.pipeline.metrics import (
     dice,
 )
 from ichseg.pipeline.naming import find_derivatives, scan_id
+
+#: The bleeding classes, by the abbreviation that names their measures and fraction maps.
+BLEEDING = [lab for lab in LABELS if lab.index in HEMORRHAGE_INDICES]
 
 #: Voxels the lesion covers by more than the first and less than the second share are its
 #: partial voxels: the mask rounds them to 0 or 1, where a reader could fairly go either way.
@@ -76,9 +80,23 @@ def partial_voxel_scores(predicted: np.ndarray, reference: np.ndarray, fraction:
             "disagreement_in_partial": float((disagree & partial).sum()) / n if n else float("nan")}
 
 
+def class_confusion(predicted: np.ndarray, reference: np.ndarray) -> dict[str, dict[str, float]]:
+    """Where each bleeding class of the reference went: for every class the reference holds,
+    the share of its voxels that ``predicted`` labels as each class (``bg`` for background)."""
+    out = {}
+    for lab in BLEEDING:
+        inside = reference == lab.index
+        if inside.any():
+            counts = np.bincount(predicted[inside].astype(np.int64), minlength=len(LABELS))
+            out[lab.abbreviation.lower()] = {other.abbreviation.lower(): float(counts[other.index]) / inside.sum()
+                                             for other in LABELS}
+    return out
+
+
 def partial_voxel_table(derivatives: Path, reference: Path) -> dict[str, dict]:
-    """:func:`partial_voxel_scores` of every scan whose reference has a map of lesion fractions
-    (``bench/make_truthset.py`` writes one), with the reference's ignore mask left out."""
+    """For every scan whose reference is a truth set's ``_dseg``: :func:`class_confusion` and,
+    where the reference has a map of lesion fractions beside it (``bench/make_truthset.py``
+    writes one), :func:`partial_voxel_scores`; the reference's ignore mask left out."""
     out = {}
     references = find_references(reference)
     for entities, dseg in find_derivatives(derivatives, "dseg"):
@@ -86,13 +104,35 @@ def partial_voxel_table(derivatives: Path, reference: Path) -> dict[str, dict]:
         ref = references.get(sid)
         if ref is None or ref.is_mask:  # a truth set's reference is a _dseg, its fractions beside it
             continue
-        fraction_path = ref.path.with_name(ref.path.name.replace("dseg.nii", f"{FRACTION_ENTITIES}.nii"))
-        if not fraction_path.is_file():
-            continue
         keep = True if ref.ignore is None else np.asanyarray(nib.load(str(ref.ignore)).dataobj) == 0
-        masks = [class_masks(np.asanyarray(nib.load(str(path)).dataobj))[HEMORRHAGE] & keep
-                 for path in (dseg, ref.path)]
-        out[sid] = partial_voxel_scores(*masks, np.asanyarray(nib.load(str(fraction_path)).dataobj))
+        maps = [np.where(keep, np.asanyarray(nib.load(str(path)).dataobj), 0) for path in (dseg, ref.path)]
+        out[sid] = {"confusion": class_confusion(*maps)}
+        fractions = [ref.path.with_name(ref.path.name.replace("dseg.nii", f"{fraction_entities(lab.abbreviation)}.nii"))
+                     for lab in BLEEDING]
+        fraction_path = next((f for f in fractions if f.is_file()), None)
+        if fraction_path is not None:
+            out[sid].update(partial_voxel_scores(*[class_masks(m)[HEMORRHAGE] for m in maps],
+                                                 np.asanyarray(nib.load(str(fraction_path)).dataobj)))
+    return out
+
+
+def class_figures(rows: list[dict], partial: dict[str, dict]) -> dict[str, dict]:
+    """Per bleeding class, over the scans whose reference holds it: the dataset figures of the
+    class (Dice, volumes) and the mean share of its reference voxels that ichseg labels as each
+    class."""
+    out = {}
+    for lab in BLEEDING:
+        key = lab.abbreviation.lower()
+        held = [r for r in rows if r.get(f"{key}_ref_ml", 0.0) > 0]
+        if not held:
+            continue
+        figures = agreement([r[f"{key}_ml"] for r in held], [r[f"{key}_ref_ml"] for r in held],
+                            [r[f"{key}_dice"] for r in held])
+        shares = [partial[r["scan"]]["confusion"][key] for r in held
+                  if key in partial.get(r["scan"], {}).get("confusion", {})]
+        if shares:
+            figures["labelled_as"] = {other: float(np.mean([s[other] for s in shares])) for other in shares[0]}
+        out[key] = figures
     return out
 
 
@@ -117,8 +157,9 @@ def summarise(rows: list[dict], phantoms: dict[str, dict], partial: dict[str, di
                        "dice": r[f"{HEMORRHAGE}_dice"], "ichseg_ml": r[f"{HEMORRHAGE}_ml"],
                        "reference_ml": r[f"{HEMORRHAGE}_ref_ml"],
                        "painted_ml": float(phantoms.get(r["scan"], {}).get("true_volume_ml", "nan")),
-                       **partial.get(r["scan"], {})} for r in ok]
-    scored = [partial[r["scan"]] for r in ok if r["scan"] in partial]
+                       **{k: v for k, v in partial.get(r["scan"], {}).items() if k != "confusion"}} for r in ok]
+    stats["by_class"] = class_figures(ok, partial)
+    scored = [partial[r["scan"]] for r in ok if "dice_without_partial" in partial.get(r["scan"], {})]
     stats["partial_voxels"] = {"n_scans": len(scored)} | ({
         "band": list(PARTIAL_BAND),
         "dice_mean_without_partial": float(np.nanmean([p["dice_without_partial"] for p in scored])),
@@ -263,6 +304,9 @@ def relabel_scores(split_dir: Path, reference: Path, out: Path, name: str, phant
         reference = references[sid]
         ref = np.asanyarray(nib.load(str(reference.path)).dataobj).astype(np.int16)
         ignore = (np.asanyarray(nib.load(str(reference.ignore)).dataobj) > 0) if reference.ignore else None
+        # each bleeding class too where the reference holds more than intraparenchymal blood
+        held = [lab.abbreviation.lower() for lab in BLEEDING if (ref == lab.index).any()]
+        classes = [HEMORRHAGE] + (held if set(held) - {"iph"} else [])
         for kind in sources:
             if kind == "network":
                 prob_img = nib.load(str(node / "segment" / "probabilities_space-template.nii"))
@@ -291,7 +335,7 @@ def relabel_scores(split_dir: Path, reference: Path, out: Path, name: str, phant
                             variants[label], scan, hu, brain, source.affine, margin=margin)
                 prefix = kind if mode == "centre" else f"{kind}, {mode}"
                 for label, labels in variants.items():
-                    row = compare_labels(labels.astype(np.int16), ref, source.affine, ignore, classes=[HEMORRHAGE])
+                    row = compare_labels(labels.astype(np.int16), ref, source.affine, ignore, classes=classes)
                     results.setdefault(f"{prefix}, {label}", []).append({"scan": sid, **row})
         print(f"  relabelled {sid}", flush=True)
     return {label: summarise(rows, phantoms) for label, rows in results.items()}
@@ -318,7 +362,28 @@ def render(summary: dict) -> str:
             f"| {_fmt(100 * s['worst_relative_error_over_15ml'], 0)} % | {_fmt(s['mean_difference_small_ml'], 2)} "
             f"| {_fmt(100 * s['mean_relative_difference_large'] if s['mean_relative_difference_large'] is not None else None, 1)} % "
             f"| {hosts} |")
-    return "\n".join(lines + _painted_table(summary) + _partial_table(summary)) + "\n"
+    return "\n".join(lines + _painted_table(summary) + _partial_table(summary) + _class_table(summary)) + "\n"
+
+
+def _class_table(summary: dict) -> list[str]:
+    """Per bleeding class, where a truth set holds more than one (the IVH phantoms)."""
+    rows = []
+    names = [lab.abbreviation.lower() for lab in LABELS]
+    for name, s in summary.items():
+        by_class = s.get("by_class", {})
+        if set(by_class) <= {"iph"}:  # intraparenchymal lesions only: the total says it all
+            continue
+        for key, v in by_class.items():
+            shares = v.get("labelled_as", {})
+            rows.append(f"| {name} | {key.upper()} | {v['n_scans']} | {_fmt(v['dice_mean'])} / {_fmt(v['dice_median'])} "
+                        f"| {_fmt(v['mean_difference_ml'], 2)} | {_fmt(v['rmse_ml'], 2)} | "
+                        + " / ".join(_fmt(100 * shares[n], 0) if n in shares else "–" for n in names) + " |")
+    if not rows:
+        return []
+    return ["", "By class, over the scans whose reference holds it; where its reference voxels went (mean share, %):",
+            "", "| setting | class | scans | mean / median Dice | mean diff mL | RMSE mL | labelled "
+            + " / ".join(lab.abbreviation for lab in LABELS) + " % |",
+            "|---|---|---:|---:|---:|---:|---|", *rows]
 
 
 def _painted_table(summary: dict) -> list[str]:

@@ -2,7 +2,7 @@
 """Write the truth set: real hemorrhage shapes painted into real head CTs, with their truth.
 
     python bench/make_truthset.py OUT [--split heldout|tuning] [--n N] [--seed S]
-        [--hosts ge-head mistie-0034 deepbleed-brain]
+        [--hosts ge-head mistie-0034 deepbleed-brain] [--kind iph|ivh]
 
 The shapes are the HemSeg-500 masks (asset ``lesion-shapes/HemSeg-500.zip``): the *tuning*
 set draws from its ``train`` and ``val`` splits, the *held-out* set from ``test`` only. Never
@@ -12,16 +12,21 @@ volumes (one from each of ``n`` equal-count volume bins, seeded); phantom ``i`` 
 rim; :mod:`ichseg.pipeline.lesion_insertion`); a shape that finds no room in a host tries the
 next. The same arguments give the same files.
 
+``--kind ivh`` paints intraventricular blood instead (no shapes: blood layered in the host's
+lateral ventricles up to a seeded level, :func:`~ichseg.pipeline.lesion_insertion.insert_ventricular_blood`),
+``--n`` phantoms (default 12) in the hosts in turn, into ``OUT/<split>-ivh/``; their
+references label it IVH, so ``ichseg evaluate`` scores the class as well as the total.
+
 Writes, under ``OUT/<split>/``:
 
 * ``bids/``: a BIDS dataset, ``sub-<h|t><NNN>/anat/sub-<...>_ct.nii.gz`` (and the host's
   JSON sidecar);
-* ``reference/``: a BIDS derivatives dataset of the truth, ``..._dseg.nii.gz`` (1 IPH where
-  the lesion covers at least half a voxel, 3 the oedema rim) and, where a patient's head has
+* ``reference/``: a BIDS derivatives dataset of the truth, ``..._dseg.nii.gz`` (1 IPH, or 4
+  IVH, where the lesion covers at least half a voxel, 3 the oedema rim) and, where a patient's head has
   dense tissue of its own (mistie-0034's hematoma), ``..._desc-ignore_mask.nii.gz`` (a normal
   head, :data:`NORMAL_HOSTS`, is scored in full): the input of
-  ``ichseg evaluate``; and ``..._label-IPH_desc-fraction_probseg.nii.gz``, the share of each
-  voxel the lesion covers (``bench/accuracy.py`` scores the partial voxels apart);
+  ``ichseg evaluate``; and ``..._label-IPH_desc-fraction_probseg.nii.gz`` (``label-IVH``),
+  the share of each voxel the lesion covers (``bench/accuracy.py`` scores the partial voxels apart);
 * ``phantoms.tsv``: per phantom, the shape, host, true volume (sum of the partial-volume
   fractions) and appearance.
 
@@ -41,17 +46,24 @@ import numpy as np
 
 from ichseg.pipeline.assets import ASSETS, LESION_SHAPES, get_asset
 from ichseg.pipeline.geometry import voxel_volume_ml
-from ichseg.pipeline.labels import write_dseg_tsv
+from ichseg.pipeline.labels import LABELS, write_dseg_tsv
 from ichseg.pipeline.lesion_insertion import (
-    FRACTION_ENTITIES,
     IPH,
+    IVH,
     NoRoom,
+    fraction_entities,
     insert_lesion,
+    insert_ventricular_blood,
     prepare_host,
     read_shapes,
 )
 
 SPLITS = {"heldout": ("test",), "tuning": ("train", "val")}
+#: What a phantom holds (a real shape in the parenchyma, or blood layered in the ventricles):
+#: its class, and the letter its participant labels add after the split's.
+KINDS = {"iph": (IPH, ""), "ivh": (IVH, "v")}
+#: Phantoms of intraventricular blood when ``--n`` is not given.
+DEFAULT_IVH_PHANTOMS = 12
 DEFAULT_HOSTS = ["ge-head", "mistie-0034", "deepbleed-brain"]
 #: Hosts known to hold no hemorrhage: scored in full, their dense regions included.
 NORMAL_HOSTS = {"ge-head"}
@@ -99,40 +111,63 @@ def _size_spread(shapes, n: int | None, rng: np.random.Generator) -> list[int]:
     return [chosen[i] for i in rng.permutation(len(chosen))] + rest
 
 
-def make_truthset(out: Path, split: str, n: int | None, seed: int, hosts: list[str]) -> list[dict]:
-    archive = get_asset(LESION_SHAPES)
-    shapes = [s for part in SPLITS[split] for s in read_shapes(archive, part)]
-    order = _size_spread(shapes, n, np.random.default_rng([seed, 0]))
+def _prepare_hosts(hosts: list[str]) -> list[tuple]:
     prepared = []
     for name in hosts:
         ct = get_asset(f"ct/{name}_ct.nii.gz")
         sidecar = ct.with_name(ct.name.replace(".nii.gz", ".json"))
         host = prepare_host(name, nib.load(str(ct)), normal=name in NORMAL_HOSTS)
         prepared.append((host, sidecar if sidecar.is_file() else None))
-    root = out / split
-    bids, reference = root / "bids", root / "reference"
-    license_text = _data_license(hosts)
-    _description(bids, f"ichseg truth set ({split})", derivative=False, license_text=license_text)
-    _description(reference, f"ichseg truth set ({split}): reference segmentations", derivative=True,
-                 license_text=license_text)
-    write_dseg_tsv(reference / "dseg.tsv")
-    rows, prefix = [], split[0]
-    target = len(shapes) if n is None else min(n, len(shapes))
+    return prepared
+
+
+def _phantoms(kind: str, split: str, n: int | None, seed: int, prepared: list[tuple]):
+    """``(index, host, sidecar, inserted, details)`` of each phantom, in order: the next shape
+    in the host that takes it, or the next host's ventricles."""
+    if kind == "ivh":
+        for index in range(DEFAULT_IVH_PHANTOMS if n is None else n):
+            rng = np.random.default_rng([seed, 2, index])
+            for k in range(len(prepared)):
+                host, sidecar = prepared[(index + k) % len(prepared)]
+                try:
+                    yield index, host, sidecar, insert_ventricular_blood(host, rng), {}
+                    break
+                except NoRoom as exc:
+                    print(f"  {exc}", flush=True)
+        return
+    shapes = [s for part in SPLITS[split] for s in read_shapes(get_asset(LESION_SHAPES), part)]
+    order = _size_spread(shapes, n, np.random.default_rng([seed, 0]))
+    target, index = len(shapes) if n is None else min(n, len(shapes)), 0
     for position in order:
-        if len(rows) == target:
+        if index == target:
             break
-        shape, index = shapes[position], len(rows)
+        shape = shapes[position]
         rng = np.random.default_rng([seed, 1, int(position)])
-        inserted = None
         for k in range(len(prepared)):
             host, sidecar = prepared[(index + k) % len(prepared)]
             try:
                 inserted = insert_lesion(host, shape, rng)
-                break
             except NoRoom as exc:
                 print(f"  {exc}", flush=True)
-        if inserted is None:
-            continue
+                continue
+            yield index, host, sidecar, inserted, {"shape": shape.name, "shape_ml": round(shape.volume_ml, 3)}
+            index += 1
+            break
+
+
+def make_truthset(out: Path, split: str, n: int | None, seed: int, hosts: list[str], kind: str = "iph") -> list[dict]:
+    prepared = _prepare_hosts(hosts)
+    root = out / (split if kind == "iph" else f"{split}-{kind}")
+    bids, reference = root / "bids", root / "reference"
+    license_text = _data_license(hosts)
+    _description(bids, f"ichseg truth set ({root.name})", derivative=False, license_text=license_text)
+    _description(reference, f"ichseg truth set ({root.name}): reference segmentations", derivative=True,
+                 license_text=license_text)
+    write_dseg_tsv(reference / "dseg.tsv")
+    label_index, letter = KINDS[kind]
+    abbreviation = next(lab.abbreviation for lab in LABELS if lab.index == label_index)
+    rows, prefix = [], split[0] + letter
+    for index, host, sidecar, inserted, details in _phantoms(kind, split, n, seed, prepared):
         label = f"{prefix}{index + 1:03d}"
         anat = f"sub-{label}/anat/sub-{label}"
         _save(np.round(inserted.hu), host.header, host.affine, bids / f"{anat}_ct.nii.gz", np.int16)
@@ -140,16 +175,16 @@ def make_truthset(out: Path, split: str, n: int | None, seed: int, hosts: list[s
             shutil.copyfile(sidecar, bids / f"{anat}_ct.json")
         _save(inserted.labels, host.header, host.affine, reference / f"{anat}_dseg.nii.gz", np.uint8)
         # the share of each voxel the lesion covers: what the half-covered mask rounds off
-        _save(inserted.fraction, host.header, host.affine, reference / f"{anat}_{FRACTION_ENTITIES}.nii.gz",
-              np.float32)
+        _save(inserted.fraction, host.header, host.affine,
+              reference / f"{anat}_{fraction_entities(abbreviation)}.nii.gz", np.float32)
         if host.ignore.any():
             _save(host.ignore, host.header, host.affine, reference / f"{anat}_desc-ignore_mask.nii.gz", np.uint8)
-        row = {"participant_id": f"sub-{label}", "shape": shape.name, "shape_ml": round(shape.volume_ml, 3),
-               "host": host.name,
-               "iph_reference_ml": round(float((inserted.labels == IPH).sum()) * voxel_volume_ml(host.affine), 3),
-               **inserted.record()}
+        reference_ml = float((inserted.labels == label_index).sum()) * voxel_volume_ml(host.affine)
+        row = {"participant_id": f"sub-{label}", **details, "host": host.name,
+               f"{abbreviation.lower()}_reference_ml": round(reference_ml, 3), **inserted.record()}
         rows.append(row)
-        print(f"sub-{label}: {shape.name} in {host.name}, {inserted.volume_ml:.1f} mL", flush=True)
+        print(f"sub-{label}: {details.get('shape', abbreviation)} in {host.name}, {inserted.volume_ml:.1f} mL",
+              flush=True)
     columns = list(rows[0]) if rows else ["participant_id"]
     lines = ["\t".join(columns)] + ["\t".join(str(r[c]) for c in columns) for r in rows]
     (root / "phantoms.tsv").write_text("\n".join(lines) + "\n")
@@ -163,9 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=None, help="number of phantoms (default: every shape)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--hosts", nargs="+", default=DEFAULT_HOSTS)
+    parser.add_argument("--kind", choices=sorted(KINDS), default="iph",
+                        help="iph: real shapes in the parenchyma (default); ivh: blood layered in the ventricles")
     args = parser.parse_args(argv)
-    rows = make_truthset(args.out, args.split, args.n, args.seed, args.hosts)
-    print(f"{len(rows)} phantoms in {args.out / args.split}")
+    rows = make_truthset(args.out, args.split, args.n, args.seed, args.hosts, args.kind)
+    print(f"{len(rows)} phantoms written")
     return 0
 
 

@@ -36,11 +36,18 @@ from ichseg.pipeline.geometry import (
     voxel_volume_ml,
 )
 from ichseg.pipeline.labels import IPH_INDEX as IPH
+from ichseg.pipeline.labels import IVH_INDEX as IVH
 from ichseg.pipeline.labels import OEDEMA_INDEX as OEDEMA
 
-#: How a truth set names each reference's map of lesion fractions, after ``sub-<label>_``
-#: (beside its ``_dseg``; ``ichseg evaluate`` reads only the ``_dseg``).
-FRACTION_ENTITIES = "label-IPH_desc-fraction_probseg"
+
+def fraction_entities(abbreviation: str) -> str:
+    """How a truth set names a reference's map of the share of each voxel its lesion covers,
+    after ``sub-<label>_`` (beside its ``_dseg``; ``ichseg evaluate`` reads only the ``_dseg``)."""
+    return f"label-{abbreviation}_desc-fraction_probseg"
+
+
+#: The fraction map of an intraparenchymal lesion.
+FRACTION_ENTITIES = fraction_entities("IPH")
 #: Sub-voxel sampling step (mm) of the occupancy of host voxels.
 SUBSAMPLE_MM = 0.5
 #: Densities (HU) that count as normal brain tissue where a lesion may be placed.
@@ -54,6 +61,14 @@ DENSE_MARGIN_MM = 15.0
 #: (the rest may be CSF).
 MIN_ALLOWED = 0.9
 MIN_PARENCHYMA = 0.6
+#: Densities (HU) of cerebrospinal fluid, and the depth (mm) inside the brain beyond which CSF
+#: counts as ventricular rather than sulcal.
+CSF_HU = (-5.0, 18.0)
+VENTRICLE_DEPTH_MM = 15.0
+#: Radius (mm) of the in-plane opening that separates the ventricles from other CSF.
+VENTRICLE_OPENING_MM = 2.0
+#: Smallest ventricle (mL of the largest connected part of deep CSF) that receives blood.
+MIN_VENTRICLE_ML = 1.0
 
 
 @dataclass(frozen=True)
@@ -159,24 +174,32 @@ class Appearance:
             rim_drop_hu=float(rng.uniform(6.0, 14.0)) if rim else 0.0,
         )
 
+    @classmethod
+    def draw_ventricular(cls, rng: np.random.Generator) -> "Appearance":
+        """Blood in a ventricle: mixed with CSF, often less dense than a parenchymal clot, and
+        without oedema."""
+        return cls(clot_hu=float(rng.uniform(45.0, 75.0)), texture_hu=float(rng.uniform(2.0, 5.0)),
+                   texture_mm=float(rng.uniform(1.5, 4.0)), rim_mm=0.0, rim_drop_hu=0.0)
+
 
 @dataclass(frozen=True)
 class Inserted:
     """A host with one lesion painted in, and what is true about it."""
 
     hu: np.ndarray  # float32, host grid
-    labels: np.ndarray  # uint8: IPH where the lesion covers at least half a voxel, oedema rim
+    labels: np.ndarray  # uint8: the lesion's class where it covers at least half a voxel, oedema rim
     fraction: np.ndarray  # float32, share of each voxel the lesion covers
     volume_ml: float  # sum of the fractions: the lesion's true volume
     centre_ras: tuple[float, float, float]
     rotation_deg: float
     mirrored: bool
     appearance: Appearance
+    placement: dict = field(default_factory=dict)  # how a lesion without a shape was placed
 
     def record(self) -> dict:
         out = {"true_volume_ml": round(self.volume_ml, 4),
                "centre_ras": [round(c, 1) for c in self.centre_ras],
-               "rotation_deg": round(self.rotation_deg, 1), "mirrored": self.mirrored}
+               "rotation_deg": round(self.rotation_deg, 1), "mirrored": self.mirrored, **self.placement}
         out.update({k: round(v, 2) for k, v in asdict(self.appearance).items()})
         return out
 
@@ -286,7 +309,8 @@ def insert_lesion(
     raise NoRoom(f"{shape.name} ({shape.volume_ml:.1f} mL) found no room in {host.name} in {tries} tries")
 
 
-def _paint(host, fraction, box, spacing, centre, rotation, mirrored, appearance, rng) -> Inserted:
+def _paint(host, fraction, box, spacing, centre, rotation, mirrored, appearance, rng, label=IPH,
+           placement=None) -> Inserted:
     full = np.zeros(host.hu.shape, dtype=np.float32)
     full[box] = fraction
     # region to work on: the lesion's box grown by the rim and the texture's reach
@@ -302,7 +326,7 @@ def _paint(host, fraction, box, spacing, centre, rotation, mirrored, appearance,
     painted = hu + frac * (clot - local_mean)
     labels = np.zeros(hu.shape, dtype=np.uint8)
     core = frac >= 0.5
-    labels[core] = IPH
+    labels[core] = label
     if appearance.rim_mm > 0:
         distance = ndi.distance_transform_edt(~core, sampling=spacing)
         rim = (distance <= appearance.rim_mm) & ~core & host.brain[region]
@@ -316,4 +340,78 @@ def _paint(host, fraction, box, spacing, centre, rotation, mirrored, appearance,
     out_labels[region] = labels
     volume = float(fraction.sum()) * voxel_volume_ml(host.affine)
     return Inserted(out_hu, out_labels, full, volume, tuple(float(c) for c in centre), rotation, mirrored,
-                    appearance)
+                    appearance, placement or {})
+
+
+def ventricles(host: Host) -> np.ndarray:
+    """The host's lateral ventricles, by density: the largest connected part of CSF
+    (:data:`CSF_HU`, 1 mm smoothing) more than :data:`VENTRICLE_DEPTH_MM` inside the brain, and
+    any other at least half its size (both at least :data:`MIN_VENTRICLE_ML`), less the host's
+    dense regions (choroid plexus calcification, a patient's own blood) and the 5 mm around
+    them. Smaller parts (the fourth ventricle, deep sulci, cisterns) are left out: blood there
+    is not always intraventricular."""
+    spacing = voxel_sizes(host.affine)
+    smooth = ndi.gaussian_filter(host.hu, sigma=[1.0 / s for s in spacing])
+    deep = ndi.distance_transform_edt(host.brain, sampling=spacing) > VENTRICLE_DEPTH_MM
+    csf = deep & (smooth > CSF_HU[0]) & (smooth < CSF_HU[1]) & ~host.dense
+    # an in-plane opening cuts the thin channels (aqueduct, sulci touching the ventricles'
+    # wall) that would join other CSF to the lateral ventricles
+    reach = np.array([int(VENTRICLE_OPENING_MM // s) for s in spacing])  # 0 across thick slices
+    offsets = np.indices(2 * reach + 1) - reach[:, None, None, None]
+    ball = sum((o * s) ** 2 for o, s in zip(offsets, spacing)) <= VENTRICLE_OPENING_MM ** 2
+    csf = ndi.binary_opening(csf, structure=ball)
+    labels, n = ndi.label(csf)
+    if not n:
+        return csf
+    sizes = ndi.sum(csf, labels, index=np.arange(1, n + 1)) * voxel_volume_ml(host.affine)
+    # the lateral ventricles: the largest part, and the other one where a septum parts them
+    kept = sizes >= max(MIN_VENTRICLE_ML, 0.5 * float(sizes.max()))
+    return np.isin(labels, 1 + np.flatnonzero(kept))
+
+
+#: Which lateral ventricle receives blood, and how often.
+VENTRICLE_SIDES = {"left": 0.35, "right": 0.35, "both": 0.3}
+#: Share of the chosen ventricle's volume that the blood fills, from its most dependent part.
+FILL_SHARE = (0.08, 0.6)
+
+
+def insert_ventricular_blood(host: Host, rng: np.random.Generator,
+                             appearance: Appearance | None = None) -> Inserted:
+    """Blood layered in the host's ventricles, as it settles in a patient lying supine: it
+    fills the most posterior (dependent) part of the left, right or both lateral ventricles
+    up to a level plane, a share of :data:`FILL_SHARE` of their volume. Each voxel's fraction
+    is the share of it (sampled at :data:`SUBSAMPLE_MM`) below the level, within the
+    ventricle; the label is IVH where it is at least half. Raises :class:`NoRoom` when the
+    host has no ventricle to fill."""
+    appearance = appearance or Appearance.draw_ventricular(rng)
+    space = ventricles(host)
+    if not space.any():
+        raise NoRoom(f"{host.name}: no ventricle of {MIN_VENTRICLE_ML:g} mL or more away from dense tissue")
+    ijk = np.argwhere(space)
+    world = ijk @ host.affine[:3, :3].T + host.affine[:3, 3]
+    side = str(rng.choice(list(VENTRICLE_SIDES), p=list(VENTRICLE_SIDES.values())))
+    midline = float(np.median(world[:, 0]))
+    chosen = {"left": world[:, 0] < midline, "right": world[:, 0] >= midline}.get(side, np.ones(len(ijk), bool))
+    ijk, world = ijk[chosen], world[chosen]
+    share = float(rng.uniform(*FILL_SHARE))
+    level = float(np.quantile(world[:, 1], share))  # RAS: the lowest y is the most posterior
+    # partial voxels: the share of each ventricle voxel's sub-samples behind the level
+    spacing = voxel_sizes(host.affine)
+    steps = [max(1, int(np.ceil(s / SUBSAMPLE_MM))) for s in spacing]
+    offsets = np.array(np.meshgrid(*[(np.arange(n) + 0.5) / n - 0.5 for n in steps], indexing="ij")).reshape(3, -1)
+    near = world[:, 1] <= level + float(np.abs(host.affine[1, :3]).sum())  # voxels the level can reach
+    ijk = ijk[near]
+    y = (ijk @ host.affine[1, :3])[:, None] + (host.affine[1, :3] @ offsets)[None, :] + host.affine[1, 3]
+    share_behind = (y < level).mean(axis=1).astype(np.float32)
+    keep = share_behind > 0
+    ijk, share_behind = ijk[keep], share_behind[keep]
+    if len(ijk) == 0:
+        raise NoRoom(f"{host.name}: the {side} ventricle holds no voxel behind its fill level")
+    low, high = ijk.min(0), ijk.max(0) + 1
+    box = tuple(slice(int(a), int(b)) for a, b in zip(low, high))
+    fraction = np.zeros(high - low, dtype=np.float32)
+    fraction[tuple((ijk - low).T)] = share_behind
+    centre = host.affine[:3, :3] @ np.average(ijk, axis=0, weights=share_behind) + host.affine[:3, 3]
+    placement = {"side": side, "fill_share": round(share, 3)}
+    return _paint(host, fraction, box, spacing, centre, 0.0, False, appearance, rng, label=IVH,
+                  placement=placement)

@@ -98,8 +98,12 @@ def test_partial_voxel_table_reads_the_truth_sets_fraction_maps(tmp_path):
     _nifti(predicted, out / "sub-01/anat/sub-01_dseg.nii.gz")
     _nifti(predicted, out / "sub-02/anat/sub-02_dseg.nii.gz")
     table = accuracy.partial_voxel_table(out, ref_dir)
-    assert list(table) == ["sub-01"]
-    assert table["sub-01"] == {"dice_without_partial": 1.0, "disagreement_in_partial": 1.0}
+    assert sorted(table) == ["sub-01", "sub-02"]
+    assert "dice_without_partial" not in table["sub-02"]  # no fraction map: no partial voxels
+    assert table["sub-01"]["dice_without_partial"] == 1.0 and table["sub-01"]["disagreement_in_partial"] == 1.0
+    # of the 12 IPH voxels outside the ignore mask, the 4 of the partial face are missed
+    assert table["sub-01"]["confusion"]["iph"]["iph"] == pytest.approx(8 / 12)
+    assert table["sub-01"]["confusion"]["iph"]["bg"] == pytest.approx(4 / 12)
     summary = accuracy.summarise([_row("sub-01", 0.008, 0.012)], {}, table)
     assert summary["partial_voxels"]["n_scans"] == 1
     assert "| default | 1 | 100 % | 1.000 |" in accuracy.render({"default": summary})
@@ -125,3 +129,29 @@ def test_recomputed_probabilities_are_kept_until_their_run_changes(tmp_path, mon
     os.utime(node / "segment/probabilities_space-template.nii", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     remade, _ = accuracy._cached_recomputed(node, "ensemble", {})
     assert calls == ["ensemble", "ensemble"] and remade[0, 0, 0, 0] == 2
+
+
+def test_class_figures_say_where_the_references_ventricular_blood_went(tmp_path):
+    reference = np.zeros((10, 2, 2), np.uint8)
+    reference[:, 0, 0] = 4  # 10 voxels of IVH
+    predicted = np.zeros_like(reference)
+    predicted[:6, 0, 0] = 1  # 6 called IPH
+    predicted[6:9, 0, 0] = 4  # 3 IVH
+    predicted[0, 1, 1] = 2  # and an EAH voxel elsewhere
+    ref_dir, out = tmp_path / "reference", tmp_path / "out"
+    _nifti(reference, ref_dir / "sub-v01/anat/sub-v01_dseg.nii.gz")
+    _nifti(predicted, out / "sub-v01/anat/sub-v01_dseg.nii.gz")
+    table = accuracy.partial_voxel_table(out, ref_dir)
+    shares = table["sub-v01"]["confusion"]
+    assert list(shares) == ["ivh"]  # the only bleeding class of the reference
+    assert shares["ivh"] == pytest.approx({"bg": 0.1, "iph": 0.6, "eah": 0.0, "oed": 0.0, "ivh": 0.3})
+    row = {"scan": "sub-v01", "status": "ok", "hemorrhage_ml": 0.01, "hemorrhage_ref_ml": 0.01, "hemorrhage_dice": 0.9,
+           "ivh_ml": 0.003, "ivh_ref_ml": 0.01, "ivh_dice": 2 * 3 / 13, "iph_ml": 0.006, "iph_ref_ml": 0.0,
+           "iph_dice": float("nan")}
+    summary = accuracy.summarise([row], {}, table)
+    assert list(summary["by_class"]) == ["ivh"]
+    ivh = summary["by_class"]["ivh"]
+    assert ivh["mean_difference_ml"] == pytest.approx(-0.007) and ivh["labelled_as"]["iph"] == pytest.approx(0.6)
+    assert "| default | IVH | 1 | 0.462 / 0.462 | -0.01 | 0.01 | 10 / 60 / 0 / 0 / 30 |" in accuracy.render({"default": summary})
+    # a set of intraparenchymal lesions only: the total hemorrhage table says it all
+    assert "By class" not in accuracy.render({"default": accuracy.summarise(ROWS, PHANTOMS)})

@@ -10,13 +10,16 @@ from ichseg.pipeline.assets import LESION_SHAPES
 from ichseg.pipeline.geometry import voxel_volume_ml
 from ichseg.pipeline.lesion_insertion import (
     IPH,
+    IVH,
     OEDEMA,
     Appearance,
     NoRoom,
     Shape,
     insert_lesion,
+    insert_ventricular_blood,
     prepare_host,
     read_shapes,
+    ventricles,
 )
 from ichseg.pipeline.phantom import make_head_phantom
 
@@ -105,3 +108,64 @@ def test_a_normal_heads_dense_regions_are_scored_but_still_kept_away():
     b = insert_lesion(normal, shape, np.random.default_rng(5))
     assert a.centre_ras == b.centre_ras
     assert not normal.dense[b.fraction > 0].any()
+
+
+def _ventricular(host, seed):
+    return insert_ventricular_blood(host, np.random.default_rng(seed))
+
+
+def test_ventricles_are_the_phantoms_two_lateral_ventricles(host):
+    space = ventricles(host)
+    world = np.argwhere(space) @ host.affine[:3, :3].T + host.affine[:3, 3]
+    # the phantom paints two ellipsoids of semi-axes 5, 28 and 9 mm, 18 mm apart, and no other
+    # deep CSF: nothing else may come in
+    for side in (world[:, 0] < world[:, 0].mean(), world[:, 0] > world[:, 0].mean()):
+        extent = np.ptp(world[side], axis=0)
+        assert extent[0] < 10.0 + 0.9 and extent[1] < 56.0 + 0.9 and extent[2] < 18.0 + 5.0
+    assert np.ptp(world[:, 0]) < 28.0 + 0.9
+    assert 2 * 4.5 < space.sum() * voxel_volume_ml(host.affine) < 2 * 5.5  # two of 4/3 pi 5 28 9 mm3
+
+
+def test_ventricular_blood_settles_behind_a_level_within_the_ventricles(host):
+    space = ventricles(host)
+    voxel_ml = voxel_volume_ml(host.affine)
+    for seed in range(6):
+        blood = _ventricular(host, seed)
+        record = blood.record()
+        touched = blood.fraction > 0
+        assert space[touched].all()
+        assert blood.volume_ml == pytest.approx(blood.fraction.sum() * voxel_ml)
+        assert ((blood.labels == IVH) == (blood.fraction >= 0.5)).all()
+        # the share it fills of its side's ventricle, from the back (lowest y in RAS)
+        world = np.argwhere(space) @ host.affine[:3, :3].T + host.affine[:3, 3]
+        midline = np.median(world[:, 0])
+        sides = {"left": world[:, 0] < midline, "right": world[:, 0] >= midline}
+        side = sides.get(record["side"], np.ones(len(world), bool))
+        assert blood.volume_ml == pytest.approx(record["fill_share"] * side.sum() * voxel_ml, rel=0.15, abs=0.1)
+        filled = np.argwhere(blood.fraction == 1.0) @ host.affine[:3, :3].T + host.affine[:3, 3]
+        assert (sides["left"].any() and sides["right"].any())
+        if record["side"] != "both":
+            other = sides["right" if record["side"] == "left" else "left"]
+            assert not (blood.fraction[tuple(np.argwhere(space)[other].T)] > 0).any()
+        untouched = ~(blood.fraction[tuple(np.argwhere(space).T)] > 0)
+        assert filled[:, 1].max() < world[side & untouched, 1].min()
+        core = blood.fraction == 1.0
+        assert abs(np.median(blood.hu[core]) - blood.appearance.clot_hu) < 6.0
+        assert (blood.hu[~touched] == host.hu[~touched]).mean() > 0.99
+        assert not (blood.labels == OEDEMA).any()
+
+
+def test_ventricular_blood_is_seeded_and_both_sides_come_up(host):
+    a, b = _ventricular(host, 3), _ventricular(host, 3)
+    np.testing.assert_array_equal(a.hu, b.hu)
+    assert a.record() == b.record()
+    assert {_ventricular(host, s).record()["side"] for s in range(12)} == {"left", "right", "both"}
+
+
+def test_a_head_without_ventricles_has_no_room_for_ventricular_blood():
+    head = make_head_phantom(voxel_size=(0.9, 0.9, 5.0), shape=(200, 220, 28), hemorrhage_ml=0.0, seed=3)
+    hu = head.data.astype(np.float32).copy()
+    hu[(hu > -10) & (hu < 18)] = 30.0  # every CSF voxel turned to tissue
+    flat = prepare_host("no-csf", nib.Nifti1Image(hu, head.affine))
+    with pytest.raises(NoRoom, match="no ventricle"):
+        insert_ventricular_blood(flat, np.random.default_rng(0))

@@ -1,0 +1,43 @@
+"""bench/make_truthset.py: the truth set of intraventricular blood, on a real head."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from ichseg.bids_app.evaluate import find_references
+from ichseg.pipeline.geometry import voxel_volume_ml
+from ichseg.pipeline.labels import IVH_INDEX
+
+_SPEC = importlib.util.spec_from_file_location(
+    "make_truthset", Path(__file__).resolve().parents[1] / "bench" / "make_truthset.py")
+make_truthset = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(make_truthset)
+
+
+@pytest.mark.realdata
+def test_ventricular_phantoms_in_the_normal_head(asset, tmp_path):
+    asset("ct/ge-head_ct.nii.gz")
+    rows = make_truthset.make_truthset(tmp_path, "heldout", 2, 0, ["ge-head"], kind="ivh")
+    root = tmp_path / "heldout-ivh"
+    assert [r["participant_id"] for r in rows] == ["sub-hv001", "sub-hv002"]
+    table = (root / "phantoms.tsv").read_text().splitlines()
+    assert {"ivh_reference_ml", "true_volume_ml", "side", "fill_share", "clot_hu"} <= set(table[0].split("\t"))
+    references = find_references(root / "reference")
+    assert sorted(references) == ["sub-hv001", "sub-hv002"]
+    for row in rows:
+        anat = root / "reference" / row["participant_id"] / "anat" / row["participant_id"]
+        dseg = nib.load(f"{anat}_dseg.nii.gz")
+        labels = np.asanyarray(dseg.dataobj)
+        fraction = np.asanyarray(nib.load(f"{anat}_label-IVH_desc-fraction_probseg.nii.gz").dataobj)
+        assert set(np.unique(labels)) == {0, IVH_INDEX}
+        assert ((labels == IVH_INDEX) == (fraction >= 0.5)).all()
+        voxel_ml = voxel_volume_ml(dseg.affine)
+        assert float(fraction.sum()) * voxel_ml == pytest.approx(row["true_volume_ml"], abs=1e-3)
+        assert (labels == IVH_INDEX).sum() * voxel_ml == pytest.approx(row["ivh_reference_ml"], abs=1e-3)
+        assert row["true_volume_ml"] > 0.5  # the GE head's ventricles are found and filled
+        assert not (anat.parent / f"{anat.name}_desc-ignore_mask.nii.gz").exists()  # a normal head
