@@ -223,6 +223,13 @@ def _placement(shape: Shape, rotation_deg: float, mirrored: bool, centre: np.nda
     return np.linalg.inv(shape.affine) @ to_shape_world
 
 
+def _subvoxel_offsets(affine: np.ndarray) -> np.ndarray:
+    """(3, K) offsets, in voxels, of the sub-samples of a voxel: a regular grid no coarser than
+    :data:`SUBSAMPLE_MM` along each axis."""
+    steps = [max(1, int(np.ceil(s / SUBSAMPLE_MM))) for s in voxel_sizes(affine)]
+    return np.array(np.meshgrid(*[(np.arange(n) + 0.5) / n - 0.5 for n in steps], indexing="ij")).reshape(3, -1)
+
+
 def _occupancy(shape: Shape, world_to_shape: np.ndarray, host_affine: np.ndarray, host_shape) -> tuple:
     """Fraction of each host voxel inside the lesion, on the host voxels the lesion can reach:
     ``(fraction, box)`` with ``box`` the slices of the host grid it covers."""
@@ -239,9 +246,7 @@ def _occupancy(shape: Shape, world_to_shape: np.ndarray, host_affine: np.ndarray
     if np.any(high <= low):
         return None, None
     box = tuple(slice(a, b) for a, b in zip(low, high))
-    steps = [max(1, int(np.ceil(s / SUBSAMPLE_MM))) for s in voxel_sizes(host_affine)]
-    offsets = [(np.arange(n) + 0.5) / n - 0.5 for n in steps]
-    sub = np.array(np.meshgrid(*offsets, indexing="ij")).reshape(3, -1)
+    sub = _subvoxel_offsets(host_affine)
     ijk = np.array(np.meshgrid(*[np.arange(a, b) for a, b in zip(low, high)], indexing="ij")).reshape(3, -1)
     inside = np.zeros(ijk.shape[1], dtype=np.float32)
     for d in sub.T:
@@ -397,8 +402,7 @@ def insert_ventricular_blood(host: Host, rng: np.random.Generator,
     level = float(np.quantile(world[:, 1], share))  # RAS: the lowest y is the most posterior
     # partial voxels: the share of each ventricle voxel's sub-samples behind the level
     spacing = voxel_sizes(host.affine)
-    steps = [max(1, int(np.ceil(s / SUBSAMPLE_MM))) for s in spacing]
-    offsets = np.array(np.meshgrid(*[(np.arange(n) + 0.5) / n - 0.5 for n in steps], indexing="ij")).reshape(3, -1)
+    offsets = _subvoxel_offsets(host.affine)
     near = world[:, 1] <= level + float(np.abs(host.affine[1, :3]).sum())  # voxels the level can reach
     ijk = ijk[near]
     y = (ijk @ host.affine[1, :3])[:, None] + (host.affine[1, :3] @ offsets)[None, :] + host.affine[1, 3]
