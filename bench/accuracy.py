@@ -211,12 +211,9 @@ def _recomputed(node: Path, source: str, cache: dict) -> tuple[np.ndarray, np.nd
     from scipy import ndimage as ndi
 
     from ichseg.pipeline.inference import IntensityWindow, load_networks, segment
+    from ichseg.pipeline.labels import total_hemorrhage_probability
     from ichseg.pipeline.models import resolve_model
-    from ichseg.pipeline.segmentation import (
-        DEFAULT_MARGIN_MM,
-        region_of_interest,
-        total_hemorrhage_probability,
-    )
+    from ichseg.pipeline.segmentation import DEFAULT_MARGIN_MM, region_of_interest
 
     ct_img = nib.load(str(node / "register" / "ct_space-template.nii"))
     hu = np.asanyarray(ct_img.dataobj, dtype=np.float32)

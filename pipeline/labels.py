@@ -48,6 +48,13 @@ OEDEMA_INDEX: int = next(lab.index for lab in LABELS if lab.abbreviation == "OED
 FOREGROUND_LABELS: tuple[Label, ...] = tuple(lab for lab in LABELS if lab.index != 0)
 #: Class indices that count towards total hemorrhage (IPH + EAH + IVH).
 HEMORRHAGE_INDICES: tuple[int, ...] = tuple(lab.index for lab in LABELS if lab.is_hemorrhage)
+
+def total_hemorrhage_probability(probabilities):
+    """The probability that a voxel is blood of any kind, P(IPH) + P(EAH) + P(IVH), from class
+    probabilities with the classes on the first axis (a NumPy array)."""
+    return probabilities[list(HEMORRHAGE_INDICES)].sum(axis=0)
+
+
 #: Volume column of total hemorrhage and of the brain (intracranial) mask, in mL.
 TOTAL_HEMORRHAGE_COLUMN = "hemorrhage_ml"
 BRAIN_VOLUME_COLUMN = "brain_ml"

@@ -10,7 +10,7 @@ import numpy as np
 from scipy import ndimage
 
 from ichseg.pipeline.checks import MIN_HEAD_COVERAGE_MM
-from ichseg.pipeline.labels import HEMORRHAGE_INDICES
+from ichseg.pipeline.labels import HEMORRHAGE_INDICES, total_hemorrhage_probability
 
 #: Plausible intracranial volume inside the field of view (mL). Adult intracranial volume is
 #: about 1200-1800 mL; scans whose field of view cuts the vertex or skull base hold less.
@@ -39,8 +39,6 @@ def segmentation_qc(
     """
     hemorrhage = np.isin(labels, HEMORRHAGE_INDICES)
     edge = roi & ~ndimage.binary_erosion(roi)
-    from ichseg.pipeline.segmentation import total_hemorrhage_probability
-
     mass = total_hemorrhage_probability(probabilities)
     total = float(mass.sum())
     return {

@@ -22,7 +22,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ichseg.pipeline.geometry import voxel_sizes
-from ichseg.pipeline.labels import HEMORRHAGE_INDICES
+from ichseg.pipeline.labels import HEMORRHAGE_INDICES, total_hemorrhage_probability
 
 #: Millimetres the edge may move, in or out, from the network's outline.
 REACH_MM = 4.0
@@ -129,10 +129,7 @@ def refine_partial_volume(labels: np.ndarray, probabilities: np.ndarray, hu: np.
     probability; one that leaves takes its best non-blood class. ``labels``,
     ``probabilities`` (C, ...), ``hu`` and ``brain`` share the CT's grid (``affine``).
     """
-    from ichseg.pipeline.segmentation import (
-        best_non_blood_class,
-        total_hemorrhage_probability,
-    )
+    from ichseg.pipeline.segmentation import best_non_blood_class
 
     spacing = voxel_sizes(affine)
     blood = np.asarray(HEMORRHAGE_INDICES)

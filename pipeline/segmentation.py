@@ -9,8 +9,15 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage
 
-from ichseg.pipeline.geometry import bounding_box, box_affine, voxel_sizes
+from ichseg.pipeline.geometry import (
+    bounding_box,
+    box_affine,
+    voxel_sizes,
+    voxel_volume_ml,
+)
+from ichseg.pipeline.labels import HEMORRHAGE_INDICES, total_hemorrhage_probability
 from ichseg.pipeline.models import resolve_model, weights_sha256
+from ichseg.pipeline.qc import segmentation_qc
 
 #: Margin (mm) around the brain mask inside which the network runs. The ROI is the scan's own
 #: (warped) intracranial mask, which reaches the inner table of the skull, so the margin only
@@ -50,8 +57,6 @@ def threshold_labels(probabilities: np.ndarray,
                      hemorrhage_threshold: float | None = DEFAULT_HEMORRHAGE_THRESHOLD) -> np.ndarray:
     """The first step of :func:`label_map`: arg-max, or blood (its most likely bleeding class)
     wherever the total hemorrhage probability reaches ``hemorrhage_threshold``."""
-    from ichseg.pipeline.labels import HEMORRHAGE_INDICES
-
     if hemorrhage_threshold is None:
         return np.argmax(probabilities, axis=0).astype(np.uint8)
     blood = np.asarray(HEMORRHAGE_INDICES)
@@ -65,8 +70,6 @@ def keep_seeded_blood(labels: np.ndarray, probabilities: np.ndarray,
     """The second step of :func:`label_map`: a copy of ``labels`` in which each connected region
     of blood whose total hemorrhage probability never reaches ``hemorrhage_seed`` takes its best
     non-blood class (``labels`` itself when there is no seed)."""
-    from ichseg.pipeline.labels import HEMORRHAGE_INDICES
-
     if hemorrhage_seed is None:
         return labels
     total = total_hemorrhage_probability(probabilities)
@@ -79,18 +82,8 @@ def keep_seeded_blood(labels: np.ndarray, probabilities: np.ndarray,
     return kept
 
 
-def total_hemorrhage_probability(probabilities: np.ndarray) -> np.ndarray:
-    """The probability that a voxel is blood of any kind (IPH + EAH + IVH; classes on the first
-    axis)."""
-    from ichseg.pipeline.labels import HEMORRHAGE_INDICES
-
-    return probabilities[list(HEMORRHAGE_INDICES)].sum(axis=0)
-
-
 def best_non_blood_class(probabilities: np.ndarray) -> np.ndarray:
     """The most probable class that is not blood, per voxel (classes on the first axis)."""
-    from ichseg.pipeline.labels import HEMORRHAGE_INDICES
-
     others = np.asarray([i for i in range(probabilities.shape[0]) if i not in HEMORRHAGE_INDICES])
     return others[np.argmax(probabilities[others], axis=0)]
 
@@ -98,8 +91,6 @@ def best_non_blood_class(probabilities: np.ndarray) -> np.ndarray:
 def blood_left_out_ml(before_seed: np.ndarray, labels: np.ndarray, voxel_ml: float) -> float:
     """Volume of the blood that the hysteresis seed left out: blood in ``before_seed``
     (:func:`threshold_labels`) that ``labels`` (:func:`keep_seeded_blood`) no longer has."""
-    from ichseg.pipeline.labels import HEMORRHAGE_INDICES
-
     left_out = np.isin(before_seed, HEMORRHAGE_INDICES) & ~np.isin(labels, HEMORRHAGE_INDICES)
     return float(np.count_nonzero(left_out) * voxel_ml)
 
@@ -217,9 +208,6 @@ def segment_template_space(
     hemorrhage_seed: float | None = DEFAULT_HEMORRHAGE_SEED,
 ) -> TemplateSegmentation:
     """Run the network over the brain (and ``margin_mm`` around it) of a template-space CT."""
-    from ichseg.pipeline.geometry import voxel_volume_ml
-    from ichseg.pipeline.qc import segmentation_qc
-
     roi = region_of_interest(brain, affine, margin_mm)
     if network_input == "brain":
         hu = np.where(brain, hu, 0.0).astype(np.float32)
