@@ -172,7 +172,7 @@ def _base_probabilities(scans, network, window, weights: Path, work: Path, preci
     """The base model's probabilities of every scan (:func:`~ichseg.pipeline.training.base_probabilities`),
     cached in ``work`` by what they are computed from: the scan's CT and region on the template
     grid, the base weights and the precision (a scan prepared again from another CT is run
-    again); from them each scan's ``mined`` background (``mine``), and its ``base``
+    again, and its older run removed); from them each scan's ``mined`` background (``mine``), and its ``base``
     probabilities, memory-mapped (``keep``)."""
     from ichseg.pipeline.assets import file_sha256
     from ichseg.pipeline.fileutils import atomic_output
@@ -188,6 +188,10 @@ def _base_probabilities(scans, network, window, weights: Path, work: Path, preci
             LOGGER.info("running the base model on %s (%d/%d)", scan.name, i, len(scans))
             with atomic_output(cache) as tmp, open(tmp, "wb") as f:
                 np.save(f, base_probabilities(scan, network, window, precision))
+            # one run per scan: a run of other weights, precision or inputs is 35 MB of stale cache
+            for stale in work.glob(f"{scan.name}_base-*.npy"):
+                if stale != cache:
+                    stale.unlink()
         base = np.load(cache, mmap_mode="r")
         if mine:
             scan.mined = mine_background(scan, base)

@@ -212,6 +212,10 @@ def test_the_base_models_run_is_cached_by_the_scan_it_was_computed_from(tmp_path
     assert runs == ["sub-01", "sub-01"] and scan.base[0, 0, 0, 0] == 9
     _base_probabilities([scan], None, None, weights, tmp_path, "bf16", mine=False, keep=False)
     assert len(runs) == 3 and scan.base is None  # another precision runs again; not kept without distil
+    # one cache per scan: the runs it replaced are gone, another scan's stays
+    other = PreparedScan("sub-010", np.full(shape, 1.0, np.float32), np.zeros(shape, np.uint8), np.ones(shape, bool))
+    _base_probabilities([other], None, None, weights, tmp_path, "fp32", mine=False, keep=False)
+    assert len(list(tmp_path.glob("sub-01_base-*.npy"))) == len(list(tmp_path.glob("sub-010_base-*.npy"))) == 1
 
 
 def test_resuming_with_other_settings_is_refused():
