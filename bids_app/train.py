@@ -172,8 +172,8 @@ def _base_probabilities(scans, network, window, weights: Path, work: Path, preci
     """The base model's probabilities of every scan (:func:`~ichseg.pipeline.training.base_probabilities`),
     cached in ``work`` by what they are computed from: the scan's CT and region on the template
     grid, the base weights and the precision (a scan prepared again from another CT is run
-    again, and its older run removed); from them each scan's ``mined`` background (``mine``), and its ``base``
-    probabilities, memory-mapped (``keep``)."""
+    again, and its older run removed); from them each scan's ``mined`` background (``mine``),
+    and its ``base`` probabilities, memory-mapped (``keep``)."""
     from ichseg.pipeline.assets import file_sha256
     from ichseg.pipeline.fileutils import atomic_output
     from ichseg.pipeline.training import base_probabilities, mine_background

@@ -49,6 +49,7 @@ FOREGROUND_LABELS: tuple[Label, ...] = tuple(lab for lab in LABELS if lab.index 
 #: Class indices that count towards total hemorrhage (IPH + EAH + IVH).
 HEMORRHAGE_INDICES: tuple[int, ...] = tuple(lab.index for lab in LABELS if lab.is_hemorrhage)
 
+
 def total_hemorrhage_probability(probabilities):
     """The probability that a voxel is blood of any kind, P(IPH) + P(EAH) + P(IVH), from class
     probabilities with the classes on the first axis (a NumPy array)."""
