@@ -87,9 +87,8 @@ def class_confusion(predicted: np.ndarray, reference: np.ndarray) -> dict[str, d
     for lab in BLEEDING:
         inside = reference == lab.index
         if inside.any():
-            counts = np.bincount(predicted[inside].astype(np.int64), minlength=len(LABELS))
-            out[lab.abbreviation.lower()] = {other.abbreviation.lower(): float(counts[other.index]) / inside.sum()
-                                             for other in LABELS}
+            shares = np.bincount(predicted[inside].astype(np.int64), minlength=len(LABELS)) / inside.sum()
+            out[lab.abbreviation.lower()] = {other.abbreviation.lower(): float(shares[other.index]) for other in LABELS}
     return out
 
 

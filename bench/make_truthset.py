@@ -121,19 +121,27 @@ def _prepare_hosts(hosts: list[str]) -> list[tuple]:
     return prepared
 
 
+def _first_host(prepared: list[tuple], index: int, insert) -> tuple | None:
+    """``(host, sidecar, inserted)`` of the first host, from phantom ``index``'s turn on, where
+    ``insert(host)`` finds room; None when none does."""
+    for k in range(len(prepared)):
+        host, sidecar = prepared[(index + k) % len(prepared)]
+        try:
+            return host, sidecar, insert(host)
+        except NoRoom as exc:
+            print(f"  {exc}", flush=True)
+    return None
+
+
 def _phantoms(kind: str, split: str, n: int | None, seed: int, prepared: list[tuple]):
     """``(index, host, sidecar, inserted, details)`` of each phantom, in order: the next shape
     in the host that takes it, or the next host's ventricles."""
     if kind == "ivh":
         for index in range(DEFAULT_IVH_PHANTOMS if n is None else n):
             rng = np.random.default_rng([seed, 2, index])
-            for k in range(len(prepared)):
-                host, sidecar = prepared[(index + k) % len(prepared)]
-                try:
-                    yield index, host, sidecar, insert_ventricular_blood(host, rng), {}
-                    break
-                except NoRoom as exc:
-                    print(f"  {exc}", flush=True)
+            placed = _first_host(prepared, index, lambda host: insert_ventricular_blood(host, rng))
+            if placed is not None:
+                yield index, *placed, {}
         return
     shapes = [s for part in SPLITS[split] for s in read_shapes(get_asset(LESION_SHAPES), part)]
     order = _size_spread(shapes, n, np.random.default_rng([seed, 0]))
@@ -143,16 +151,10 @@ def _phantoms(kind: str, split: str, n: int | None, seed: int, prepared: list[tu
             break
         shape = shapes[position]
         rng = np.random.default_rng([seed, 1, int(position)])
-        for k in range(len(prepared)):
-            host, sidecar = prepared[(index + k) % len(prepared)]
-            try:
-                inserted = insert_lesion(host, shape, rng)
-            except NoRoom as exc:
-                print(f"  {exc}", flush=True)
-                continue
-            yield index, host, sidecar, inserted, {"shape": shape.name, "shape_ml": round(shape.volume_ml, 3)}
+        placed = _first_host(prepared, index, lambda host: insert_lesion(host, shape, rng))
+        if placed is not None:
+            yield index, *placed, {"shape": shape.name, "shape_ml": round(shape.volume_ml, 3)}
             index += 1
-            break
 
 
 def make_truthset(out: Path, split: str, n: int | None, seed: int, hosts: list[str], kind: str = "iph") -> list[dict]:

@@ -121,6 +121,7 @@ class Host:
     ignore: np.ndarray  # not scored: ``dense`` on a patient's head, nothing on a normal one
     depth: np.ndarray = field(repr=False, default=None)  # mm from the edge of ``allowed``
     header: nib.Nifti1Header = field(repr=False, default=None)
+    ventricles: np.ndarray = field(repr=False, default=None)  # :func:`find_ventricles`
 
 
 def prepare_host(name: str, image: nib.Nifti1Image, normal: bool = False) -> Host:
@@ -137,7 +138,8 @@ def prepare_host(name: str, image: nib.Nifti1Image, normal: bool = False) -> Hos
     hu = np.asanyarray(canonical.dataobj, dtype=np.float32)
     spacing = voxel_sizes(canonical.affine)
     brain = extract_brain(hu, spacing)
-    inner = ndi.distance_transform_edt(brain, sampling=spacing) > EDGE_MARGIN_MM
+    inside = ndi.distance_transform_edt(brain, sampling=spacing)
+    inner = inside > EDGE_MARGIN_MM
     smooth = ndi.gaussian_filter(hu, sigma=[1.0 / s for s in spacing])
     dense = inner & (smooth > DENSE_HU)
     labels, n = ndi.label(dense)
@@ -150,7 +152,9 @@ def prepare_host(name: str, image: nib.Nifti1Image, normal: bool = False) -> Hos
     allowed = inner & (far > DENSE_MARGIN_MM)
     parenchyma = allowed & (smooth > PARENCHYMA_HU[0]) & (smooth < PARENCHYMA_HU[1])
     depth = ndi.distance_transform_edt(allowed, sampling=spacing).astype(np.float32)
-    return Host(name, hu, canonical.affine, brain, allowed, parenchyma, near_dense, ignore, depth, canonical.header)
+    ventricles = find_ventricles(smooth, inside > VENTRICLE_DEPTH_MM, near_dense, canonical.affine)
+    return Host(name, hu, canonical.affine, brain, allowed, parenchyma, near_dense, ignore, depth, canonical.header,
+                ventricles)
 
 
 @dataclass(frozen=True)
@@ -348,17 +352,16 @@ def _paint(host, fraction, box, spacing, centre, rotation, mirrored, appearance,
                     appearance, placement or {})
 
 
-def ventricles(host: Host) -> np.ndarray:
-    """The host's lateral ventricles, by density: the largest connected part of CSF
-    (:data:`CSF_HU`, 1 mm smoothing) more than :data:`VENTRICLE_DEPTH_MM` inside the brain, and
-    any other at least half its size (both at least :data:`MIN_VENTRICLE_ML`), less the host's
-    dense regions (choroid plexus calcification, a patient's own blood) and the 5 mm around
-    them. Smaller parts (the fourth ventricle, deep sulci, cisterns) are left out: blood there
-    is not always intraventricular."""
-    spacing = voxel_sizes(host.affine)
-    smooth = ndi.gaussian_filter(host.hu, sigma=[1.0 / s for s in spacing])
-    deep = ndi.distance_transform_edt(host.brain, sampling=spacing) > VENTRICLE_DEPTH_MM
-    csf = deep & (smooth > CSF_HU[0]) & (smooth < CSF_HU[1]) & ~host.dense
+def find_ventricles(smooth: np.ndarray, deep: np.ndarray, dense: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """A head's lateral ventricles, by density (``smooth``: its CT after 1 mm smoothing; ``deep``:
+    more than :data:`VENTRICLE_DEPTH_MM` inside the brain): the largest connected part of CSF
+    (:data:`CSF_HU`) there, and any other at least half its size (both at least
+    :data:`MIN_VENTRICLE_ML`), less ``dense`` (the host's dense regions, choroid plexus
+    calcification or a patient's own blood, and the 5 mm around them). Smaller parts (the
+    fourth ventricle, deep sulci, cisterns) are left out: blood there is not always
+    intraventricular. :func:`prepare_host` keeps them as ``Host.ventricles``."""
+    spacing = voxel_sizes(affine)
+    csf = deep & (smooth > CSF_HU[0]) & (smooth < CSF_HU[1]) & ~dense
     # an in-plane opening cuts the thin channels (aqueduct, sulci touching the ventricles'
     # wall) that would join other CSF to the lateral ventricles
     reach = np.array([int(VENTRICLE_OPENING_MM // s) for s in spacing])  # 0 across thick slices
@@ -368,7 +371,7 @@ def ventricles(host: Host) -> np.ndarray:
     labels, n = ndi.label(csf)
     if not n:
         return csf
-    sizes = ndi.sum(csf, labels, index=np.arange(1, n + 1)) * voxel_volume_ml(host.affine)
+    sizes = ndi.sum(csf, labels, index=np.arange(1, n + 1)) * voxel_volume_ml(affine)
     # the lateral ventricles: the largest part, and the other one where a septum parts them
     kept = sizes >= max(MIN_VENTRICLE_ML, 0.5 * float(sizes.max()))
     return np.isin(labels, 1 + np.flatnonzero(kept))
@@ -389,7 +392,7 @@ def insert_ventricular_blood(host: Host, rng: np.random.Generator,
     ventricle; the label is IVH where it is at least half. Raises :class:`NoRoom` when the
     host has no ventricle to fill."""
     appearance = appearance or Appearance.draw_ventricular(rng)
-    space = ventricles(host)
+    space = host.ventricles
     if not space.any():
         raise NoRoom(f"{host.name}: no ventricle of {MIN_VENTRICLE_ML:g} mL or more away from dense tissue")
     ijk = np.argwhere(space)

@@ -409,6 +409,7 @@ def train(network, config: dict, window, training: Sequence[PreparedScan], valid
         if validation else (None, None)
     dtype = COMPUTE_DTYPES[settings.precision]
     autocast = torch.autocast(torch.device(settings.device).type, dtype=dtype, enabled=settings.precision != "fp32")
+
     def soft_cross_entropy(logits, targets):  # with the target distribution of every voxel
         return -(targets * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
 

@@ -19,7 +19,6 @@ from ichseg.pipeline.lesion_insertion import (
     insert_ventricular_blood,
     prepare_host,
     read_shapes,
-    ventricles,
 )
 from ichseg.pipeline.phantom import make_head_phantom
 
@@ -115,7 +114,7 @@ def _ventricular(host, seed):
 
 
 def test_ventricles_are_the_phantoms_two_lateral_ventricles(host):
-    space = ventricles(host)
+    space = host.ventricles
     world = np.argwhere(space) @ host.affine[:3, :3].T + host.affine[:3, 3]
     # the phantom paints two ellipsoids of semi-axes 5, 28 and 9 mm, 18 mm apart, and no other
     # deep CSF: nothing else may come in
@@ -127,7 +126,7 @@ def test_ventricles_are_the_phantoms_two_lateral_ventricles(host):
 
 
 def test_ventricular_blood_settles_behind_a_level_within_the_ventricles(host):
-    space = ventricles(host)
+    space = host.ventricles
     voxel_ml = voxel_volume_ml(host.affine)
     for seed in range(6):
         blood = _ventricular(host, seed)
