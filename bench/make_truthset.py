@@ -50,6 +50,8 @@ from ichseg.pipeline.labels import LABELS, write_dseg_tsv
 from ichseg.pipeline.lesion_insertion import (
     IPH,
     IVH,
+    VENTRICULAR_CLOT_HU,
+    Appearance,
     NoRoom,
     fraction_entities,
     insert_lesion,
@@ -133,13 +135,15 @@ def _first_host(prepared: list[tuple], index: int, insert) -> tuple | None:
     return None
 
 
-def _phantoms(kind: str, split: str, n: int | None, seed: int, prepared: list[tuple]):
+def _phantoms(kind: str, split: str, n: int | None, seed: int, prepared: list[tuple],
+              ivh_hu: tuple[float, float] = VENTRICULAR_CLOT_HU):
     """``(index, host, sidecar, inserted, details)`` of each phantom, in order: the next shape
     in the host that takes it, or the next host's ventricles."""
     if kind == "ivh":
         for index in range(DEFAULT_IVH_PHANTOMS if n is None else n):
             rng = np.random.default_rng([seed, 2, index])
-            placed = _first_host(prepared, index, lambda host: insert_ventricular_blood(host, rng))
+            placed = _first_host(prepared, index, lambda host: insert_ventricular_blood(
+                host, rng, Appearance.draw_ventricular(rng, ivh_hu)))
             if placed is not None:
                 yield index, *placed, {}
         return
@@ -157,7 +161,8 @@ def _phantoms(kind: str, split: str, n: int | None, seed: int, prepared: list[tu
             index += 1
 
 
-def make_truthset(out: Path, split: str, n: int | None, seed: int, hosts: list[str], kind: str = "iph") -> list[dict]:
+def make_truthset(out: Path, split: str, n: int | None, seed: int, hosts: list[str], kind: str = "iph",
+                  ivh_hu: tuple[float, float] = VENTRICULAR_CLOT_HU) -> list[dict]:
     prepared = _prepare_hosts(hosts)
     root = out / (split if kind == "iph" else f"{split}-{kind}")
     bids, reference = root / "bids", root / "reference"
@@ -169,7 +174,7 @@ def make_truthset(out: Path, split: str, n: int | None, seed: int, hosts: list[s
     label_index, letter = KINDS[kind]
     abbreviation = next(lab.abbreviation for lab in LABELS if lab.index == label_index)
     rows, prefix = [], split[0] + letter
-    for index, host, sidecar, inserted, details in _phantoms(kind, split, n, seed, prepared):
+    for index, host, sidecar, inserted, details in _phantoms(kind, split, n, seed, prepared, ivh_hu):
         label = f"{prefix}{index + 1:03d}"
         anat = f"sub-{label}/anat/sub-{label}"
         _save(np.round(inserted.hu), host.header, host.affine, bids / f"{anat}_ct.nii.gz", np.int16)
@@ -202,8 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hosts", nargs="+", default=DEFAULT_HOSTS)
     parser.add_argument("--kind", choices=sorted(KINDS), default="iph",
                         help="iph: real shapes in the parenchyma (default); ivh: blood layered in the ventricles")
+    parser.add_argument("--ivh-hu", nargs=2, type=float, default=VENTRICULAR_CLOT_HU, metavar=("LOW", "HIGH"),
+                        help="density range of the ventricular blood, HU (default: %(default)s)")
     args = parser.parse_args(argv)
-    rows = make_truthset(args.out, args.split, args.n, args.seed, args.hosts, args.kind)
+    if args.ivh_hu[0] > args.ivh_hu[1]:
+        parser.error(f"--ivh-hu {args.ivh_hu[0]:g} {args.ivh_hu[1]:g}: give the lower density first")
+    rows = make_truthset(args.out, args.split, args.n, args.seed, args.hosts, args.kind, tuple(args.ivh_hu))
     print(f"{len(rows)} phantoms written")
     return 0
 

@@ -157,6 +157,10 @@ def prepare_host(name: str, image: nib.Nifti1Image, normal: bool = False) -> Hos
                 ventricles)
 
 
+#: Density of blood layered in a ventricle (HU): from blood diluted by CSF to a settled clot.
+VENTRICULAR_CLOT_HU = (45.0, 75.0)
+
+
 @dataclass(frozen=True)
 class Appearance:
     """How a lesion looks: clot density and texture, and an optional oedema rim."""
@@ -179,10 +183,11 @@ class Appearance:
         )
 
     @classmethod
-    def draw_ventricular(cls, rng: np.random.Generator) -> "Appearance":
+    def draw_ventricular(cls, rng: np.random.Generator,
+                         clot_hu: tuple[float, float] = VENTRICULAR_CLOT_HU) -> "Appearance":
         """Blood in a ventricle: mixed with CSF, often less dense than a parenchymal clot, and
-        without oedema."""
-        return cls(clot_hu=float(rng.uniform(45.0, 75.0)), texture_hu=float(rng.uniform(2.0, 5.0)),
+        without oedema; its density drawn uniformly from ``clot_hu``."""
+        return cls(clot_hu=float(rng.uniform(*clot_hu)), texture_hu=float(rng.uniform(2.0, 5.0)),
                    texture_mm=float(rng.uniform(1.5, 4.0)), rim_mm=0.0, rim_drop_hu=0.0)
 
 

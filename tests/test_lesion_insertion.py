@@ -161,6 +161,21 @@ def test_ventricular_blood_is_seeded_and_both_sides_come_up(host):
     assert {_ventricular(host, s).record()["side"] for s in range(12)} == {"left", "right", "both"}
 
 
+def test_a_denser_ventricular_range_changes_the_density_only(host):
+    """``--ivh-hu``: the same seed places the same blood; only its density is drawn elsewhere."""
+    dense = Appearance.draw_ventricular(np.random.default_rng(5), clot_hu=(55.0, 75.0))
+    assert 55.0 <= dense.clot_hu <= 75.0
+    draws = [Appearance.draw_ventricular(np.random.default_rng(s), clot_hu=(60.0, 60.0)).clot_hu for s in range(5)]
+    assert draws == [60.0] * 5
+    rng = np.random.default_rng(7)
+    denser = insert_ventricular_blood(host, rng, Appearance.draw_ventricular(rng, clot_hu=(55.0, 75.0)))
+    usual = _ventricular(host, 7)
+    np.testing.assert_array_equal(denser.fraction, usual.fraction)
+    assert {k: v for k, v in denser.record().items() if k != "clot_hu"} == \
+        {k: v for k, v in usual.record().items() if k != "clot_hu"}
+    assert denser.appearance.clot_hu >= 55.0
+
+
 def test_a_head_without_ventricles_has_no_room_for_ventricular_blood():
     head = make_head_phantom(voxel_size=(0.9, 0.9, 5.0), shape=(200, 220, 28), hemorrhage_ml=0.0, seed=3)
     hu = head.data.astype(np.float32).copy()

@@ -41,3 +41,10 @@ def test_ventricular_phantoms_in_the_normal_head(asset, tmp_path):
         assert (labels == IVH_INDEX).sum() * voxel_ml == pytest.approx(row["ivh_reference_ml"], abs=1e-3)
         assert row["true_volume_ml"] > 0.5  # the GE head's ventricles are found and filled
         assert not (anat.parent / f"{anat.name}_desc-ignore_mask.nii.gz").exists()  # a normal head
+
+
+def test_a_reversed_density_range_is_refused_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        make_truthset.main([str(tmp_path), "--kind", "ivh", "--ivh-hu", "75", "55"])
+    assert "--ivh-hu 75 55: give the lower density first" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
