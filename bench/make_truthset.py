@@ -2,7 +2,7 @@
 """Write the truth set: real hemorrhage shapes painted into real head CTs, with their truth.
 
     python bench/make_truthset.py OUT [--split heldout|tuning] [--n N] [--seed S]
-        [--hosts ge-head mistie-0034 deepbleed-brain] [--kind iph|ivh]
+        [--hosts ge-head mistie-0034 deepbleed-brain] [--kind iph|ivh|eah] [--ivh-hu LOW HIGH]
 
 The shapes are the HemSeg-500 masks (asset ``lesion-shapes/HemSeg-500.zip``): the *tuning*
 set draws from its ``train`` and ``val`` splits, the *held-out* set from ``test`` only. Never
@@ -16,16 +16,20 @@ next. The same arguments give the same files.
 lateral ventricles up to a seeded level, :func:`~ichseg.pipeline.lesion_insertion.insert_ventricular_blood`),
 ``--n`` phantoms (default 12) in the hosts in turn, into ``OUT/<split>-ivh/``; their
 references label it IVH, so ``ichseg evaluate`` scores the class as well as the total.
+``--ivh-hu`` sets the range of its density. ``--kind eah`` paints a subdural crescent along the
+convexity's inner table (:func:`~ichseg.pipeline.lesion_insertion.insert_extra_axial_blood`),
+labelled EAH, into ``OUT/<split>-eah/``. The split names only the seed's purpose for these
+kinds (they use no shapes): tune on ``tuning`` and check on ``heldout`` all the same.
 
 Writes, under ``OUT/<split>/``:
 
 * ``bids/``: a BIDS dataset, ``sub-<h|t><NNN>/anat/sub-<...>_ct.nii.gz`` (and the host's
   JSON sidecar);
-* ``reference/``: a BIDS derivatives dataset of the truth, ``..._dseg.nii.gz`` (1 IPH, or 4
-  IVH, where the lesion covers at least half a voxel, 3 the oedema rim) and, where a patient's head has
+* ``reference/``: a BIDS derivatives dataset of the truth, ``..._dseg.nii.gz`` (1 IPH, 4
+  IVH or 2 EAH, where the lesion covers at least half a voxel, 3 the oedema rim) and, where a patient's head has
   dense tissue of its own (mistie-0034's hematoma), ``..._desc-ignore_mask.nii.gz`` (a normal
   head, :data:`NORMAL_HOSTS`, is scored in full): the input of
-  ``ichseg evaluate``; and ``..._label-IPH_desc-fraction_probseg.nii.gz`` (``label-IVH``),
+  ``ichseg evaluate``; and ``..._label-IPH_desc-fraction_probseg.nii.gz`` (``label-IVH``, ``label-EAH``),
   the share of each voxel the lesion covers (``bench/accuracy.py`` scores the partial voxels apart);
 * ``phantoms.tsv``: per phantom, the shape, host, true volume (sum of the partial-volume
   fractions) and appearance.
@@ -48,12 +52,14 @@ from ichseg.pipeline.assets import ASSETS, LESION_SHAPES, get_asset
 from ichseg.pipeline.geometry import voxel_volume_ml
 from ichseg.pipeline.labels import LABELS, write_dseg_tsv
 from ichseg.pipeline.lesion_insertion import (
+    EAH,
     IPH,
     IVH,
     VENTRICULAR_CLOT_HU,
     Appearance,
     NoRoom,
     fraction_entities,
+    insert_extra_axial_blood,
     insert_lesion,
     insert_ventricular_blood,
     prepare_host,
@@ -61,11 +67,11 @@ from ichseg.pipeline.lesion_insertion import (
 )
 
 SPLITS = {"heldout": ("test",), "tuning": ("train", "val")}
-#: What a phantom holds (a real shape in the parenchyma, or blood layered in the ventricles):
-#: its class, and the letter its participant labels add after the split's.
-KINDS = {"iph": (IPH, ""), "ivh": (IVH, "v")}
-#: Phantoms of intraventricular blood when ``--n`` is not given.
-DEFAULT_IVH_PHANTOMS = 12
+#: What a phantom holds (a real shape in the parenchyma, blood layered in the ventricles, or a
+#: subdural crescent): its class, and the letter its participant labels add after the split's.
+KINDS = {"iph": (IPH, ""), "ivh": (IVH, "v"), "eah": (EAH, "e")}
+#: Phantoms of the kinds drawn without shapes (ivh, eah) when ``--n`` is not given.
+DEFAULT_DRAWN_PHANTOMS = 12
 DEFAULT_HOSTS = ["ge-head", "mistie-0034", "deepbleed-brain"]
 #: Hosts known to hold no hemorrhage: scored in full, their dense regions included.
 NORMAL_HOSTS = {"ge-head"}
@@ -138,12 +144,16 @@ def _first_host(prepared: list[tuple], index: int, insert) -> tuple | None:
 def _phantoms(kind: str, split: str, n: int | None, seed: int, prepared: list[tuple],
               ivh_hu: tuple[float, float] = VENTRICULAR_CLOT_HU):
     """``(index, host, sidecar, inserted, details)`` of each phantom, in order: the next shape
-    in the host that takes it, or the next host's ventricles."""
-    if kind == "ivh":
-        for index in range(DEFAULT_IVH_PHANTOMS if n is None else n):
-            rng = np.random.default_rng([seed, 2, index])
-            placed = _first_host(prepared, index, lambda host: insert_ventricular_blood(
-                host, rng, Appearance.draw_ventricular(rng, ivh_hu)))
+    in the host that takes it, or the next host's ventricles or convexity."""
+    if kind in ("ivh", "eah"):
+        for index in range(DEFAULT_DRAWN_PHANTOMS if n is None else n):
+            if kind == "ivh":
+                rng = np.random.default_rng([seed, 2, index])
+                placed = _first_host(prepared, index, lambda host: insert_ventricular_blood(
+                    host, rng, Appearance.draw_ventricular(rng, ivh_hu)))
+            else:
+                rng = np.random.default_rng([seed, 3, index])
+                placed = _first_host(prepared, index, lambda host: insert_extra_axial_blood(host, rng))
             if placed is not None:
                 yield index, *placed, {}
         return
@@ -206,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--hosts", nargs="+", default=DEFAULT_HOSTS)
     parser.add_argument("--kind", choices=sorted(KINDS), default="iph",
-                        help="iph: real shapes in the parenchyma (default); ivh: blood layered in the ventricles")
+                        help="iph: real shapes in the parenchyma (default); ivh: blood layered in the "
+                             "ventricles; eah: a subdural crescent over the convexity")
     parser.add_argument("--ivh-hu", nargs=2, type=float, default=VENTRICULAR_CLOT_HU, metavar=("LOW", "HIGH"),
                         help="density range of the ventricular blood, HU (default: %(default)s)")
     args = parser.parse_args(argv)

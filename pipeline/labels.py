@@ -40,6 +40,8 @@ LABELS: tuple[Label, ...] = (
 
 #: Index of intraparenchymal hemorrhage, the class that ABC/2 and expansion rules measure.
 IPH_INDEX: int = next(lab.index for lab in LABELS if lab.abbreviation == "IPH")
+#: Index of extra-axial (subdural, epidural, subarachnoid) hemorrhage.
+EAH_INDEX: int = next(lab.index for lab in LABELS if lab.abbreviation == "EAH")
 #: Index of intraventricular hemorrhage.
 IVH_INDEX: int = next(lab.index for lab in LABELS if lab.abbreviation == "IVH")
 #: Index of perilesional oedema, the one class besides background that is not blood.

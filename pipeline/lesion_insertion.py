@@ -35,6 +35,7 @@ from ichseg.pipeline.geometry import (
     voxel_sizes,
     voxel_volume_ml,
 )
+from ichseg.pipeline.labels import EAH_INDEX as EAH
 from ichseg.pipeline.labels import IPH_INDEX as IPH
 from ichseg.pipeline.labels import IVH_INDEX as IVH
 from ichseg.pipeline.labels import OEDEMA_INDEX as OEDEMA
@@ -324,7 +325,11 @@ def insert_lesion(
 
 
 def _paint(host, fraction, box, spacing, centre, rotation, mirrored, appearance, rng, label=IPH,
-           placement=None) -> Inserted:
+           placement=None, within=None) -> Inserted:
+    """The host with the lesion's clot in place of its local mean (its noise kept), and its
+    labels. With ``within`` (a mask), the clot replaces the host's voxels outright, with noise
+    of the host's level (the robust spread of its detail within the mask): blood that fills
+    sulci and meets the skull must not keep their structure."""
     full = np.zeros(host.hu.shape, dtype=np.float32)
     full[box] = fraction
     # region to work on: the lesion's box grown by the rim and the texture's reach
@@ -337,7 +342,16 @@ def _paint(host, fraction, box, spacing, centre, rotation, mirrored, appearance,
                                 sigma=[appearance.texture_mm / s for s in spacing])
     noise *= appearance.texture_hu / max(float(noise.std()), 1e-6)
     clot = appearance.clot_hu + noise
-    painted = hu + frac * (clot - local_mean)
+    if within is None:
+        painted = hu + frac * (clot - local_mean)
+    else:
+        # what the clot replaces holds structure (sulci, the inner table's partial volume), not
+        # only noise: replace it, and give the clot the host's own noise level instead
+        inside = within[region]
+        residual = (hu - local_mean)[inside]
+        grain = 1.4826 * float(np.median(np.abs(residual - np.median(residual)))) if residual.size else 0.0
+        clot = clot + grain * rng.standard_normal(hu.shape).astype(np.float32)
+        painted = hu + frac * (clot - hu)
     labels = np.zeros(hu.shape, dtype=np.uint8)
     core = frac >= 0.5
     labels[core] = label
@@ -427,3 +441,89 @@ def insert_ventricular_blood(host: Host, rng: np.random.Generator,
     placement = {"side": side, "fill_share": round(share, 3)}
     return _paint(host, fraction, box, spacing, centre, 0.0, False, appearance, rng, label=IVH,
                   placement=placement)
+
+
+#: Extra-axial (subdural) blood: density (HU), greatest thickness (mm) and the radius (mm) over
+#: which it spreads along the inner table before it tapers to nothing.
+EXTRA_AXIAL_CLOT_HU = (50.0, 75.0)
+EXTRA_AXIAL_THICKNESS_MM = (3.0, 15.0)
+EXTRA_AXIAL_RADIUS_MM = (25.0, 60.0)
+#: Subdural blood keeps this far (mm) from the midline: the falx parts the hemispheres.
+FALX_MARGIN_MM = 5.0
+#: Largest share of a crescent that may fall on the host's dense regions (cut away there).
+MAX_DENSE_SHARE = 0.25
+
+
+def insert_extra_axial_blood(host: Host, rng: np.random.Generator, appearance: Appearance | None = None,
+                             tries: int = 50) -> Inserted:
+    """A subdural hematoma over one hemisphere's convexity: a crescent along the edge of the
+    intracranial mask, ``T (1 - (r / R)^2)`` thick at a distance ``r`` from its centre (``T``
+    and ``R`` drawn from :data:`EXTRA_AXIAL_THICKNESS_MM` and :data:`EXTRA_AXIAL_RADIUS_MM`), on
+    its centre's side of the midline and :data:`FALX_MARGIN_MM` from it. It displaces the
+    outermost brain and CSF (no mass effect is modelled). Each voxel's fraction is the share of
+    its sub-samples less deep than the crescent's thickness there; the label is EAH where it is
+    at least half. Centres lie on the convexity, above the level of the brain's centre of mass
+    less 10 mm. The crescent is cut away where it meets the host's dense regions; one that
+    would lose more than :data:`MAX_DENSE_SHARE` of itself there is drawn again, up to
+    ``tries`` times, then :class:`NoRoom`."""
+    appearance = appearance or Appearance(
+        clot_hu=float(rng.uniform(*EXTRA_AXIAL_CLOT_HU)), texture_hu=float(rng.uniform(2.0, 5.0)),
+        texture_mm=float(rng.uniform(1.5, 4.0)), rim_mm=0.0, rim_drop_hu=0.0)
+    spacing = voxel_sizes(host.affine)
+    step = float(max(spacing))
+    surface = host.brain & ~ndi.binary_erosion(host.brain)
+    ijk = np.argwhere(surface)
+    world = ijk @ host.affine[:3, :3].T + host.affine[:3, 3]
+    brain_ijk = np.argwhere(host.brain)
+    centre_of_mass = brain_ijk.mean(0) @ host.affine[:3, :3].T + host.affine[:3, 3]
+    midline = float(centre_of_mass[0])
+    convexity = (world[:, 2] > centre_of_mass[2] - 10.0) & (np.abs(world[:, 0] - midline) > 4 * FALX_MARGIN_MM)
+    candidates = world[convexity]
+    if not len(candidates):
+        raise NoRoom(f"{host.name}: no convexity to place extra-axial blood on")
+    to_voxel = np.linalg.inv(host.affine)
+    offsets = _subvoxel_offsets(host.affine)
+    for _ in range(tries):
+        centre = candidates[rng.integers(len(candidates))]
+        thickness, radius = float(rng.uniform(*EXTRA_AXIAL_THICKNESS_MM)), float(rng.uniform(*EXTRA_AXIAL_RADIUS_MM))
+        side = 1.0 if centre[0] > midline else -1.0
+        # the host voxels it can reach, with room around them for the distances to the edge
+        reach = radius + thickness + 2 * step
+        corners = np.array([centre - reach, centre + reach]) @ to_voxel[:3, :3].T + to_voxel[:3, 3]
+        low = np.maximum(np.floor(corners.min(0)).astype(int), 0)
+        high = np.minimum(np.ceil(corners.max(0)).astype(int) + 1, host.hu.shape)
+        box = tuple(slice(int(a), int(b)) for a, b in zip(low, high))
+        brain = host.brain[box]
+        # signed distance to the edge of the intracranial mask: positive inside
+        signed = (ndi.distance_transform_edt(brain, sampling=spacing)
+                  - ndi.distance_transform_edt(~brain, sampling=spacing)).astype(np.float32)
+        grid = np.argwhere(brain & (signed <= thickness + step)).T  # box voxels
+        points = host.affine[:3, :3] @ (grid + low[:, None]) + host.affine[:3, 3:4]
+        near = np.linalg.norm(points - centre[:, None], axis=0) <= radius + step
+        grid = grid[:, near]
+        covered = np.zeros(grid.shape[1], dtype=np.float32)
+        for d in offsets.T:
+            sample = grid + d[:, None]
+            world_ = host.affine[:3, :3] @ (sample + low[:, None]) + host.affine[:3, 3:4]
+            r2 = np.sum((world_ - centre[:, None]) ** 2, axis=0) / radius ** 2
+            depth = ndi.map_coordinates(signed, sample, order=1, mode="nearest")
+            on_side = side * (world_[0] - midline) > FALX_MARGIN_MM
+            covered += (depth > 0) & (depth < thickness * (1.0 - r2)) & on_side
+        covered /= offsets.shape[1]
+        keep = covered > 0
+        if not keep.any():
+            continue
+        fraction = np.zeros(brain.shape, dtype=np.float32)
+        fraction[tuple(grid[:, keep])] = covered[keep]
+        # a head's dense regions (the bone's partial volume at the vertex, a patient's own
+        # blood) are no place to paint blood into: the crescent stops at them, if they
+        # would not take more than a share of it
+        dense = host.dense[box]
+        if (fraction * dense).sum() > MAX_DENSE_SHARE * fraction.sum():
+            continue
+        fraction[dense] = 0.0
+        placement = {"side": "right" if side > 0 else "left", "thickness_mm": round(thickness, 1),
+                     "radius_mm": round(radius, 1)}
+        return _paint(host, fraction, box, spacing, centre, 0.0, False, appearance, rng, label=EAH,
+                      placement=placement, within=host.brain)
+    raise NoRoom(f"{host.name}: no convexity clear of dense tissue for extra-axial blood in {tries} tries")

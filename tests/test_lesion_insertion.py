@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import nibabel as nib
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
 from ichseg.pipeline.assets import LESION_SHAPES
 from ichseg.pipeline.geometry import voxel_volume_ml
 from ichseg.pipeline.lesion_insertion import (
+    EAH,
+    EXTRA_AXIAL_THICKNESS_MM,
+    FALX_MARGIN_MM,
     IPH,
     IVH,
     OEDEMA,
     Appearance,
     NoRoom,
     Shape,
+    insert_extra_axial_blood,
     insert_lesion,
     insert_ventricular_blood,
     prepare_host,
@@ -183,3 +190,48 @@ def test_a_head_without_ventricles_has_no_room_for_ventricular_blood():
     flat = prepare_host("no-csf", nib.Nifti1Image(hu, head.affine))
     with pytest.raises(NoRoom, match="no ventricle"):
         insert_ventricular_blood(flat, np.random.default_rng(0))
+
+
+def test_extra_axial_blood_is_a_crescent_along_the_inner_table_on_one_side(host):
+    spacing = np.sqrt((host.affine[:3, :3] ** 2).sum(0))
+    voxel_ml = voxel_volume_ml(host.affine)
+    depth = ndi.distance_transform_edt(host.brain, sampling=spacing)
+    world_x = (np.argwhere(host.brain) @ host.affine[:3, :3].T + host.affine[:3, 3])[:, 0]
+    midline = world_x.mean()
+    sides = set()
+    for seed in range(6):
+        blood = insert_extra_axial_blood(host, np.random.default_rng(seed))
+        record = blood.record()
+        sides.add(record["side"])
+        touched = blood.fraction > 0
+        assert touched.any() and host.brain[touched].all()
+        assert not (host.dense & touched).any()
+        assert blood.volume_ml == pytest.approx(blood.fraction.sum() * voxel_ml)
+        assert ((blood.labels == EAH) == (blood.fraction >= 0.5)).all()
+        assert not (blood.labels == OEDEMA).any()
+        # against the edge of the intracranial mask, no deeper than its thickness
+        assert depth[touched].min() <= spacing.max()
+        assert depth[touched].max() <= record["thickness_mm"] + spacing.max()
+        assert EXTRA_AXIAL_THICKNESS_MM[0] <= record["thickness_mm"] <= EXTRA_AXIAL_THICKNESS_MM[1]
+        # on one side of the falx
+        x = (np.argwhere(touched) @ host.affine[:3, :3].T + host.affine[:3, 3])[:, 0] - midline
+        sign = 1 if record["side"] == "right" else -1
+        assert (sign * x > FALX_MARGIN_MM - spacing[0]).all()
+        # the clot replaces what it covers, sulci included, at its own density: each voxel
+        # mixes host and clot by its fraction (thin crescents cut by 5 mm slices are all partial)
+        share = blood.fraction[touched]
+        mixed = host.hu[touched] + share * (blood.appearance.clot_hu - host.hu[touched])
+        assert abs(np.median(blood.hu[touched] - mixed)) < 1.5
+        core = blood.fraction >= 0.9
+        if core.sum() > 50:
+            assert abs(np.median(blood.hu[core]) - blood.appearance.clot_hu) < blood.appearance.texture_hu + 1.0
+        assert (blood.hu[~touched] == host.hu[~touched]).all()
+    assert sides == {"left", "right"}
+    again = insert_extra_axial_blood(host, np.random.default_rng(4))
+    np.testing.assert_array_equal(again.hu, insert_extra_axial_blood(host, np.random.default_rng(4)).hu)
+
+
+def test_extra_axial_blood_finds_no_room_where_the_convexity_is_dense(host):
+    dense_everywhere = dataclasses.replace(host, dense=host.brain.copy())
+    with pytest.raises(NoRoom, match="clear of dense tissue"):
+        insert_extra_axial_blood(dense_everywhere, np.random.default_rng(0), tries=3)

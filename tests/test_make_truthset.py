@@ -1,4 +1,4 @@
-"""bench/make_truthset.py: the truth set of intraventricular blood, on a real head."""
+"""bench/make_truthset.py: the truth sets of intraventricular and extra-axial blood, on a real head."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from ichseg.bids_app.evaluate import find_references
 from ichseg.pipeline.geometry import voxel_volume_ml
-from ichseg.pipeline.labels import IVH_INDEX
+from ichseg.pipeline.labels import EAH_INDEX, IVH_INDEX
 
 _SPEC = importlib.util.spec_from_file_location(
     "make_truthset", Path(__file__).resolve().parents[1] / "bench" / "make_truthset.py")
@@ -20,26 +20,31 @@ _SPEC.loader.exec_module(make_truthset)
 
 
 @pytest.mark.realdata
-def test_ventricular_phantoms_in_the_normal_head(asset, tmp_path):
+@pytest.mark.parametrize("kind, letter, index, columns", [
+    ("ivh", "v", IVH_INDEX, {"ivh_reference_ml", "side", "fill_share"}),
+    ("eah", "e", EAH_INDEX, {"eah_reference_ml", "side", "thickness_mm", "radius_mm"}),
+])
+def test_drawn_phantoms_in_the_normal_head(asset, tmp_path, kind, letter, index, columns):
     asset("ct/ge-head_ct.nii.gz")
-    rows = make_truthset.make_truthset(tmp_path, "heldout", 2, 0, ["ge-head"], kind="ivh")
-    root = tmp_path / "heldout-ivh"
-    assert [r["participant_id"] for r in rows] == ["sub-hv001", "sub-hv002"]
+    rows = make_truthset.make_truthset(tmp_path, "heldout", 2, 0, ["ge-head"], kind=kind)
+    root = tmp_path / f"heldout-{kind}"
+    labels_ = [f"sub-h{letter}001", f"sub-h{letter}002"]
+    assert [r["participant_id"] for r in rows] == labels_
     table = (root / "phantoms.tsv").read_text().splitlines()
-    assert {"ivh_reference_ml", "true_volume_ml", "side", "fill_share", "clot_hu"} <= set(table[0].split("\t"))
+    assert columns | {"true_volume_ml", "clot_hu"} <= set(table[0].split("\t"))
     references = find_references(root / "reference")
-    assert sorted(references) == ["sub-hv001", "sub-hv002"]
+    assert sorted(references) == labels_
     for row in rows:
         anat = root / "reference" / row["participant_id"] / "anat" / row["participant_id"]
         dseg = nib.load(f"{anat}_dseg.nii.gz")
         labels = np.asanyarray(dseg.dataobj)
-        fraction = np.asanyarray(nib.load(f"{anat}_label-IVH_desc-fraction_probseg.nii.gz").dataobj)
-        assert set(np.unique(labels)) == {0, IVH_INDEX}
-        assert ((labels == IVH_INDEX) == (fraction >= 0.5)).all()
+        fraction = np.asanyarray(nib.load(f"{anat}_label-{kind.upper()}_desc-fraction_probseg.nii.gz").dataobj)
+        assert set(np.unique(labels)) == {0, index}
+        assert ((labels == index) == (fraction >= 0.5)).all()
         voxel_ml = voxel_volume_ml(dseg.affine)
         assert float(fraction.sum()) * voxel_ml == pytest.approx(row["true_volume_ml"], abs=1e-3)
-        assert (labels == IVH_INDEX).sum() * voxel_ml == pytest.approx(row["ivh_reference_ml"], abs=1e-3)
-        assert row["true_volume_ml"] > 0.5  # the GE head's ventricles are found and filled
+        assert (labels == index).sum() * voxel_ml == pytest.approx(row[f"{kind}_reference_ml"], abs=1e-3)
+        assert row["true_volume_ml"] > 0.5  # the GE head's ventricles or convexity are found and filled
         assert not (anat.parent / f"{anat.name}_desc-ignore_mask.nii.gz").exists()  # a normal head
 
 
