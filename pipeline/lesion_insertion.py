@@ -15,6 +15,10 @@ The clot's appearance follows real acute hematomas: a mean density of 55-78 HU (
 clot measures about 65 ± 5 HU in its core), a smooth texture of a few HU, and on some a
 hypodense rim of perihematomal oedema. The host's own noise is kept: the clot replaces the
 host's local mean, not its noise. Everything is deterministic for a given random generator.
+
+Two kinds of blood need no shape: :func:`insert_ventricular_blood` layers blood in the host's
+lateral ventricles up to a level, and :func:`insert_extra_axial_blood` lays a subdural
+crescent along the inner table of one hemisphere's convexity.
 """
 
 from __future__ import annotations
