@@ -454,6 +454,10 @@ EXTRA_AXIAL_THICKNESS_MM = (3.0, 15.0)
 EXTRA_AXIAL_RADIUS_MM = (25.0, 60.0)
 #: Subdural blood keeps this far (mm) from the midline: the falx parts the hemispheres.
 FALX_MARGIN_MM = 5.0
+#: How far (mm) below the brain's centre of mass a crescent ends, thinning to nothing over the
+#: :data:`FLOOR_TAPER_MM` above: below lie the skull base, the orbits and the sinuses.
+CONVEXITY_FLOOR_MM = 20.0
+FLOOR_TAPER_MM = 10.0
 #: Largest share of a crescent that may fall on the host's dense regions (cut away there).
 MAX_DENSE_SHARE = 0.25
 
@@ -463,12 +467,12 @@ def insert_extra_axial_blood(host: Host, rng: np.random.Generator, appearance: A
     """A subdural hematoma over one hemisphere's convexity: a crescent along the edge of the
     intracranial mask, ``T (1 - (r / R)^2)`` thick at a distance ``r`` from its centre (``T``
     and ``R`` drawn from :data:`EXTRA_AXIAL_THICKNESS_MM` and :data:`EXTRA_AXIAL_RADIUS_MM`), on
-    its centre's side of the midline and :data:`FALX_MARGIN_MM` from it. It displaces the
+    its centre's side of the midline and :data:`FALX_MARGIN_MM` from it, and thinning to nothing
+    towards :data:`CONVEXITY_FLOOR_MM` below the brain's centre of mass. It displaces the
     outermost brain and CSF (no mass effect is modelled). Each voxel's fraction is the share of
     its sub-samples less deep than the crescent's thickness there; the label is EAH where it is
-    at least half. Centres lie on the convexity, above the level of the brain's centre of mass
-    less 10 mm. The crescent is cut away where it meets the host's dense regions; one that
-    would lose more than :data:`MAX_DENSE_SHARE` of itself there is drawn again, up to
+    at least half. Centres lie on the convexity, above the brain's centre of mass. The crescent
+    is cut away where it meets the host's dense regions; one that would lose more than :data:`MAX_DENSE_SHARE` of itself there is drawn again, up to
     ``tries`` times, then :class:`NoRoom`."""
     appearance = appearance or Appearance(
         clot_hu=float(rng.uniform(*EXTRA_AXIAL_CLOT_HU)), texture_hu=float(rng.uniform(2.0, 5.0)),
@@ -481,7 +485,8 @@ def insert_extra_axial_blood(host: Host, rng: np.random.Generator, appearance: A
     brain_ijk = np.argwhere(host.brain)
     centre_of_mass = brain_ijk.mean(0) @ host.affine[:3, :3].T + host.affine[:3, 3]
     midline = float(centre_of_mass[0])
-    convexity = (world[:, 2] > centre_of_mass[2] - 10.0) & (np.abs(world[:, 0] - midline) > 4 * FALX_MARGIN_MM)
+    floor = float(centre_of_mass[2]) - CONVEXITY_FLOOR_MM
+    convexity = (world[:, 2] > floor + CONVEXITY_FLOOR_MM) & (np.abs(world[:, 0] - midline) > 4 * FALX_MARGIN_MM)
     candidates = world[convexity]
     if not len(candidates):
         raise NoRoom(f"{host.name}: no convexity to place extra-axial blood on")
@@ -512,7 +517,9 @@ def insert_extra_axial_blood(host: Host, rng: np.random.Generator, appearance: A
             r2 = np.sum((world_ - centre[:, None]) ** 2, axis=0) / radius ** 2
             depth = ndi.map_coordinates(signed, sample, order=1, mode="nearest")
             on_side = side * (world_[0] - midline) > FALX_MARGIN_MM
-            covered += (depth > 0) & (depth < thickness * (1.0 - r2)) & on_side
+            # thinning to nothing above the floor: the skull base is no convexity
+            taper = np.clip((world_[2] - floor) / FLOOR_TAPER_MM, 0.0, 1.0)
+            covered += (depth > 0) & (depth < thickness * (1.0 - r2) * taper) & on_side
         covered /= offsets.shape[1]
         keep = covered > 0
         if not keep.any():

@@ -12,6 +12,7 @@ from scipy import ndimage as ndi
 from ichseg.pipeline.assets import LESION_SHAPES
 from ichseg.pipeline.geometry import voxel_volume_ml
 from ichseg.pipeline.lesion_insertion import (
+    CONVEXITY_FLOOR_MM,
     EAH,
     EXTRA_AXIAL_THICKNESS_MM,
     FALX_MARGIN_MM,
@@ -196,8 +197,7 @@ def test_extra_axial_blood_is_a_crescent_along_the_inner_table_on_one_side(host)
     spacing = np.sqrt((host.affine[:3, :3] ** 2).sum(0))
     voxel_ml = voxel_volume_ml(host.affine)
     depth = ndi.distance_transform_edt(host.brain, sampling=spacing)
-    world_x = (np.argwhere(host.brain) @ host.affine[:3, :3].T + host.affine[:3, 3])[:, 0]
-    midline = world_x.mean()
+    midline, _, level = (np.argwhere(host.brain) @ host.affine[:3, :3].T + host.affine[:3, 3]).mean(0)
     sides = set()
     for seed in range(6):
         blood = insert_extra_axial_blood(host, np.random.default_rng(seed))
@@ -217,6 +217,9 @@ def test_extra_axial_blood_is_a_crescent_along_the_inner_table_on_one_side(host)
         x = (np.argwhere(touched) @ host.affine[:3, :3].T + host.affine[:3, 3])[:, 0] - midline
         sign = 1 if record["side"] == "right" else -1
         assert (sign * x > FALX_MARGIN_MM - spacing[0]).all()
+        # over the convexity, not the skull base
+        z = (np.argwhere(touched) @ host.affine[:3, :3].T + host.affine[:3, 3])[:, 2]
+        assert z.min() > level - CONVEXITY_FLOOR_MM - spacing[2] / 2
         # the clot replaces what it covers, sulci included, at its own density: each voxel
         # mixes host and clot by its fraction (thin crescents cut by 5 mm slices are all partial)
         share = blood.fraction[touched]
