@@ -34,7 +34,7 @@ import numpy as np
 
 from ichseg.bids_app.evaluate import evaluate, find_references
 from ichseg.pipeline.labels import HEMORRHAGE_INDICES, LABELS
-from ichseg.pipeline.lesion_insertion import fraction_entities
+from ichseg.pipeline.lesion_insertion import crescent_thickness, fraction_entities
 from ichseg.pipeline.metrics import (
     HEMORRHAGE,
     agreement,
@@ -51,6 +51,10 @@ BLEEDING = [lab for lab in LABELS if lab.index in HEMORRHAGE_INDICES]
 #: Voxels the lesion covers by more than the first and less than the second share are its
 #: partial voxels: the mask rounds them to 0 or 1, where a reader could fairly go either way.
 PARTIAL_BAND = (0.2, 0.8)
+
+#: Bins (mm) of a subdural crescent's local thickness, over which its voxels found are counted.
+LAYER_BINS_MM = (0.0, 2.0, 4.0, 6.0, 10.0, float("inf"))
+LAYER_LABELS = [f"{a:g}-{b:g} mm" if b != float("inf") else f"≥ {a:g} mm" for a, b in zip(LAYER_BINS_MM, LAYER_BINS_MM[1:])]
 
 TARGETS = "mean Dice ≥ 0.91, r ≥ 0.99, |mean difference| ≤ 1 mL, RMSE ≤ 3 mL, no lesion > 15 mL off by > 8 %"
 
@@ -92,10 +96,26 @@ def class_confusion(predicted: np.ndarray, reference: np.ndarray) -> dict[str, d
     return out
 
 
-def partial_voxel_table(derivatives: Path, reference: Path) -> dict[str, dict]:
-    """For every scan whose reference is a truth set's ``_dseg``: :func:`class_confusion` and,
-    where the reference has a map of lesion fractions beside it (``bench/make_truthset.py``
-    writes one), :func:`partial_voxel_scores`; the reference's ignore mask left out."""
+def layer_counts(predicted: np.ndarray, reference: np.ndarray, affine: np.ndarray, phantom: dict) -> dict | None:
+    """For a subdural phantom (its ``phantoms.tsv`` row gives the crescent): per bin of
+    :data:`LAYER_BINS_MM` of the crescent's local thickness at the reference's voxels, ``[found,
+    voxels]``: how many of them ``predicted`` holds (both blood masks). None for other phantoms."""
+    if "thickness_mm" not in phantom:
+        return None
+    ijk = np.argwhere(reference)
+    world = affine[:3, :3] @ ijk.T + affine[:3, 3:4]
+    local = crescent_thickness(world, json.loads(phantom["centre_ras"]), float(phantom["thickness_mm"]),
+                               float(phantom["radius_mm"]), float(phantom["floor_z_mm"]))
+    found = predicted[tuple(ijk.T)]
+    bins = np.digitize(local, LAYER_BINS_MM[1:-1])
+    return {label: [int(found[bins == k].sum()), int((bins == k).sum())] for k, label in enumerate(LAYER_LABELS)}
+
+
+def partial_voxel_table(derivatives: Path, reference: Path, phantoms: dict | None = None) -> dict[str, dict]:
+    """For every scan whose reference is a truth set's ``_dseg``: :func:`class_confusion`,
+    :func:`layer_counts` for a subdural phantom and, where the reference has a map of lesion
+    fractions beside it (``bench/make_truthset.py`` writes one), :func:`partial_voxel_scores`;
+    the reference's ignore mask left out."""
     out = {}
     references = find_references(reference)
     for entities, dseg in find_derivatives(derivatives, "dseg"):
@@ -106,6 +126,10 @@ def partial_voxel_table(derivatives: Path, reference: Path) -> dict[str, dict]:
         keep = True if ref.ignore is None else np.asanyarray(nib.load(str(ref.ignore)).dataobj) == 0
         maps = [np.where(keep, np.asanyarray(nib.load(str(path)).dataobj), 0) for path in (dseg, ref.path)]
         out[sid] = {"confusion": class_confusion(*maps)}
+        layers = layer_counts(*[class_masks(m)[HEMORRHAGE] for m in maps], nib.load(str(ref.path)).affine,
+                              (phantoms or {}).get(sid, {}))
+        if layers is not None:
+            out[sid]["layers"] = layers
         fractions = [ref.path.with_name(ref.path.name.replace("dseg.nii", f"{fraction_entities(lab.abbreviation)}.nii"))
                      for lab in BLEEDING]
         fraction_path = next((f for f in fractions if f.is_file()), None)
@@ -156,8 +180,14 @@ def summarise(rows: list[dict], phantoms: dict[str, dict], partial: dict[str, di
                        "dice": r[f"{HEMORRHAGE}_dice"], "ichseg_ml": r[f"{HEMORRHAGE}_ml"],
                        "reference_ml": r[f"{HEMORRHAGE}_ref_ml"],
                        "painted_ml": float(phantoms.get(r["scan"], {}).get("true_volume_ml", "nan")),
-                       **{k: v for k, v in partial.get(r["scan"], {}).items() if k != "confusion"}} for r in ok]
+                       **{k: v for k, v in partial.get(r["scan"], {}).items() if k not in ("confusion", "layers")}}
+                      for r in ok]
     stats["by_class"] = class_figures(ok, partial)
+    layered = [partial[r["scan"]]["layers"] for r in ok if "layers" in partial.get(r["scan"], {})]
+    if layered:
+        totals = {label: np.sum([scan[label] for scan in layered], axis=0) for label in LAYER_LABELS}
+        stats["by_layer_thickness"] = {label: {"found": float(f / n) if n else float("nan"), "voxels": int(n)}
+                                       for label, (f, n) in totals.items()}
     scored = [partial[r["scan"]] for r in ok if "dice_without_partial" in partial.get(r["scan"], {})]
     stats["partial_voxels"] = {"n_scans": len(scored)} | ({
         "band": list(PARTIAL_BAND),
@@ -286,6 +316,7 @@ def relabel_scores(split_dir: Path, reference: Path, out: Path, name: str, phant
     brains = {scan_id(e): p for e, p in find_derivatives(out / name, "brain_mask")}
     work = out / f"work-{name}" / "ichseg_wf"
     results: dict[str, list[dict]] = {}
+    extra: dict[str, dict] = {}  # per labelling and scan: layer_counts of a subdural phantom
     networks: dict = {}
     for entities, dseg in find_derivatives(out / name, "dseg"):
         sid = scan_id(entities)
@@ -333,8 +364,12 @@ def relabel_scores(split_dir: Path, reference: Path, out: Path, name: str, phant
                 for label, labels in variants.items():
                     row = compare_labels(labels.astype(np.int16), ref, source.affine, ignore, classes=classes)
                     results.setdefault(f"{prefix}, {label}", []).append({"scan": sid, **row})
+                    layers = layer_counts(*[class_masks(np.where(ignore, 0, m) if ignore is not None else m)[HEMORRHAGE]
+                                            for m in (labels, ref)], source.affine, phantoms.get(sid, {}))
+                    if layers is not None:
+                        extra.setdefault(f"{prefix}, {label}", {})[sid] = {"layers": layers}
         print(f"  relabelled {sid}", flush=True)
-    return {label: summarise(rows, phantoms) for label, rows in results.items()}
+    return {label: summarise(rows, phantoms, extra.get(label)) for label, rows in results.items()}
 
 
 def _fmt(value, digits=3):
@@ -358,7 +393,21 @@ def render(summary: dict) -> str:
             f"| {_fmt(100 * s['worst_relative_error_over_15ml'], 0)} % | {_fmt(s['mean_difference_small_ml'], 2)} "
             f"| {_fmt(100 * s['mean_relative_difference_large'] if s['mean_relative_difference_large'] is not None else None, 1)} % "
             f"| {hosts} |")
-    return "\n".join(lines + _painted_table(summary) + _partial_table(summary) + _class_table(summary)) + "\n"
+    return "\n".join(lines + _painted_table(summary) + _partial_table(summary) + _class_table(summary)
+                     + _layer_table(summary)) + "\n"
+
+
+def _layer_table(summary: dict) -> list[str]:
+    """Subdural phantoms: the share of the reference's voxels labelled blood, by layer thickness."""
+    scored = [(name, s["by_layer_thickness"]) for name, s in summary.items() if "by_layer_thickness" in s]
+    if not scored:
+        return []
+    return ["", "Subdural crescents: share of the reference's voxels labelled blood (any class), by the local "
+            "thickness of the layer (the last row: the reference's voxels in each bin):", "",
+            "| setting | " + " | ".join(LAYER_LABELS) + " |", "|---|" + "---:|" * len(LAYER_LABELS),
+            *[f"| {name} | " + " | ".join(f"{_fmt(100 * v[label]['found'], 0)} %" for label in LAYER_LABELS) + " |"
+              for name, v in scored],
+            "| (voxels) | " + " | ".join(str(scored[0][1][label]["voxels"]) for label in LAYER_LABELS) + " |"]
 
 
 def _class_table(summary: dict) -> list[str]:
@@ -453,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
         derivatives = (args.out / name if args.score_only
                        else run_setting(args.split_dir, args.out, name, extra, args.n_procs))
         result = evaluate(derivatives, reference)
-        summary[name] = summarise(result["scans"], phantoms, partial_voxel_table(derivatives, reference))
+        summary[name] = summarise(result["scans"], phantoms, partial_voxel_table(derivatives, reference, phantoms))
         print(render({name: summary[name]}), flush=True)
         if args.relabel:
             for label, stats in relabel_scores(args.split_dir, reference, args.out, name, phantoms, args.thresholds,

@@ -462,6 +462,15 @@ FLOOR_TAPER_MM = 10.0
 MAX_DENSE_SHARE = 0.25
 
 
+def crescent_thickness(points: np.ndarray, centre, thickness: float, radius: float, floor: float) -> np.ndarray:
+    """Thickness (mm) of a subdural crescent at world points ``(3, N)`` (RAS): ``thickness``
+    at ``centre``, ``(1 - (r / radius)^2)`` of it at a distance ``r``, thinning to nothing over
+    :data:`FLOOR_TAPER_MM` above the height ``floor`` (the skull base is no convexity)."""
+    r2 = np.sum((points - np.asarray(centre, dtype=float).reshape(3, 1)) ** 2, axis=0) / radius ** 2
+    taper = np.clip((points[2] - floor) / FLOOR_TAPER_MM, 0.0, 1.0)
+    return np.maximum(thickness * (1.0 - r2) * taper, 0.0)
+
+
 def insert_extra_axial_blood(host: Host, rng: np.random.Generator, appearance: Appearance | None = None,
                              tries: int = 50) -> Inserted:
     """A subdural hematoma over one hemisphere's convexity: a crescent along the edge of the
@@ -514,12 +523,9 @@ def insert_extra_axial_blood(host: Host, rng: np.random.Generator, appearance: A
         for d in offsets.T:
             sample = grid + d[:, None]
             world_ = host.affine[:3, :3] @ (sample + low[:, None]) + host.affine[:3, 3:4]
-            r2 = np.sum((world_ - centre[:, None]) ** 2, axis=0) / radius ** 2
             depth = ndi.map_coordinates(signed, sample, order=1, mode="nearest")
             on_side = side * (world_[0] - midline) > FALX_MARGIN_MM
-            # thinning to nothing above the floor: the skull base is no convexity
-            taper = np.clip((world_[2] - floor) / FLOOR_TAPER_MM, 0.0, 1.0)
-            covered += (depth > 0) & (depth < thickness * (1.0 - r2) * taper) & on_side
+            covered += (depth > 0) & (depth < crescent_thickness(world_, centre, thickness, radius, floor)) & on_side
         covered /= offsets.shape[1]
         keep = covered > 0
         if not keep.any():
@@ -533,8 +539,8 @@ def insert_extra_axial_blood(host: Host, rng: np.random.Generator, appearance: A
         if (fraction * dense).sum() > MAX_DENSE_SHARE * fraction.sum():
             continue
         fraction[dense] = 0.0
-        placement = {"side": "right" if side > 0 else "left", "thickness_mm": round(thickness, 1),
-                     "radius_mm": round(radius, 1)}
+        placement = {"side": "right" if side > 0 else "left", "thickness_mm": round(thickness, 2),
+                     "radius_mm": round(radius, 2), "floor_z_mm": round(floor, 2)}
         return _paint(host, fraction, box, spacing, centre, 0.0, False, appearance, rng, label=EAH,
                       placement=placement, within=host.brain)
     raise NoRoom(f"{host.name}: no convexity clear of dense tissue for extra-axial blood in {tries} tries")

@@ -155,3 +155,29 @@ def test_class_figures_say_where_the_references_ventricular_blood_went(tmp_path)
     assert "| default | IVH | 1 | 0.462 / 0.462 | -0.01 | 0.01 | 10 / 60 / 0 / 0 / 30 |" in accuracy.render({"default": summary})
     # a set of intraparenchymal lesions only: the total hemorrhage table says it all
     assert "By class" not in accuracy.render({"default": accuracy.summarise(ROWS, PHANTOMS)})
+
+
+def test_subdural_voxels_found_are_counted_by_the_layers_local_thickness():
+    # a crescent 10 mm thick at its centre (the origin), radius 20 mm: (1 - (r/20)^2) of it at r
+    reference = np.zeros((41, 3, 3), bool)
+    reference[:, 1, 1] = True
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    affine[0, 3] = -20.0  # voxel i lies at x = i - 20
+    found = reference.copy()
+    found[:10] = False  # x -20..-11 missed: the thin end on one side
+    phantom = {"centre_ras": "[0.0, 1.0, 1.0]", "thickness_mm": "10", "radius_mm": "20", "floor_z_mm": "-100"}
+    counts = accuracy.layer_counts(found, reference, affine, phantom)
+    x = np.arange(41) - 20.0
+    local = 10 * (1 - (x / 20) ** 2)
+    expected_voxels = np.histogram(local, bins=[0, 2, 4, 6, 10, 99])[0]
+    assert [counts[label][1] for label in accuracy.LAYER_LABELS] == list(expected_voxels)
+    expected_found = np.histogram(local[x >= -10], bins=[0, 2, 4, 6, 10, 99])[0]
+    assert [counts[label][0] for label in accuracy.LAYER_LABELS] == list(expected_found)
+    assert counts["≥ 10 mm"] == [1, 1] and counts["0-2 mm"] == [3, 6]
+    assert accuracy.layer_counts(found, reference, affine, {"host": "a"}) is None  # not a crescent
+    rows = [_row("sub-e001", 1.0, 1.0)]
+    stats = accuracy.summarise(rows, {"sub-e001": {"host": "a"}}, {"sub-e001": {"layers": counts, "confusion": {}}})
+    layer = stats["by_layer_thickness"]
+    assert layer["2-4 mm"]["found"] == pytest.approx(counts["2-4 mm"][0] / counts["2-4 mm"][1])
+    assert "layers" not in stats["scans"][0]
+    assert "Subdural crescents" in accuracy.render({"default": stats})
