@@ -328,12 +328,34 @@ def insert_lesion(
     raise NoRoom(f"{shape.name} ({shape.volume_ml:.1f} mL) found no room in {host.name} in {tries} tries")
 
 
+#: Correlation length (mm) of CT noise in plane, for noise drawn to match a host's.
+NOISE_CORRELATION_MM = 0.6
+
+
+def host_like_noise(hu: np.ndarray, local_mean: np.ndarray, within: np.ndarray, spacing, rng) -> np.ndarray:
+    """Noise for ``hu``'s grid with the in-plane grain of CT noise (:data:`NOISE_CORRELATION_MM`)
+    and the host's level: its detail finer than 1.5 mm (``hu - local_mean``) has the robust
+    spread of the host's own on brain tissue within ``within``, where little but noise is that
+    fine."""
+    sigma = [1.5 / s for s in spacing]
+    tissue = within & (local_mean > PARENCHYMA_HU[0]) & (local_mean < PARENCHYMA_HU[1])
+    detail = (hu - local_mean)[tissue]
+    if detail.size < 100:
+        return np.zeros(hu.shape, dtype=np.float32)
+    level = 1.4826 * float(np.median(np.abs(detail - np.median(detail))))
+    grain = ndi.gaussian_filter(rng.standard_normal(hu.shape).astype(np.float32),
+                                sigma=[NOISE_CORRELATION_MM / s for s in spacing])
+    fine = grain - ndi.gaussian_filter(grain, sigma=sigma)
+    spread = 1.4826 * float(np.median(np.abs(fine - np.median(fine))))
+    return grain * (level / max(spread, 1e-6))
+
+
 def _paint(host, fraction, box, spacing, centre, rotation, mirrored, appearance, rng, label=IPH,
            placement=None, within=None) -> Inserted:
     """The host with the lesion's clot in place of its local mean (its noise kept), and its
     labels. With ``within`` (a mask), the clot replaces the host's voxels outright, with noise
-    of the host's level (the robust spread of its detail within the mask): blood that fills
-    sulci and meets the skull must not keep their structure."""
+    like the host's (:func:`host_like_noise`): blood that fills sulci and meets the skull must
+    not keep their structure."""
     full = np.zeros(host.hu.shape, dtype=np.float32)
     full[box] = fraction
     # region to work on: the lesion's box grown by the rim and the texture's reach
@@ -350,11 +372,8 @@ def _paint(host, fraction, box, spacing, centre, rotation, mirrored, appearance,
         painted = hu + frac * (clot - local_mean)
     else:
         # what the clot replaces holds structure (sulci, the inner table's partial volume), not
-        # only noise: replace it, and give the clot the host's own noise level instead
-        inside = within[region]
-        residual = (hu - local_mean)[inside]
-        grain = 1.4826 * float(np.median(np.abs(residual - np.median(residual)))) if residual.size else 0.0
-        clot = clot + grain * rng.standard_normal(hu.shape).astype(np.float32)
+        # only noise: replace it, and give the clot noise like the host's own
+        clot = clot + host_like_noise(hu, local_mean, within[region], spacing, rng)
         painted = hu + frac * (clot - hu)
     labels = np.zeros(hu.shape, dtype=np.uint8)
     core = frac >= 0.5

@@ -22,6 +22,7 @@ from ichseg.pipeline.lesion_insertion import (
     Appearance,
     NoRoom,
     Shape,
+    host_like_noise,
     insert_extra_axial_blood,
     insert_lesion,
     insert_ventricular_blood,
@@ -238,3 +239,28 @@ def test_extra_axial_blood_finds_no_room_where_the_convexity_is_dense(host):
     dense_everywhere = dataclasses.replace(host, dense=host.brain.copy())
     with pytest.raises(NoRoom, match="clear of dense tissue"):
         insert_extra_axial_blood(dense_everywhere, np.random.default_rng(0), tries=3)
+
+
+def test_noise_drawn_for_a_clot_has_the_hosts_fine_detail():
+    spacing = (0.5, 0.5, 5.0)
+    rng = np.random.default_rng(0)
+    grain = ndi.gaussian_filter(rng.standard_normal((160, 160, 4)).astype(np.float32), sigma=(1.6, 0.8, 0))
+    hu = 30.0 + 9.0 * grain  # tissue whose noise is anisotropic and coarser than the drawn grain
+    sigma = [1.5 / s for s in spacing]
+
+    def fine_spread(x):
+        fine = x - ndi.gaussian_filter(x, sigma=sigma)
+        return 1.4826 * np.median(np.abs(fine - np.median(fine)))
+
+    local_mean = ndi.gaussian_filter(hu, sigma=sigma)
+    noise = host_like_noise(hu, local_mean, np.ones(hu.shape, bool), spacing, np.random.default_rng(1))
+    assert fine_spread(noise) == pytest.approx(fine_spread(hu), rel=0.1)
+    noisier = 30.0 + 18.0 * grain
+    louder = host_like_noise(noisier, ndi.gaussian_filter(noisier, sigma=sigma), np.ones(hu.shape, bool), spacing,
+                             np.random.default_rng(1))
+    assert fine_spread(louder) == pytest.approx(2 * fine_spread(noise), rel=0.05)
+    np.testing.assert_array_equal(noise, host_like_noise(hu, local_mean, np.ones(hu.shape, bool), spacing,
+                                                         np.random.default_rng(1)))
+    # no brain tissue to learn the level from: no noise rather than a guess
+    empty = host_like_noise(hu, local_mean + 100.0, np.ones(hu.shape, bool), spacing, np.random.default_rng(1))
+    assert not empty.any()
