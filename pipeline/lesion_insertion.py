@@ -500,8 +500,9 @@ def insert_extra_axial_blood(host: Host, rng: np.random.Generator, appearance: A
     outermost brain and CSF (no mass effect is modelled). Each voxel's fraction is the share of
     its sub-samples less deep than the crescent's thickness there; the label is EAH where it is
     at least half. Centres lie on the convexity, above the brain's centre of mass. The crescent
-    is cut away where it meets the host's dense regions; one that would lose more than :data:`MAX_DENSE_SHARE` of itself there is drawn again, up to
-    ``tries`` times, then :class:`NoRoom`."""
+    is cut away where it meets the host's dense regions; one that would lose more than
+    :data:`MAX_DENSE_SHARE` of itself there is drawn again, up to ``tries`` times, then
+    :class:`NoRoom`."""
     appearance = appearance or Appearance(
         clot_hu=float(rng.uniform(*EXTRA_AXIAL_CLOT_HU)), texture_hu=float(rng.uniform(2.0, 5.0)),
         texture_mm=float(rng.uniform(1.5, 4.0)), rim_mm=0.0, rim_drop_hu=0.0)
@@ -514,7 +515,7 @@ def insert_extra_axial_blood(host: Host, rng: np.random.Generator, appearance: A
     centre_of_mass = brain_ijk.mean(0) @ host.affine[:3, :3].T + host.affine[:3, 3]
     midline = float(centre_of_mass[0])
     floor = float(centre_of_mass[2]) - CONVEXITY_FLOOR_MM
-    convexity = (world[:, 2] > floor + CONVEXITY_FLOOR_MM) & (np.abs(world[:, 0] - midline) > 4 * FALX_MARGIN_MM)
+    convexity = (world[:, 2] > centre_of_mass[2]) & (np.abs(world[:, 0] - midline) > 4 * FALX_MARGIN_MM)
     candidates = world[convexity]
     if not len(candidates):
         raise NoRoom(f"{host.name}: no convexity to place extra-axial blood on")
