@@ -126,16 +126,15 @@ def partial_voxel_table(derivatives: Path, reference: Path, phantoms: dict | Non
         keep = True if ref.ignore is None else np.asanyarray(nib.load(str(ref.ignore)).dataobj) == 0
         maps = [np.where(keep, np.asanyarray(nib.load(str(path)).dataobj), 0) for path in (dseg, ref.path)]
         out[sid] = {"confusion": class_confusion(*maps)}
-        layers = layer_counts(*[class_masks(m)[HEMORRHAGE] for m in maps], nib.load(str(ref.path)).affine,
-                              (phantoms or {}).get(sid, {}))
+        blood = [class_masks(m)[HEMORRHAGE] for m in maps]
+        layers = layer_counts(*blood, nib.load(str(ref.path)).affine, (phantoms or {}).get(sid, {}))
         if layers is not None:
             out[sid]["layers"] = layers
         fractions = [ref.path.with_name(ref.path.name.replace("dseg.nii", f"{fraction_entities(lab.abbreviation)}.nii"))
                      for lab in BLEEDING]
         fraction_path = next((f for f in fractions if f.is_file()), None)
         if fraction_path is not None:
-            out[sid].update(partial_voxel_scores(*[class_masks(m)[HEMORRHAGE] for m in maps],
-                                                 np.asanyarray(nib.load(str(fraction_path)).dataobj)))
+            out[sid].update(partial_voxel_scores(*blood, np.asanyarray(nib.load(str(fraction_path)).dataobj)))
     return out
 
 

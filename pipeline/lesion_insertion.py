@@ -31,6 +31,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
+from scipy.stats import median_abs_deviation
 
 from ichseg.pipeline.brain import extract_brain
 from ichseg.pipeline.geometry import (
@@ -342,12 +343,11 @@ def host_like_noise(hu: np.ndarray, local_mean: np.ndarray, within: np.ndarray, 
     detail = (hu - local_mean)[tissue]
     if detail.size < 100:
         return np.zeros(hu.shape, dtype=np.float32)
-    level = 1.4826 * float(np.median(np.abs(detail - np.median(detail))))
+    level = float(median_abs_deviation(detail))
     grain = ndi.gaussian_filter(rng.standard_normal(hu.shape).astype(np.float32),
                                 sigma=[NOISE_CORRELATION_MM / s for s in spacing])
     fine = grain - ndi.gaussian_filter(grain, sigma=sigma)
-    spread = 1.4826 * float(np.median(np.abs(fine - np.median(fine))))
-    return grain * (level / max(spread, 1e-6))
+    return grain * (level / max(float(median_abs_deviation(fine, axis=None)), 1e-6))
 
 
 def _paint(host, fraction, box, spacing, centre, rotation, mirrored, appearance, rng, label=IPH,
