@@ -218,9 +218,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kind", choices=sorted(KINDS), default="iph",
                         help="iph: real shapes in the parenchyma (default); ivh: blood layered in the "
                              "ventricles; eah: a subdural crescent over the convexity")
-    parser.add_argument("--ivh-hu", nargs=2, type=float, default=VENTRICULAR_CLOT_HU, metavar=("LOW", "HIGH"),
-                        help="density range of the ventricular blood, HU (default: %(default)s)")
+    parser.add_argument("--ivh-hu", nargs=2, type=float, default=None, metavar=("LOW", "HIGH"),
+                        help="with --kind ivh: density range of the ventricular blood, HU "
+                             f"(default: {VENTRICULAR_CLOT_HU[0]:g} {VENTRICULAR_CLOT_HU[1]:g})")
     args = parser.parse_args(argv)
+    if args.ivh_hu is None:
+        args.ivh_hu = VENTRICULAR_CLOT_HU
+    elif args.kind != "ivh":
+        parser.error(f"--ivh-hu sets the ventricular blood of --kind ivh; --kind {args.kind} paints none: "
+                     "leave --ivh-hu out or add --kind ivh")
     if args.ivh_hu[0] > args.ivh_hu[1]:
         parser.error(f"--ivh-hu {args.ivh_hu[0]:g} {args.ivh_hu[1]:g}: give the lower density first")
     rows = make_truthset(args.out, args.split, args.n, args.seed, args.hosts, args.kind, tuple(args.ivh_hu))

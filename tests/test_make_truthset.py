@@ -53,3 +53,11 @@ def test_a_reversed_density_range_is_refused_before_any_work(tmp_path, capsys):
         make_truthset.main([str(tmp_path), "--kind", "ivh", "--ivh-hu", "75", "55"])
     assert "--ivh-hu 75 55: give the lower density first" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("kind", ["iph", "eah"])
+def test_a_ventricular_density_for_a_kind_without_ventricular_blood_is_refused(tmp_path, capsys, kind):
+    with pytest.raises(SystemExit):
+        make_truthset.main([str(tmp_path), "--kind", kind, "--ivh-hu", "55", "75"])
+    assert f"--kind {kind} paints none" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
