@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-w", "--work-dir", type=Path, default=Path.cwd() / "work",
                      help="Nipype working directory; re-runs reuse it")
     run.add_argument("--n-procs", "--nprocs", type=int, default=None, metavar="N",
-                     help="CPUs used in total, scans side by side (default: all of this machine's; "
+                     help="CPUs used in total, scans side by side (default: those this process may use: "
+                          "its CPU affinity and container CPU quota count; "
                           f"with --submit, {SUBMIT_N_PROCS} per job)")
     run.add_argument("--omp-nthreads", type=int, default=None, metavar="N",
                      help="threads of one inference step (default: --n-procs, at most 8); registration "

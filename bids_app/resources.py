@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass
+
+from ichseg.pipeline.cpu import usable_cpus
 
 LOGGER = logging.getLogger("ichseg")
 
@@ -45,7 +46,7 @@ class Resources:
         if args.n_procs is not None:
             n_procs = max(1, int(args.n_procs))
         else:
-            n_procs = SUBMIT_N_PROCS if getattr(args, "submit", None) else (os.cpu_count() or 1)
+            n_procs = SUBMIT_N_PROCS if getattr(args, "submit", None) else usable_cpus()
         omp = args.omp_nthreads or min(n_procs, 8)
         if omp > n_procs:
             LOGGER.warning("--omp-nthreads %d is more than --n-procs %d; using %d threads per step",

@@ -27,7 +27,7 @@ from ichseg.bids_app.resources import Resources
 from ichseg.bids_app.scanlock import ScanLock, describe_holder, lock_holder
 from ichseg.pipeline import __version__
 from ichseg.pipeline.assets import AssetError
-from ichseg.pipeline.cpu import PrecisionError, resolve_precision
+from ichseg.pipeline.cpu import PrecisionError, busy_cpus_message, resolve_precision
 from ichseg.pipeline.fileutils import remove_stale_temporaries
 from ichseg.pipeline.models import ModelError, resolve_model
 from ichseg.pipeline.naming import derivative_path, output_scan_id, scan_lock_path
@@ -152,6 +152,9 @@ def _process(args, images: list[CTImage], output_dir: Path, work_dir: Path, reso
     ids = [image.scan_id for image in images]
     LOGGER.info("ichseg %s: %d CT image(s) to process with model %s on %s, %s",
                 __version__, len(images), args.model, args.device, resources)
+    busy = busy_cpus_message(resources.n_procs)
+    if busy:
+        LOGGER.warning(busy)
     try:
         workflow = init_ichseg_wf(
             ct_files=[image.path for image in images],

@@ -202,6 +202,7 @@ def _train(args) -> int:
     from ichseg.bids_app.bids import collect_ct_images
     from ichseg.bids_app.evaluate import find_references
     from ichseg.pipeline import assets
+    from ichseg.pipeline.cpu import busy_cpus_message, usable_cpus
     from ichseg.pipeline.inference import IntensityWindow, load_networks
     from ichseg.pipeline.models import resolve_model
     from ichseg.pipeline.settings import DEFAULT_TRANSFORM
@@ -215,6 +216,9 @@ def _train(args) -> int:
         train,
     )
 
+    busy = busy_cpus_message(usable_cpus()) if args.device == "cpu" else None
+    if busy:
+        LOGGER.warning(busy)
     base = resolve_model(args.base)
     if len(base.weight_paths) != 1:
         raise ValueError(f"--base {args.base} has {len(base.weight_paths)} networks: start from one (blastct-v1)")

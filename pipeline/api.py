@@ -22,6 +22,7 @@ import pandas as pd
 
 from ichseg.pipeline import assets
 from ichseg.pipeline.brain import extract_brain
+from ichseg.pipeline.cpu import usable_cpus
 from ichseg.pipeline.geometry import voxel_sizes
 from ichseg.pipeline.image import conform_ct, to_source_orientation
 from ichseg.pipeline.location import locate_on_scan, read_region_names
@@ -93,7 +94,7 @@ def segment(
         Label map, hemorrhage probability and brain mask on the CT's grid, the volume row,
         the regions table, the input warnings and the provenance.
     """
-    settings = replace(settings or MethodSettings(omp_nthreads=min(8, os.cpu_count() or 1)), **options)
+    settings = replace(settings or MethodSettings(omp_nthreads=min(8, usable_cpus())), **options)
     template_img = nib.load(assets.get_asset(assets.TEMPLATE_CT))
     template_mask = np.asanyarray(nib.load(assets.get_asset(assets.TEMPLATE_MASK)).dataobj) > 0.5
     atlas = nib.load(assets.get_asset(assets.ATLAS))

@@ -25,6 +25,7 @@ import os
 import platform
 import re
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -204,19 +205,70 @@ def onednn_version() -> str | None:
     return found.group(1) if found else None
 
 
+def usable_cpus() -> int:
+    """CPUs this process may use: the machine's, less its CPU affinity (Slurm, ``taskset``) and
+    its cgroup CPU quota (``docker run --cpus``), or ``LOKY_MAX_CPU_COUNT`` if set.
+
+    ``os.cpu_count()`` counts the whole machine: in a container limited to 2 CPUs of a 64-core
+    node it would start 64 threads, which then take turns on 2 CPUs.
+    """
+    from joblib import cpu_count
+
+    return max(1, int(cpu_count()))
+
+
+def runnable_threads(samples: int = 5, interval_s: float = 0.05) -> int | None:
+    """Threads of other programs that are running or waiting for a CPU now (Linux), else None.
+
+    The 4th field of /proc/loadavg counts the runnable threads of the whole machine at this
+    instant, this reader included; the median of a few samples skips kernel threads that wake
+    for a moment. Unlike the load average it does not remember work that just ended.
+    """
+    counts = []
+    for sample in range(samples):
+        try:
+            with open("/proc/loadavg", encoding="ascii") as fobj:
+                counts.append(int(fobj.read().split()[3].split("/")[0]))
+        except (OSError, IndexError, ValueError):
+            return None
+        if sample + 1 < samples:
+            time.sleep(interval_s)
+    return max(0, sorted(counts)[len(counts) // 2] - 1)
+
+
+def busy_cpus_message(threads: int, others: int | None = None, usable: int | None = None) -> str | None:
+    """A warning when other programs already keep the usable CPUs busy, else None.
+
+    Threads of two CPU-bound programs on the same cores interleave badly (OpenMP threads spin
+    while they wait): two network runs side by side on 2 cores each took about ten times as
+    long. ``others`` defaults to :func:`runnable_threads`, taken before ichseg starts any work;
+    ``usable`` to :func:`usable_cpus`. A process limited to a share of the machine (Slurm,
+    containers) is not judged: the count is machine-wide, the others may run on other CPUs.
+    """
+    usable = usable_cpus() if usable is None else usable
+    if usable < (os.cpu_count() or usable):
+        return None
+    others = runnable_threads() if others is None else others
+    if others is None:
+        return None
+    if others + threads <= usable:
+        return None
+    return (f"the CPUs are busy: {others} thread(s) of other programs are running on {usable} "
+            f"usable CPU(s), and ichseg adds {threads}, so its steps will compete with them and "
+            "may run several times slower. Run all scans in one ichseg command (it shares the "
+            "CPUs between them), or give each command its own CPUs with --n-procs and "
+            "--omp-nthreads (or taskset)")
+
+
 def machine_description() -> dict:
     """CPU model, ISA flags, core count and the torch/oneDNN versions: kept with every figure."""
     import torch
 
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
     return {
         "cpu_model": cpu_model(),
         "isa": isa_flags(),
         "logical_cpus": os.cpu_count(),
-        "usable_cpus": usable,
+        "usable_cpus": usable_cpus(),
         "torch": torch.__version__,
         "onednn": onednn_version(),
     }

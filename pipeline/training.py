@@ -371,14 +371,14 @@ def train(network, config: dict, window, training: Sequence[PreparedScan], valid
     number of epochs and the patience aside)."""
     import torch
 
-    from ichseg.pipeline.cpu import configure_torch
+    from ichseg.pipeline.cpu import configure_torch, usable_cpus
     from ichseg.pipeline.inference import COMPUTE_DTYPES
     from ichseg.pipeline.streaming import context_and_period
 
     say = progress or LOGGER.info
     out_dir.mkdir(parents=True, exist_ok=True)
     if settings.device == "cpu":
-        configure_torch(torch.get_num_threads())
+        configure_torch(min(torch.get_num_threads(), usable_cpus()))
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
     context, _ = context_and_period(network)

@@ -176,3 +176,52 @@ def test_machine_description_names_the_cpu_and_its_isa():
     assert cpu.has_native_bf16() == (
         described["isa"]["amx_tile"] or described["isa"]["amx_bf16"] or described["isa"]["avx512_bf16"]
     )
+
+
+def test_usable_cpus_follow_the_affinity_and_the_user_limit():
+    # os.cpu_count() counts the whole machine; a Slurm job or `taskset` gives a process fewer
+    # CPUs, and ichseg must size its threads by those.
+    result = _python("""
+        import json, os
+        from ichseg.pipeline import cpu
+        whole = cpu.usable_cpus()
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+        print(json.dumps({"whole": whole, "pinned": cpu.usable_cpus()}))
+    """)
+    assert 1 <= result["whole"] <= len(__import__("os").sched_getaffinity(0))
+    assert result["pinned"] == 1
+    limited = subprocess.run(
+        [sys.executable, "-c", "from ichseg.pipeline import cpu; print(cpu.usable_cpus())"],
+        capture_output=True, text=True, check=True, env={**__import__("os").environ, "LOKY_MAX_CPU_COUNT": "1"})
+    assert limited.stdout.strip() == "1"
+
+
+def test_participant_run_sizes_itself_by_the_usable_cpus(monkeypatch):
+    from ichseg.bids_app import resources
+    from ichseg.bids_app.cli import build_parser
+
+    monkeypatch.setattr(resources, "usable_cpus", lambda: 3)
+    chosen = resources.Resources.from_args(build_parser().parse_args(["b", "o", "participant"]))
+    assert (chosen.n_procs, chosen.omp_nthreads) == (3, 3)
+
+
+def test_busy_cpus_are_reported_with_what_to_do(monkeypatch):
+    monkeypatch.setattr(cpu.os, "cpu_count", lambda: 2)
+    assert cpu.busy_cpus_message(2, others=0, usable=2) is None
+    message = cpu.busy_cpus_message(2, others=2, usable=2)
+    assert "2 thread(s) of other programs" in message and "--n-procs" in message
+    # limited to a share of a larger machine: the machine-wide count says nothing of that share
+    monkeypatch.setattr(cpu.os, "cpu_count", lambda: 64)
+    assert cpu.busy_cpus_message(2, others=40, usable=2) is None
+
+
+def test_runnable_threads_see_programs_that_compute():
+    spinners = [subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 20: pass"])
+                for _ in range(2)]
+    try:
+        __import__("time").sleep(0.5)
+        assert cpu.runnable_threads() >= 2
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
