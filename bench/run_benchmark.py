@@ -48,7 +48,7 @@ DEFAULT_MODELS = ["blastct-v1", "blastct-v1-ensemble"]
 STEPS = {
     "loading": ("conform",),
     "brain_extraction": ("brain_extraction",),
-    "registration": ("register",),
+    "registration": ("register", "register_atlas"),  # side by side: their sum exceeds the wall time
     "inference": ("segment",),
     "inverse_transform": ("probabilities_to_scan", "brain_mask_to_source"),
     "tabulation": ("tabulate_volumes",),  # + every node of ct_derivatives_wf (the ds_* sinks)

@@ -134,7 +134,7 @@ def segment(
             source.shape[:3], source.affine, space.template_to_scan, settings.hemorrhage_threshold,
             hemorrhage_seed=settings.hemorrhage_seed)
         mask = to_source_orientation(brain.astype(np.uint8), conformed.affine, source)
-        rows, location = locate_on_scan(labels, source.affine, space.atlas_to_scan, atlas, region_names)
+        rows, location = locate_on_scan(labels, source.affine, space.atlas.atlas_to_scan, atlas, region_names)
         qc = {**space.qc, **result.qc, **checked.measures}
         warnings = list(checked.warnings)
         row, _ = volume_row(labels, source.affine, mask > 0, qc, warnings, location)

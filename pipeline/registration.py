@@ -134,18 +134,64 @@ OUTSIDE_FOV_HU = -1000.0
 
 
 @dataclass(frozen=True)
+class AtlasAlignment:
+    """A scan's head turned onto the template (:func:`align_for_atlas`)."""
+
+    #: template points -> scan points (4x4 RAS)
+    atlas_to_scan: np.ndarray
+    #: the CT on the template grid (HU; the registration check)
+    aligned_ct: np.ndarray
+    #: registration_dice, registration_similarity
+    qc: dict
+
+
+@dataclass(frozen=True)
 class TemplateSpace:
     """A scan brought onto the template grid (:func:`to_template_space`)."""
 
     ct: np.ndarray  # HU; air outside the scan's field of view
     brain_mask: np.ndarray  # bool
     template_to_scan: np.ndarray  # 4x4 RAS affine (template points -> scan points)
-    qc: dict  # registration_dice, registration_similarity
-    #: template points -> scan points with the head turned onto the template (for the atlas);
-    #: the same as ``template_to_scan`` unless that is a translation
-    atlas_to_scan: np.ndarray
-    #: the CT turned onto the template grid with ``atlas_to_scan`` (HU; the registration check)
-    aligned_ct: np.ndarray
+    #: the head turned onto the template: this grid itself unless ``template_to_scan`` is a
+    #: translation; None when a translation was asked for without it (``atlas=False``)
+    atlas: AtlasAlignment | None
+
+    @property
+    def qc(self) -> dict:
+        return self.atlas.qc if self.atlas else {}
+
+
+def _warp_with_overlap(ct, ct_affine, brain_mask, template_img, template_mask, template_to_scan):
+    """CT (HU) and brain mask on the template grid, and how well that brain overlaps the
+    template's (:func:`_overlap_qc`)."""
+    # CT and mask in one pass (the sample coordinates are computed once). Interpolation is
+    # linear, so warping CT - OUTSIDE_FOV_HU with fill 0 and adding it back is the CT
+    # warped with fill OUTSIDE_FOV_HU.
+    channels = np.stack([ct - OUTSIDE_FOV_HU, brain_mask.astype(np.float32), np.ones_like(ct)])
+    warped = warp_to_template(channels, ct_affine, template_img, template_to_scan)
+    warped_ct, warped_mask = warped[0] + OUTSIDE_FOV_HU, warped[1] >= 0.5
+    qc = _overlap_qc(warped_ct, warped_mask, warped[2] >= 0.5,
+                     np.asanyarray(template_img.dataobj, dtype=np.float32), template_mask)
+    return warped_ct, warped_mask, qc
+
+
+def align_for_atlas(
+    ct: np.ndarray,
+    ct_affine: np.ndarray,
+    brain_mask: np.ndarray,
+    template_img: nib.Nifti1Image,
+    template_mask: np.ndarray,
+    out_transform: str | Path,
+    seed: int = 1,
+) -> AtlasAlignment:
+    """Turn the head onto the template with a rigid registration (written to ``out_transform``):
+    what the atlas regions and the overlap QC need when the network's grid keeps the head as
+    scanned (a translation). A separate step, so that it can run beside the translation."""
+    atlas_to_scan = register_to_template(
+        ct, ct_affine, brain_mask, template_img.get_filename(), out_transform, "Rigid", seed,
+    )["template_to_scan"]
+    aligned_ct, _, qc = _warp_with_overlap(ct, ct_affine, brain_mask, template_img, template_mask, atlas_to_scan)
+    return AtlasAlignment(atlas_to_scan, aligned_ct, qc)
 
 
 def to_template_space(
@@ -158,44 +204,33 @@ def to_template_space(
     transform_type: str = "Rigid",
     seed: int = 1,
     out_atlas_transform: str | Path | None = None,
+    atlas: bool = True,
 ) -> TemplateSpace:
     """Register a CT's brain to the template (:func:`register_to_template`, which writes the
     transform to ``out_transform``), warp CT and brain mask onto the template grid, and
     measure how well the brains overlap inside the scan's field of view.
 
     A ``Translation`` leaves the head as scanned on the template grid; the atlas regions and
-    the overlap measures need it turned onto the template, so a second, rigid registration
-    is written to ``out_atlas_transform`` (for ``Rigid`` and ``Affine`` that file is a copy of
-    ``out_transform``)."""
-    template_file = template_img.get_filename()
+    the overlap measures need it turned onto the template, so :func:`align_for_atlas` adds a
+    rigid registration, written to ``out_atlas_transform`` (unless ``atlas`` is False: the
+    workflow runs it as a step of its own). For ``Rigid`` and ``Affine`` the grid is the
+    atlas's, and ``out_atlas_transform`` is a copy of ``out_transform``."""
     template_to_scan = register_to_template(
-        ct, ct_affine, brain_mask, template_file, out_transform, transform_type, seed,
+        ct, ct_affine, brain_mask, template_img.get_filename(), out_transform, transform_type, seed,
     )["template_to_scan"]
-    shifted_only = transform_type == "Translation"
-    atlas_to_scan = template_to_scan
-    if shifted_only:
-        with tempfile.TemporaryDirectory(prefix="ichseg-atlas-") as tmp:
-            atlas_file = out_atlas_transform or Path(tmp) / "template_to_scan_rigid.mat"
-            atlas_to_scan = register_to_template(
-                ct, ct_affine, brain_mask, template_file, atlas_file, "Rigid", seed,
-            )["template_to_scan"]
-    elif out_atlas_transform is not None:
-        shutil.copyfile(out_transform, out_atlas_transform)
-    # CT and mask in one pass (the sample coordinates are computed once). Interpolation is
-    # linear, so warping CT - OUTSIDE_FOV_HU with fill 0 and adding it back is the CT
-    # warped with fill OUTSIDE_FOV_HU.
-    channels = np.stack([ct - OUTSIDE_FOV_HU, brain_mask.astype(np.float32), np.ones_like(ct)])
-    warped = warp_to_template(channels, ct_affine, template_img, template_to_scan)
-    warped_ct = warped[0] + OUTSIDE_FOV_HU
-    warped_mask = warped[1] >= 0.5
-    if shifted_only:
-        aligned = warp_to_template(channels, ct_affine, template_img, atlas_to_scan)
-        aligned_ct = aligned[0] + OUTSIDE_FOV_HU
+    warped_ct, warped_mask, qc = _warp_with_overlap(ct, ct_affine, brain_mask, template_img, template_mask,
+                                                    template_to_scan)
+    if transform_type != "Translation":
+        if out_atlas_transform is not None:
+            shutil.copyfile(out_transform, out_atlas_transform)
+        alignment = AtlasAlignment(template_to_scan, warped_ct, qc)
+    elif not atlas:
+        alignment = None
     else:
-        aligned, aligned_ct = warped, warped_ct
-    qc = _overlap_qc(aligned_ct, aligned[1] >= 0.5, aligned[2] >= 0.5,
-                     np.asanyarray(template_img.dataobj, dtype=np.float32), template_mask)
-    return TemplateSpace(warped_ct, warped_mask, template_to_scan, qc, atlas_to_scan, aligned_ct)
+        with tempfile.TemporaryDirectory(prefix="ichseg-atlas-") as tmp:
+            alignment = align_for_atlas(ct, ct_affine, brain_mask, template_img, template_mask,
+                                        out_atlas_transform or Path(tmp) / "template_to_scan_rigid.mat", seed)
+    return TemplateSpace(warped_ct, warped_mask, template_to_scan, alignment)
 
 
 def _overlap_qc(warped_ct, warped_mask, in_view, template, template_mask) -> dict:

@@ -239,7 +239,7 @@ def test_with_a_translation_the_atlas_follows_a_rigid_registration(moved, tmp_pa
                               template_mask, tmp_path / "net.mat", "Translation", 1, tmp_path / "atlas.mat")
     np.testing.assert_allclose(space.template_to_scan[:3, :3], np.eye(3), atol=1e-6)
     points = CENTRE + 60.0 * np.vstack([np.eye(3), -np.eye(3)])
-    errors = np.linalg.norm(_apply(space.atlas_to_scan, points) - _apply(moved["true"], points), axis=1)
+    errors = np.linalg.norm(_apply(space.atlas.atlas_to_scan, points) - _apply(moved["true"], points), axis=1)
     assert errors.max() < MAX_ERROR_MM, errors
     assert (tmp_path / "atlas.mat").stat().st_size > 0
     # the overlap is judged on the turned head: as good as the registration, not the 10 degrees
@@ -252,4 +252,4 @@ def test_with_a_translation_the_atlas_follows_a_rigid_registration(moved, tmp_pa
         return np.corrcoef(np.clip(ct[template_mask], 0, 100), template[template_mask])[0, 1]
 
     # measured 0.82 (the partial volume of the 4 mm slices), shifted only 0.43
-    assert match(space.aligned_ct) > 0.75 and match(space.aligned_ct) > match(space.ct) + 0.2
+    assert match(space.atlas.aligned_ct) > 0.75 and match(space.atlas.aligned_ct) > match(space.ct) + 0.2

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import networkx as nx
 import nibabel as nib
 import numpy as np
 import pytest
@@ -118,9 +119,18 @@ def test_the_atlas_follows_the_transform_that_turns_the_head(tmp_path):
 
     wf = init_single_ct_wf(tmp_path / "ct.nii.gz", tmp_path, settings=MethodSettings(transform="translation"))
     graph = wf._graph
-    locate, register, to_scan = (wf.get_node(n) for n in ("locate_hemorrhage", "register", "probabilities_to_scan"))
-    assert ("atlas_transform", "transform") in graph.get_edge_data(register, locate)["connect"]
+    locate, register, atlas, to_scan, report, qc = (wf.get_node(n) for n in (
+        "locate_hemorrhage", "register", "register_atlas", "probabilities_to_scan", "scan_report", "merge_qc"))
+    assert ("atlas_transform", "transform") in graph.get_edge_data(atlas, locate)["connect"]
     assert ("out_transform", "transform") in graph.get_edge_data(register, to_scan)["connect"]
-    assert register.inputs.transform_type == "Translation"
-    report = wf.get_node("scan_report")  # the registration check shows the turned head
-    assert ("aligned_ct", "template_ct") in graph.get_edge_data(register, report)["connect"]
+    assert register.inputs.transform_type == "Translation" and register.inputs.atlas is False
+    # the rigid registration is a step of its own beside the translation, not after it
+    assert not nx.has_path(graph, register, atlas) and not nx.has_path(graph, atlas, register)
+    # the registration check and its QC show the turned head
+    assert ("aligned_ct", "template_ct") in graph.get_edge_data(atlas, report)["connect"]
+    assert ("qc", "first") in graph.get_edge_data(atlas, qc)["connect"]
+
+    rigid = init_single_ct_wf(tmp_path / "ct.nii.gz", tmp_path, settings=MethodSettings(transform="rigid"))
+    assert rigid.get_node("register_atlas") is None
+    assert ("atlas_transform", "transform") in rigid._graph.get_edge_data(
+        rigid.get_node("register"), rigid.get_node("locate_hemorrhage"))["connect"]

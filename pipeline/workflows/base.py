@@ -11,7 +11,7 @@ from nipype.pipeline import engine as pe
 from ichseg.pipeline import assets
 from ichseg.pipeline.interfaces.ct import BrainExtraction, ConformCT, ToSourceGrid
 from ichseg.pipeline.interfaces.labels import LabelTable
-from ichseg.pipeline.interfaces.registration import RegisterToTemplate
+from ichseg.pipeline.interfaces.registration import AlignForAtlas, RegisterToTemplate
 from ichseg.pipeline.interfaces.reports import ScanReport
 from ichseg.pipeline.interfaces.segmentation import (
     ProbabilitiesToScan,
@@ -130,15 +130,22 @@ def init_single_ct_wf(
 
     conform = pe.Node(ConformCT(sidecar=dict(sidecar or {})), name="conform", mem_gb=MEM_GB["conform"])
     brain = pe.Node(BrainExtraction(), name="brain_extraction", mem_gb=MEM_GB["brain"])
+    templates = {"template": str(assets.get_asset(assets.TEMPLATE_CT)),
+                 "template_mask": str(assets.get_asset(assets.TEMPLATE_MASK))}
+    # With a translation the atlas needs a second, rigid registration: a step of its own, so
+    # that it runs beside the first (each is single-threaded) instead of after it.
+    separate_atlas = settings.ants_transform == "Translation"
     register = pe.Node(
-        RegisterToTemplate(
-            template=str(assets.get_asset(assets.TEMPLATE_CT)),
-            template_mask=str(assets.get_asset(assets.TEMPLATE_MASK)),
-            transform_type=settings.ants_transform,
-        ),
+        RegisterToTemplate(**templates, transform_type=settings.ants_transform, atlas=not separate_atlas),
         name="register",
         mem_gb=MEM_GB["register"],
     )
+    if separate_atlas:
+        atlas = pe.Node(AlignForAtlas(**templates), name="register_atlas", mem_gb=MEM_GB["register"])
+        workflow.connect([(conform, atlas, [("out_file", "in_file")]),
+                          (brain, atlas, [("out_mask", "brain_mask")])])
+    else:
+        atlas = register
     segment = pe.Node(
         SegmentHemorrhage(
             model=settings.model, device=settings.device, precision=settings.precision,
@@ -191,13 +198,13 @@ def init_single_ct_wf(
         (inputnode, mask_to_source, [("ct_file", "source_file")]),
         (to_scan, tabulate, [("dseg", "dseg")]),
         (to_scan, locate, [("dseg", "dseg")]),
-        (register, locate, [("atlas_transform", "transform")]),
+        (atlas, locate, [("atlas_transform", "transform")]),
         (locate, tabulate, [("location", "location")]),
         (locate, derivatives_wf, [("regions_tsv", "inputnode.regions")]),
         (mask_to_source, tabulate, [("out_file", "brain_mask")]),
         (segment, tabulate, [("model_info", "model_info")]),
         (inputnode, tabulate, [("ct_file", "source_file")]),
-        (register, qc, [("qc", "first")]),
+        (atlas, qc, [("qc", "first")]),
         (segment, qc, [("qc", "second")]),
         (conform, qc, [("qc", "third")]),
         (qc, tabulate, [("merged", "qc")]),
@@ -212,7 +219,7 @@ def init_single_ct_wf(
         (inputnode, report, [("ct_file", "source_file"), ("ct_file", "ct_file")]),
         (to_scan, report, [("dseg", "dseg")]),
         (mask_to_source, report, [("out_file", "brain_mask")]),
-        (register, report, [("aligned_ct", "template_ct")]),
+        (atlas, report, [("aligned_ct", "template_ct")]),
         (tabulate, report, [("row", "volumes"), ("metadata", "metadata")]),
         (report, derivatives_wf, [("out_report", "inputnode.report"),
                                   ("mosaic_svg", "inputnode.segmentation_figure"),
