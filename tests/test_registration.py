@@ -253,3 +253,21 @@ def test_with_a_translation_the_atlas_follows_a_rigid_registration(moved, tmp_pa
 
     # measured 0.82 (the partial volume of the 4 mm slices), shifted only 0.43
     assert match(space.atlas.aligned_ct) > 0.75 and match(space.atlas.aligned_ct) > match(space.ct) + 0.2
+
+
+@pytest.mark.realdata
+def test_the_atlas_step_on_its_own_gives_the_same_alignment(moved, tmp_path):
+    """The workflow runs the atlas's rigid registration as a step beside the translation
+    (align_for_atlas); it must give what the combined call gives, to the bit."""
+    from ichseg.pipeline.registration import align_for_atlas, to_template_space
+
+    args = (moved["scan"], moved["affine"], moved["scan_mask"], moved["template_img"], moved["template_mask"])
+    combined = to_template_space(*args, tmp_path / "net.mat", "Translation", 1, tmp_path / "atlas.mat")
+    alone = to_template_space(*args, tmp_path / "net2.mat", "Translation", 1, tmp_path / "atlas2.mat", atlas=False)
+    assert alone.atlas is None and alone.qc == {} and not (tmp_path / "atlas2.mat").exists()
+    np.testing.assert_array_equal(alone.ct, combined.ct)
+    step = align_for_atlas(*args, tmp_path / "atlas3.mat", 1)
+    np.testing.assert_array_equal(step.atlas_to_scan, combined.atlas.atlas_to_scan)
+    np.testing.assert_array_equal(step.aligned_ct, combined.atlas.aligned_ct)
+    assert step.qc == combined.qc
+    assert (tmp_path / "atlas3.mat").read_bytes() == (tmp_path / "atlas.mat").read_bytes()
