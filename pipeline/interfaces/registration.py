@@ -41,14 +41,21 @@ class _RegisterOutputSpec(_AtlasOutputSpec):
     template_brain_mask = File(exists=True, desc="the CT's brain mask on the template grid")
 
 
-class _AlignmentWriter(NodeInterface):
+class _TemplateRegistration(NodeInterface):
+    def _read_inputs(self) -> tuple:
+        """CT (HU), its affine, brain mask, template image and template mask: the first
+        arguments of the registration functions."""
+        hu, ct_img = read_image(self.inputs.in_file, np.float32)
+        return (hu, ct_img.affine, read_mask(self.inputs.brain_mask), nib.load(self.inputs.template),
+                read_mask(self.inputs.template_mask, 0.5))
+
     def _write_alignment(self, runtime, alignment, template_img) -> None:
         self._write_image(runtime, "aligned_ct", "ct_space-template_aligned.nii",
                           alignment.aligned_ct.astype(np.float32), template_img)
         self._results["qc"] = alignment.qc
 
 
-class RegisterToTemplate(_AlignmentWriter):
+class RegisterToTemplate(_TemplateRegistration):
     """Register the brain to the template (ANTsPy) and resample the CT onto the template grid.
 
     Calls :func:`ichseg.pipeline.registration.to_template_space`. With a Rigid or Affine
@@ -59,11 +66,10 @@ class RegisterToTemplate(_AlignmentWriter):
     output_spec = _RegisterOutputSpec
 
     def _run_interface(self, runtime):
-        hu, ct_img = read_image(self.inputs.in_file, np.float32)
-        template_img = nib.load(self.inputs.template)
+        inputs = self._read_inputs()
+        template_img = inputs[3]
         result = to_template_space(
-            hu, ct_img.affine, read_mask(self.inputs.brain_mask), template_img,
-            read_mask(self.inputs.template_mask, 0.5), self._output_path(runtime, "out_transform", "template_to_ct.mat"),
+            *inputs, self._output_path(runtime, "out_transform", "template_to_ct.mat"),
             self.inputs.transform_type, self.inputs.seed,
             self._output_path(runtime, "atlas_transform", "template_to_ct_atlas.mat"), atlas=self.inputs.atlas,
         )
@@ -80,7 +86,7 @@ class RegisterToTemplate(_AlignmentWriter):
         return runtime
 
 
-class AlignForAtlas(_AlignmentWriter):
+class AlignForAtlas(_TemplateRegistration):
     """Turn the head onto the template with a rigid registration, for the atlas regions and the
     registration QC, while the network's grid keeps the head as scanned.
 
@@ -90,13 +96,10 @@ class AlignForAtlas(_AlignmentWriter):
     output_spec = _AtlasOutputSpec
 
     def _run_interface(self, runtime):
-        hu, ct_img = read_image(self.inputs.in_file, np.float32)
-        template_img = nib.load(self.inputs.template)
+        inputs = self._read_inputs()
         alignment = align_for_atlas(
-            hu, ct_img.affine, read_mask(self.inputs.brain_mask), template_img,
-            read_mask(self.inputs.template_mask, 0.5),
-            self._output_path(runtime, "atlas_transform", "template_to_ct_atlas.mat"), self.inputs.seed,
+            *inputs, self._output_path(runtime, "atlas_transform", "template_to_ct_atlas.mat"), self.inputs.seed,
         )
-        self._write_alignment(runtime, alignment, template_img)
+        self._write_alignment(runtime, alignment, inputs[3])
         return runtime
 
