@@ -33,7 +33,7 @@ import nibabel as nib
 import numpy as np
 
 from ichseg.bids_app.evaluate import evaluate, find_references
-from ichseg.pipeline.labels import HEMORRHAGE_INDICES, LABELS
+from ichseg.pipeline.labels import HEMORRHAGE_INDICES, LABELS, OEDEMA_INDEX
 from ichseg.pipeline.lesion_insertion import crescent_thickness, fraction_entities
 from ichseg.pipeline.metrics import (
     HEMORRHAGE,
@@ -47,6 +47,9 @@ from ichseg.pipeline.naming import find_derivatives, scan_id
 
 #: The bleeding classes, by the abbreviation that names their measures and fraction maps.
 BLEEDING = [lab for lab in LABELS if lab.index in HEMORRHAGE_INDICES]
+#: The classes scored one by one where a reference holds them: the bleeding classes and the
+#: oedema rim that the generator paints around some lesions.
+SCORED_CLASSES = BLEEDING + [lab for lab in LABELS if lab.index == OEDEMA_INDEX]
 
 #: Voxels the lesion covers by more than the first and less than the second share are its
 #: partial voxels: the mask rounds them to 0 or 1, where a reader could fairly go either way.
@@ -85,10 +88,10 @@ def partial_voxel_scores(predicted: np.ndarray, reference: np.ndarray, fraction:
 
 
 def class_confusion(predicted: np.ndarray, reference: np.ndarray) -> dict[str, dict[str, float]]:
-    """Where each bleeding class of the reference went: for every class the reference holds,
+    """Where each class of the reference went (:data:`SCORED_CLASSES`): for every one it holds,
     the share of its voxels that ``predicted`` labels as each class (``bg`` for background)."""
     out = {}
-    for lab in BLEEDING:
+    for lab in SCORED_CLASSES:
         inside = reference == lab.index
         if inside.any():
             shares = np.bincount(predicted[inside].astype(np.int64), minlength=len(LABELS)) / inside.sum()
@@ -139,11 +142,11 @@ def partial_voxel_table(derivatives: Path, reference: Path, phantoms: dict | Non
 
 
 def class_figures(rows: list[dict], partial: dict[str, dict]) -> dict[str, dict]:
-    """Per bleeding class, over the scans whose reference holds it: the dataset figures of the
-    class (Dice, volumes) and the mean share of its reference voxels that ichseg labels as each
-    class."""
+    """Per class of :data:`SCORED_CLASSES`, over the scans whose reference holds it: the dataset
+    figures of the class (Dice, volumes) and the mean share of its reference voxels that ichseg
+    labels as each class."""
     out = {}
-    for lab in BLEEDING:
+    for lab in SCORED_CLASSES:
         key = lab.abbreviation.lower()
         held = [r for r in rows if r.get(f"{key}_ref_ml", 0.0) > 0]
         if not held:
@@ -410,7 +413,8 @@ def _layer_table(summary: dict) -> list[str]:
 
 
 def _class_table(summary: dict) -> list[str]:
-    """Per bleeding class, where a truth set holds more than one (the IVH phantoms)."""
+    """Per class, where a truth set holds more than intraparenchymal blood (ventricular
+    blood, oedema rims)."""
     rows = []
     names = [lab.abbreviation.lower() for lab in LABELS]
     for name, s in summary.items():

@@ -157,6 +157,28 @@ def test_class_figures_say_where_the_references_ventricular_blood_went(tmp_path)
     assert "By class" not in accuracy.render({"default": accuracy.summarise(ROWS, PHANTOMS)})
 
 
+def test_the_oedema_rim_of_the_reference_is_scored_as_a_class(tmp_path):
+    reference = np.zeros((10, 2, 2), np.uint8)
+    reference[:4, 0, 0] = 1  # 4 voxels of IPH
+    reference[4:8, 0, 0] = 3  # and a rim of 4 voxels of oedema
+    predicted = reference.copy()
+    predicted[6:8, 0, 0] = 0  # half the rim missed
+    ref_dir, out = tmp_path / "reference", tmp_path / "out"
+    _nifti(reference, ref_dir / "sub-t01/anat/sub-t01_dseg.nii.gz")
+    _nifti(predicted, out / "sub-t01/anat/sub-t01_dseg.nii.gz")
+    table = accuracy.partial_voxel_table(out, ref_dir)
+    assert list(table["sub-t01"]["confusion"]) == ["iph", "oed"]
+    assert table["sub-t01"]["confusion"]["oed"] == pytest.approx({"bg": 0.5, "iph": 0.0, "eah": 0.0, "oed": 0.5,
+                                                                  "ivh": 0.0})
+    row = {"scan": "sub-t01", "status": "ok", "hemorrhage_ml": 0.004, "hemorrhage_ref_ml": 0.004,
+           "hemorrhage_dice": 1.0, "iph_ml": 0.004, "iph_ref_ml": 0.004, "iph_dice": 1.0,
+           "oed_ml": 0.002, "oed_ref_ml": 0.004, "oed_dice": 2 * 2 / 6}
+    summary = accuracy.summarise([row], {}, table)
+    assert list(summary["by_class"]) == ["iph", "oed"]
+    assert "| default | OED | 1 | 0.667 / 0.667 | -0.00 | 0.00 | 50 / 0 / 0 / 50 / 0 |" in accuracy.render(
+        {"default": summary})
+
+
 def test_subdural_voxels_found_are_counted_by_the_layers_local_thickness():
     # a crescent 10 mm thick at its centre (the origin), radius 20 mm: (1 - (r/20)^2) of it at r
     reference = np.zeros((41, 3, 3), bool)
