@@ -119,7 +119,8 @@ def _size_spread(shapes, n: int | None, rng: np.random.Generator) -> list[int]:
     return [chosen[i] for i in rng.permutation(len(chosen))] + rest
 
 
-def _prepare_hosts(hosts: list[str]) -> list[tuple]:
+def prepare_hosts(hosts: list[str]) -> list[tuple]:
+    """``(host, sidecar or None)`` of each named host CT, prepared to receive lesions."""
     prepared = []
     for name in hosts:
         ct = get_asset(f"ct/{name}_ct.nii.gz")
@@ -173,7 +174,7 @@ def _phantoms(kind: str, split: str, n: int | None, seed: int, prepared: list[tu
 
 def make_truthset(out: Path, split: str, n: int | None, seed: int, hosts: list[str], kind: str = "iph",
                   ivh_hu: tuple[float, float] = VENTRICULAR_CLOT_HU) -> list[dict]:
-    prepared = _prepare_hosts(hosts)
+    prepared = prepare_hosts(hosts)
     root = out / (split if kind == "iph" else f"{split}-{kind}")
     bids, reference = root / "bids", root / "reference"
     license_text = _data_license(hosts)

@@ -203,3 +203,28 @@ def test_subdural_voxels_found_are_counted_by_the_layers_local_thickness():
     assert layer["2-4 mm"]["found"] == pytest.approx(counts["2-4 mm"][0] / counts["2-4 mm"][1])
     assert "layers" not in stats["scans"][0]
     assert "Subdural crescents" in accuracy.render({"default": stats})
+
+
+def test_class_split_says_which_mislabelled_voxels_lie_where_the_label_is_possible():
+    spec = importlib.util.spec_from_file_location(
+        "class_split_bench", Path(__file__).resolve().parents[1] / "bench" / "class_split.py")
+    class_split = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(class_split)
+    affine = np.eye(4)
+    brain = np.zeros((40, 20, 20), bool)
+    brain[2:38, 2:18, 2:18] = True
+    ventricles = np.zeros_like(brain)
+    ventricles[18:22, 8:12, 8:12] = True
+    lesion = np.zeros_like(brain)
+    lesion[10:30, 9:11, 9:11] = True  # 80 voxels, 16 of them in the ventricle
+    predicted = np.where(lesion, 1, 0).astype(np.uint8)
+    predicted[20:24, 9:11, 9:11] = 4  # 16 IVH: 8 inside the ventricle, 8 within 2 mm of it
+    predicted[10:14, 9:11, 9:11] = 4  # 16 IVH 4-8 mm from it: not where IVH can be
+    predicted[26:30, 9:11, 9:11] = 2  # 16 EAH, 7 mm or more inside the brain's edge
+    split = class_split.split_of(lesion, predicted, ventricles, brain, affine)
+    assert split["iph_share"] == pytest.approx(32 / 80)
+    assert split["ivh_share"] == pytest.approx(32 / 80) and split["eah_share"] == pytest.approx(16 / 80)
+    assert split["lesion_in_ventricles_share"] == pytest.approx(16 / 80)
+    assert split["ivh_near_ventricles_share"] == pytest.approx(0.5)
+    assert split["eah_near_brain_edge_share"] == 0.0
+    assert split["lesion_ml"] == pytest.approx(0.08)
