@@ -102,4 +102,3 @@ class AlignForAtlas(_TemplateRegistration):
         )
         self._write_alignment(runtime, alignment, inputs[3])
         return runtime
-
