@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Which bleeding class ichseg gives the truth set's intraparenchymal lesions, and where.
 
-    python bench/class_split.py SPLIT_DIR DERIVATIVES [--out TABLE.tsv]
+    python bench/class_split.py SPLIT_DIR DERIVATIVES [--work WORK] [--out TABLE.tsv]
+    python bench/class_split.py --ivh DERIVATIVES --work WORK
 
 The total hemorrhage of a phantom can be right while its class is not: BLAST-CT labels parts
 of some painted parenchymal lesions IVH or EAH, which moves them from ``iph_ml`` to ``ivh_ml``
@@ -13,6 +14,13 @@ lateral ventricles (found by density before painting,
 :func:`~ichseg.pipeline.lesion_insertion.find_ventricles`) for IVH, within :data:`NEAR_MM` of
 the brain's edge for EAH. The reference's ignore mask is left out. Prints the table and the
 totals over all lesion voxels; ``--out`` writes it as TSV.
+
+With ``--work`` (the Nipype work folder of the ichseg run, ``.../work-NAME/ichseg_wf``), also
+the share of the IVH-labelled voxels within :data:`NEAR_MM` of the atlas's ventricle region,
+mapped onto the scan through the registration that turns the head onto the template (what a
+rule "IVH only near the atlas's ventricles" would keep). ``--ivh DERIVATIVES --work WORK``
+gives the same for every IVH voxel of any ichseg output, such as the real scans: what that
+rule would take from real ventricular blood.
 """
 
 from __future__ import annotations
@@ -26,8 +34,11 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
-from ichseg.pipeline.geometry import voxel_sizes, voxel_volume_ml
+from ichseg.pipeline import assets
+from ichseg.pipeline.geometry import ants_affine_to_ras, voxel_sizes, voxel_volume_ml
 from ichseg.pipeline.labels import EAH_INDEX, IPH_INDEX, IVH_INDEX
+from ichseg.pipeline.location import read_region_names
+from ichseg.pipeline.registration import warp_to_scan
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_truthset import prepare_hosts  # noqa: E402
@@ -40,6 +51,25 @@ NEAR_MM = 3.0
 def near(mask: np.ndarray, affine: np.ndarray, mm: float = NEAR_MM) -> np.ndarray:
     """Voxels within ``mm`` of ``mask`` (the mask included)."""
     return ndi.distance_transform_edt(~mask, sampling=voxel_sizes(affine)) <= mm
+
+
+def atlas_ventricles(work: Path, sid: str, shape: tuple[int, int, int], affine: np.ndarray) -> np.ndarray:
+    """The atlas's ventricle region on a scan's grid, through the transform that ichseg's run
+    (its work folder ``work``) used for the atlas regions."""
+    node = work / f"ct_{sid.replace('-', '_')}"
+    transform = next(p for p in (node / "register_atlas" / "template_to_ct_atlas.mat",
+                                 node / "register" / "template_to_ct_atlas.mat") if p.is_file())
+    atlas = nib.load(str(assets.get_asset(assets.ATLAS)))
+    ventricle_ids = [k for k, name in read_region_names(assets.get_asset(assets.ATLAS_LABELS)).items()
+                     if "ventricle" in name.lower()]
+    regions = warp_to_scan(np.asanyarray(atlas.dataobj, dtype=np.float32), atlas.affine, shape, affine,
+                           ants_affine_to_ras(str(transform)), order=0)
+    return np.isin(np.rint(regions).astype(int), ventricle_ids)
+
+
+def share_near(selected: np.ndarray, mask: np.ndarray, affine: np.ndarray) -> float:
+    """Share of ``selected``'s voxels within :data:`NEAR_MM` of ``mask`` (NaN if none)."""
+    return float((selected & near(mask, affine)).sum() / selected.sum()) if selected.any() else float("nan")
 
 
 def split_of(lesion: np.ndarray, predicted: np.ndarray, ventricles: np.ndarray, brain: np.ndarray,
@@ -55,14 +85,14 @@ def split_of(lesion: np.ndarray, predicted: np.ndarray, ventricles: np.ndarray, 
         "ivh_share": float(ivh.sum() / n),
         "eah_share": float(eah.sum() / n),
         "lesion_in_ventricles_share": float((lesion & ventricles).sum() / n),
-        "ivh_near_ventricles_share": float((ivh & near(ventricles, affine)).sum() / ivh.sum()) if ivh.any() else float("nan"),
-        "eah_near_brain_edge_share": float((eah & near(edge, affine)).sum() / eah.sum()) if eah.any() else float("nan"),
+        "ivh_near_ventricles_share": share_near(ivh, ventricles, affine),
+        "eah_near_brain_edge_share": share_near(eah, edge, affine),
         "voxels": {"lesion": n, "ivh": int(ivh.sum()), "eah": int(eah.sum()),
                    "ivh_near": int((ivh & near(ventricles, affine)).sum()), "eah_near": int((eah & near(edge, affine)).sum())},
     }
 
 
-def class_split(split_dir: Path, derivatives: Path) -> list[dict]:
+def class_split(split_dir: Path, derivatives: Path, work: Path | None = None) -> list[dict]:
     phantoms = list(csv.DictReader((split_dir / "phantoms.tsv").open(), delimiter="\t"))
     hosts, rows = {}, []
     for phantom in phantoms:
@@ -78,8 +108,14 @@ def class_split(split_dir: Path, derivatives: Path) -> list[dict]:
         lesion = (reference == IPH_INDEX) & keep
         if reference.shape != host.ventricles.shape or not lesion.any():
             continue
-        rows.append({"participant_id": sid, "host": name,
-                     **split_of(lesion, predicted, host.ventricles, host.brain, host.affine)})
+        row = {"participant_id": sid, "host": name,
+               **split_of(lesion, predicted, host.ventricles, host.brain, host.affine)}
+        if work is not None:
+            ivh = lesion & (predicted == IVH_INDEX)
+            vents = atlas_ventricles(work, sid, predicted.shape, host.affine)
+            row["ivh_near_atlas_ventricles_share"] = share_near(ivh, vents, host.affine)
+            row["voxels"]["ivh_near_atlas"] = int((ivh & near(vents, host.affine)).sum())
+        rows.append(row)
     return rows
 
 
@@ -87,30 +123,67 @@ def _fmt(value: float) -> str:
     return "n/a" if value != value else f"{100 * value:.0f} %"
 
 
+def ivh_near_atlas(derivatives: Path, work: Path) -> list[dict]:
+    """For every label map in ``derivatives``: its IVH (mL) and the share of it within
+    :data:`NEAR_MM` of the atlas's ventricles."""
+    rows = []
+    for dseg in sorted(derivatives.glob("sub-*/**/anat/sub-*_dseg.nii.gz")):
+        if "_space-" in dseg.name:
+            continue
+        img = nib.load(str(dseg))
+        labels = np.asanyarray(img.dataobj)
+        sid = dseg.name[: -len("_dseg.nii.gz")]
+        ivh = labels == IVH_INDEX
+        vents = atlas_ventricles(work, sid, labels.shape, img.affine)
+        rows.append({"scan": sid, "ivh_ml": float(ivh.sum()) * voxel_volume_ml(img.affine),
+                     "ivh_near_atlas_ventricles_share": share_near(ivh, vents, img.affine)})
+    return rows
+
+
+def _tsv_cell(value):
+    return "n/a" if isinstance(value, float) and value != value else round(value, 3) if isinstance(value, float) else value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("split_dir", type=Path)
-    parser.add_argument("derivatives", type=Path)
+    parser.add_argument("split_dir", type=Path, nargs="?", help="the truth set (not with --ivh)")
+    parser.add_argument("derivatives", type=Path, nargs="?")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="Nipype work folder of the ichseg run (.../ichseg_wf): adds the atlas's ventricles")
+    parser.add_argument("--ivh", type=Path, default=None, metavar="DERIVATIVES",
+                        help="every IVH voxel of these ichseg outputs against the atlas's ventricles (needs --work)")
     parser.add_argument("--out", type=Path, default=None, help="write the table as TSV")
     args = parser.parse_args(argv)
-    rows = class_split(args.split_dir, args.derivatives)
+    if args.ivh is not None:
+        if args.work is None:
+            parser.error("--ivh needs --work, the work folder of the same ichseg run")
+        for row in ivh_near_atlas(args.ivh, args.work):
+            print(f"{row['scan']}: IVH {row['ivh_ml']:.2f} mL, within {NEAR_MM:g} mm of the atlas's ventricles "
+                  f"{_fmt(row['ivh_near_atlas_ventricles_share'])}")
+        return 0
+    if args.split_dir is None or args.derivatives is None:
+        parser.error("give SPLIT_DIR and DERIVATIVES (or --ivh DERIVATIVES --work WORK)")
+    rows = class_split(args.split_dir, args.derivatives, args.work)
     columns = ["participant_id", "host", "lesion_ml", "iph_share", "ivh_share", "eah_share",
                "lesion_in_ventricles_share", "ivh_near_ventricles_share", "eah_near_brain_edge_share"]
+    if args.work is not None:
+        columns.append("ivh_near_atlas_ventricles_share")
     print("\t".join(columns))
     for row in rows:
         print("\t".join(row[c] if isinstance(row[c], str) else (f"{row[c]:.2f}" if c == "lesion_ml" else _fmt(row[c]))
                         for c in columns))
     total = {k: sum(r["voxels"][k] for r in rows) for k in rows[0]["voxels"]} if rows else {}
     if total:
+        atlas = (f"; near the atlas's ventricles: {_fmt(total['ivh_near_atlas'] / max(1, total['ivh']))}"
+                 if "ivh_near_atlas" in total else "")
         print(f"all lesion voxels: IVH {_fmt(total['ivh'] / total['lesion'])} (near the ventricles: "
-              f"{_fmt(total['ivh_near'] / max(1, total['ivh']))}), EAH {_fmt(total['eah'] / total['lesion'])} "
+              f"{_fmt(total['ivh_near'] / max(1, total['ivh']))}{atlas}), EAH {_fmt(total['eah'] / total['lesion'])} "
               f"(near the brain's edge: {_fmt(total['eah_near'] / max(1, total['eah']))})")
     if args.out:
         with args.out.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=columns, delimiter="\t", extrasaction="ignore")
             writer.writeheader()
-            writer.writerows({k: ("n/a" if isinstance(v, float) and v != v else round(v, 3) if isinstance(v, float) else v)
-                              for k, v in row.items()} for row in rows)
+            writer.writerows({k: _tsv_cell(v) for k, v in row.items()} for row in rows)
     return 0
 
 
