@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+from functools import lru_cache
 from pathlib import Path
 
 import nibabel as nib
@@ -37,7 +38,7 @@ from scipy import ndimage as ndi
 from ichseg.pipeline import assets
 from ichseg.pipeline.geometry import ants_affine_to_ras, voxel_sizes, voxel_volume_ml
 from ichseg.pipeline.labels import EAH_INDEX, IPH_INDEX, IVH_INDEX
-from ichseg.pipeline.location import read_region_names
+from ichseg.pipeline.location import GROUP_OF_REGION, read_region_names
 from ichseg.pipeline.registration import warp_to_scan
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -53,23 +54,29 @@ def near(mask: np.ndarray, affine: np.ndarray, mm: float = NEAR_MM) -> np.ndarra
     return ndi.distance_transform_edt(~mask, sampling=voxel_sizes(affine)) <= mm
 
 
+@lru_cache(maxsize=1)
+def _atlas_ventricle_map() -> tuple[np.ndarray, np.ndarray]:
+    """The atlas's ventricle region (its ``intraventricular`` location group) on the template
+    grid, and that grid's affine: read once for every scan."""
+    atlas = nib.load(str(assets.get_asset(assets.ATLAS)))
+    ventricle_ids = [index for index, name in read_region_names(assets.get_asset(assets.ATLAS_LABELS)).items()
+                     if GROUP_OF_REGION.get(name) == "intraventricular"]
+    return np.isin(np.asanyarray(atlas.dataobj), ventricle_ids).astype(np.float32), atlas.affine
+
+
 def atlas_ventricles(work: Path, sid: str, shape: tuple[int, int, int], affine: np.ndarray) -> np.ndarray:
     """The atlas's ventricle region on a scan's grid, through the transform that ichseg's run
     (its work folder ``work``) used for the atlas regions."""
     node = work / f"ct_{sid.replace('-', '_')}"
     transform = next(p for p in (node / "register_atlas" / "template_to_ct_atlas.mat",
                                  node / "register" / "template_to_ct_atlas.mat") if p.is_file())
-    atlas = nib.load(str(assets.get_asset(assets.ATLAS)))
-    ventricle_ids = [k for k, name in read_region_names(assets.get_asset(assets.ATLAS_LABELS)).items()
-                     if "ventricle" in name.lower()]
-    regions = warp_to_scan(np.asanyarray(atlas.dataobj, dtype=np.float32), atlas.affine, shape, affine,
-                           ants_affine_to_ras(str(transform)), order=0)
-    return np.isin(np.rint(regions).astype(int), ventricle_ids)
+    ventricles, atlas_affine = _atlas_ventricle_map()
+    return warp_to_scan(ventricles, atlas_affine, shape, affine, ants_affine_to_ras(str(transform)), order=0) > 0.5
 
 
-def share_near(selected: np.ndarray, mask: np.ndarray, affine: np.ndarray) -> float:
-    """Share of ``selected``'s voxels within :data:`NEAR_MM` of ``mask`` (NaN if none)."""
-    return float((selected & near(mask, affine)).sum() / selected.sum()) if selected.any() else float("nan")
+def share(selected: np.ndarray, within: np.ndarray) -> float:
+    """Share of ``selected``'s voxels that lie in ``within`` (NaN if none)."""
+    return float((selected & within).sum() / selected.sum()) if selected.any() else float("nan")
 
 
 def split_of(lesion: np.ndarray, predicted: np.ndarray, ventricles: np.ndarray, brain: np.ndarray,
@@ -78,17 +85,17 @@ def split_of(lesion: np.ndarray, predicted: np.ndarray, ventricles: np.ndarray, 
     the IVH (EAH) ones, the share near the ventricles (the brain's edge)."""
     n = int(lesion.sum())
     ivh, eah = lesion & (predicted == IVH_INDEX), lesion & (predicted == EAH_INDEX)
-    edge = brain & ~ndi.binary_erosion(brain)
+    near_ventricles, near_edge = near(ventricles, affine), near(brain & ~ndi.binary_erosion(brain), affine)
     return {
         "lesion_ml": n * voxel_volume_ml(affine),
         "iph_share": float((lesion & (predicted == IPH_INDEX)).sum() / n),
         "ivh_share": float(ivh.sum() / n),
         "eah_share": float(eah.sum() / n),
         "lesion_in_ventricles_share": float((lesion & ventricles).sum() / n),
-        "ivh_near_ventricles_share": share_near(ivh, ventricles, affine),
-        "eah_near_brain_edge_share": share_near(eah, edge, affine),
+        "ivh_near_ventricles_share": share(ivh, near_ventricles),
+        "eah_near_brain_edge_share": share(eah, near_edge),
         "voxels": {"lesion": n, "ivh": int(ivh.sum()), "eah": int(eah.sum()),
-                   "ivh_near": int((ivh & near(ventricles, affine)).sum()), "eah_near": int((eah & near(edge, affine)).sum())},
+                   "ivh_near": int((ivh & near_ventricles).sum()), "eah_near": int((eah & near_edge).sum())},
     }
 
 
@@ -112,9 +119,9 @@ def class_split(split_dir: Path, derivatives: Path, work: Path | None = None) ->
                **split_of(lesion, predicted, host.ventricles, host.brain, host.affine)}
         if work is not None:
             ivh = lesion & (predicted == IVH_INDEX)
-            vents = atlas_ventricles(work, sid, predicted.shape, host.affine)
-            row["ivh_near_atlas_ventricles_share"] = share_near(ivh, vents, host.affine)
-            row["voxels"]["ivh_near_atlas"] = int((ivh & near(vents, host.affine)).sum())
+            near_atlas = near(atlas_ventricles(work, sid, predicted.shape, host.affine), host.affine)
+            row["ivh_near_atlas_ventricles_share"] = share(ivh, near_atlas)
+            row["voxels"]["ivh_near_atlas"] = int((ivh & near_atlas).sum())
         rows.append(row)
     return rows
 
@@ -134,9 +141,9 @@ def ivh_near_atlas(derivatives: Path, work: Path) -> list[dict]:
         labels = np.asanyarray(img.dataobj)
         sid = dseg.name[: -len("_dseg.nii.gz")]
         ivh = labels == IVH_INDEX
-        vents = atlas_ventricles(work, sid, labels.shape, img.affine)
+        near_atlas = near(atlas_ventricles(work, sid, labels.shape, img.affine), img.affine)
         rows.append({"scan": sid, "ivh_ml": float(ivh.sum()) * voxel_volume_ml(img.affine),
-                     "ivh_near_atlas_ventricles_share": share_near(ivh, vents, img.affine)})
+                     "ivh_near_atlas_ventricles_share": share(ivh, near_atlas)})
     return rows
 
 

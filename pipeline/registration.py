@@ -161,9 +161,11 @@ class TemplateSpace:
         return self.atlas.qc if self.atlas else {}
 
 
-def _warp_with_overlap(ct, ct_affine, brain_mask, template_img, template_mask, template_to_scan):
+def _warp_with_overlap(ct, ct_affine, brain_mask, template_img, template_mask, template_to_scan,
+                       measure: bool = True):
     """CT (HU) and brain mask on the template grid, and how well that brain overlaps the
-    template's (:func:`_overlap_qc`)."""
+    template's (:func:`_overlap_qc`; None without ``measure``: a grid that only shifts the
+    head says nothing of the registration's quality)."""
     # CT and mask in one pass (the sample coordinates are computed once). Interpolation is
     # linear, so warping CT - OUTSIDE_FOV_HU with fill 0 and adding it back is the CT
     # warped with fill OUTSIDE_FOV_HU.
@@ -171,7 +173,7 @@ def _warp_with_overlap(ct, ct_affine, brain_mask, template_img, template_mask, t
     warped = warp_to_template(channels, ct_affine, template_img, template_to_scan)
     warped_ct, warped_mask = warped[0] + OUTSIDE_FOV_HU, warped[1] >= 0.5
     qc = _overlap_qc(warped_ct, warped_mask, warped[2] >= 0.5,
-                     np.asanyarray(template_img.dataobj, dtype=np.float32), template_mask)
+                     np.asanyarray(template_img.dataobj, dtype=np.float32), template_mask) if measure else None
     return warped_ct, warped_mask, qc
 
 
@@ -218,9 +220,10 @@ def to_template_space(
     template_to_scan = register_to_template(
         ct, ct_affine, brain_mask, template_img.get_filename(), out_transform, transform_type, seed,
     )["template_to_scan"]
+    shifted_only = transform_type == "Translation"
     warped_ct, warped_mask, qc = _warp_with_overlap(ct, ct_affine, brain_mask, template_img, template_mask,
-                                                    template_to_scan)
-    if transform_type != "Translation":
+                                                    template_to_scan, measure=not shifted_only)
+    if not shifted_only:
         if out_atlas_transform is not None:
             shutil.copyfile(out_transform, out_atlas_transform)
         alignment = AtlasAlignment(template_to_scan, warped_ct, qc)
