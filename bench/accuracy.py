@@ -151,8 +151,11 @@ def class_figures(rows: list[dict], partial: dict[str, dict]) -> dict[str, dict]
         held = [r for r in rows if r.get(f"{key}_ref_ml", 0.0) > 0]
         if not held:
             continue
-        figures = agreement([r[f"{key}_ml"] for r in held], [r[f"{key}_ref_ml"] for r in held],
-                            [r[f"{key}_dice"] for r in held])
+        volumes = ([r[f"{key}_ml"] for r in held], [r[f"{key}_ref_ml"] for r in held],
+                   [r[f"{key}_dice"] for r in held])
+        figures = agreement(*volumes)
+        large = agreement_by_volume(*volumes, edges=(15.0,))[1]
+        figures["worst_relative_error_over_15ml"] = large.get("largest_relative_error", float("nan"))
         shares = [partial[r["scan"]]["confusion"][key] for r in held
                   if key in partial.get(r["scan"], {}).get("confusion", {})]
         if shares:
@@ -234,6 +237,13 @@ NEAR_PROBABILITY = 0.1
 NEAR_MM = 3.0
 
 
+def atlas_transform(node: Path) -> Path:
+    """The transform that a scan's run (its work folder ``node``) used for the atlas: the
+    separate rigid registration of a translation run, else the registration's own."""
+    return next(p for p in (node / "register_atlas" / "template_to_ct_atlas.mat",
+                            node / "register" / "template_to_ct_atlas.mat") if p.is_file())
+
+
 def _recomputed(node: Path, source: str, cache: dict) -> tuple[np.ndarray, np.ndarray]:
     """Template-space probabilities (C, ...) and affine of another way of running the network
     on the registered CT of the work directory: ``flip`` (mean with the left-right mirror),
@@ -296,7 +306,7 @@ def _cached_recomputed(node: Path, source: str, cache: dict) -> tuple[np.ndarray
 
 def relabel_scores(split_dir: Path, reference: Path, out: Path, name: str, phantoms: dict, thresholds,
                    sources=("network",), resamplings=("centre",), seeds=(), density_edge=False,
-                   partial_margins=()) -> dict:
+                   partial_margins=(), ivh_margins=()) -> dict:
     """Score labellings of the setting's probabilities, and of probabilities recomputed from
     its registered CTs (``sources``: ``network``, ``flip``, ``ensemble``), each brought onto
     the scan by sampling at the voxel centres or by the mean over each voxel
@@ -304,11 +314,20 @@ def relabel_scores(split_dir: Path, reference: Path, out: Path, name: str, phant
     hysteresis (a blood region is kept only where it reaches the seed probability); with
     ``density_edge``, each of them also refined along the CT's clot edge; with
     ``partial_margins``, each of them also with its edges decided by partial volume where the
-    clot share of a voxel's density is that far from one half."""
-    from ichseg.pipeline.geometry import ants_affine_to_ras
+    clot share of a voxel's density is that far from one half; with ``ivh_margins``, each of
+    them also with intraventricular blood only within that many mm of the atlas's ventricles
+    (mapped through the run's atlas registration), by connected region and by voxel."""
+    from ichseg.pipeline import assets
+    from ichseg.pipeline.geometry import ants_affine_to_ras, within_mm
+    from ichseg.pipeline.location import (
+        atlas_on_scan,
+        read_region_names,
+        ventricle_region,
+    )
     from ichseg.pipeline.refine import refine_hemorrhage, refine_partial_volume
     from ichseg.pipeline.registration import warp_to_scan
     from ichseg.pipeline.segmentation import (
+        ivh_only_near_ventricles,
         keep_seeded_blood,
         label_map,
         threshold_labels,
@@ -320,6 +339,8 @@ def relabel_scores(split_dir: Path, reference: Path, out: Path, name: str, phant
     results: dict[str, list[dict]] = {}
     extra: dict[str, dict] = {}  # per labelling and scan: layer_counts of a subdural phantom
     networks: dict = {}
+    atlas = nib.load(str(assets.get_asset(assets.ATLAS)))
+    region_names = read_region_names(assets.get_asset(assets.ATLAS_LABELS))
     for entities, dseg in find_derivatives(out / name, "dseg"):
         sid = scan_id(entities)
         if sid not in references:
@@ -334,8 +355,10 @@ def relabel_scores(split_dir: Path, reference: Path, out: Path, name: str, phant
         ref = np.asanyarray(nib.load(str(reference.path)).dataobj).astype(np.int16)
         ignore = (np.asanyarray(nib.load(str(reference.ignore)).dataobj) > 0) if reference.ignore else None
         # each bleeding class too where the reference holds more than intraparenchymal blood
-        held = [lab.abbreviation.lower() for lab in BLEEDING if (ref == lab.index).any()]
-        classes = [HEMORRHAGE] + (held if set(held) - {"iph"} else [])
+        classes = [HEMORRHAGE] + [lab.abbreviation.lower() for lab in BLEEDING if (ref == lab.index).any()]
+        if ivh_margins:
+            ventricles = ventricle_region(atlas_on_scan(
+                atlas, source.shape, source.affine, ants_affine_to_ras(str(atlas_transform(node))))[0], region_names)
         for kind in sources:
             if kind == "network":
                 prob_img = nib.load(str(node / "segment" / "probabilities_space-template.nii"))
@@ -362,6 +385,12 @@ def relabel_scores(split_dir: Path, reference: Path, out: Path, name: str, phant
                     for margin in partial_margins:
                         variants[f"{label} + partial volume {margin:g}"] = refine_partial_volume(
                             variants[label], scan, hu, brain, source.affine, margin=margin)
+                for label in list(variants) if ivh_margins else ():
+                    for margin in ivh_margins:
+                        zone = within_mm(ventricles, source.affine, margin)
+                        for by, whole in (("regions", True), ("voxels", False)):
+                            variants[f"{label} + IVH within {margin:g} mm ({by})"] = ivh_only_near_ventricles(
+                                variants[label], scan, zone, whole_regions=whole)
                 prefix = kind if mode == "centre" else f"{kind}, {mode}"
                 for label, labels in variants.items():
                     row = compare_labels(labels.astype(np.int16), ref, source.affine, ignore, classes=classes)
@@ -413,25 +442,25 @@ def _layer_table(summary: dict) -> list[str]:
 
 
 def _class_table(summary: dict) -> list[str]:
-    """Per class, where a truth set holds more than intraparenchymal blood (ventricular
-    blood, oedema rims)."""
+    """Per class that a truth set holds: the class volumes can be wrong where the total is right
+    (blood of one lesion split between classes)."""
     rows = []
     names = [lab.abbreviation.lower() for lab in LABELS]
     for name, s in summary.items():
         by_class = s.get("by_class", {})
-        if set(by_class) <= {"iph"}:  # intraparenchymal lesions only: the total says it all
-            continue
         for key, v in by_class.items():
             shares = v.get("labelled_as", {})
+            worst = v.get("worst_relative_error_over_15ml", float("nan"))
             rows.append(f"| {name} | {key.upper()} | {v['n_scans']} | {_fmt(v['dice_mean'])} / {_fmt(v['dice_median'])} "
-                        f"| {_fmt(v['mean_difference_ml'], 2)} | {_fmt(v['rmse_ml'], 2)} | "
+                        f"| {_fmt(v['volume_pearson_r'])} | {_fmt(v['mean_difference_ml'], 2)} | {_fmt(v['rmse_ml'], 2)} "
+                        f"| {_fmt(100 * worst, 1)} | "
                         + " / ".join(_fmt(100 * shares[n], 0) if n in shares else "–" for n in names) + " |")
     if not rows:
         return []
     return ["", "By class, over the scans whose reference holds it; where its reference voxels went (mean share, %):",
-            "", "| setting | class | scans | mean / median Dice | mean diff mL | RMSE mL | labelled "
+            "", "| setting | class | scans | mean / median Dice | r | mean diff mL | RMSE mL | worst > 15 mL % | labelled "
             + " / ".join(lab.abbreviation for lab in LABELS) + " % |",
-            "|---|---|---:|---:|---:|---:|---|", *rows]
+            "|---|---|---:|---:|---:|---:|---:|---:|---|", *rows]
 
 
 def _painted_table(summary: dict) -> list[str]:
@@ -489,6 +518,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partial-volume", nargs="*", type=float, default=[], metavar="MARGIN",
                         help="with --relabel: also each labelling with its edges decided by partial volume "
                              "(pipeline/refine.py) where a voxel's clot share is MARGIN or more from one half")
+    parser.add_argument("--ivh-margins", nargs="*", type=float, default=[], metavar="MM",
+                        help="with --relabel: also each labelling with intraventricular blood only within MM "
+                             "of the atlas's ventricles (by connected region and by voxel)")
     parser.add_argument("--n-procs", type=int, default=2)
     parser.add_argument("--score-only", action="store_true",
                         help="score the derivatives already in OUT/NAME, without running ichseg")
@@ -510,7 +542,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.relabel:
             for label, stats in relabel_scores(args.split_dir, reference, args.out, name, phantoms, args.thresholds,
                                                args.sources, args.resamplings, args.seeds,
-                                               args.density_edge, args.partial_volume).items():
+                                               args.density_edge, args.partial_volume,
+                                               args.ivh_margins).items():
                 summary[f"{name}, {label}"] = stats
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "accuracy.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")

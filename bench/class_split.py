@@ -36,12 +36,12 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ichseg.pipeline import assets
-from ichseg.pipeline.geometry import ants_affine_to_ras, voxel_sizes, voxel_volume_ml
+from ichseg.pipeline.geometry import ants_affine_to_ras, voxel_volume_ml, within_mm
 from ichseg.pipeline.labels import EAH_INDEX, IPH_INDEX, IVH_INDEX
-from ichseg.pipeline.location import GROUP_OF_REGION, read_region_names
-from ichseg.pipeline.registration import warp_to_scan
+from ichseg.pipeline.location import atlas_on_scan, read_region_names, ventricle_region
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from accuracy import atlas_transform  # noqa: E402
 from make_truthset import prepare_hosts  # noqa: E402
 
 #: How near a ventricle (IVH) or the brain's edge (EAH) a voxel must lie for its label to be
@@ -51,27 +51,21 @@ NEAR_MM = 3.0
 
 def near(mask: np.ndarray, affine: np.ndarray, mm: float = NEAR_MM) -> np.ndarray:
     """Voxels within ``mm`` of ``mask`` (the mask included)."""
-    return ndi.distance_transform_edt(~mask, sampling=voxel_sizes(affine)) <= mm
+    return within_mm(mask, affine, mm)
 
 
 @lru_cache(maxsize=1)
-def _atlas_ventricle_map() -> tuple[np.ndarray, np.ndarray]:
-    """The atlas's ventricle region (its ``intraventricular`` location group) on the template
-    grid, and that grid's affine: read once for every scan."""
-    atlas = nib.load(str(assets.get_asset(assets.ATLAS)))
-    ventricle_ids = [index for index, name in read_region_names(assets.get_asset(assets.ATLAS_LABELS)).items()
-                     if GROUP_OF_REGION.get(name) == "intraventricular"]
-    return np.isin(np.asanyarray(atlas.dataobj), ventricle_ids).astype(np.float32), atlas.affine
+def _atlas() -> tuple:
+    """The atlas image and its region names: read once for every scan."""
+    return nib.load(str(assets.get_asset(assets.ATLAS))), read_region_names(assets.get_asset(assets.ATLAS_LABELS))
 
 
 def atlas_ventricles(work: Path, sid: str, shape: tuple[int, int, int], affine: np.ndarray) -> np.ndarray:
     """The atlas's ventricle region on a scan's grid, through the transform that ichseg's run
     (its work folder ``work``) used for the atlas regions."""
-    node = work / f"ct_{sid.replace('-', '_')}"
-    transform = next(p for p in (node / "register_atlas" / "template_to_ct_atlas.mat",
-                                 node / "register" / "template_to_ct_atlas.mat") if p.is_file())
-    ventricles, atlas_affine = _atlas_ventricle_map()
-    return warp_to_scan(ventricles, atlas_affine, shape, affine, ants_affine_to_ras(str(transform)), order=0) > 0.5
+    atlas, names = _atlas()
+    transform = ants_affine_to_ras(str(atlas_transform(work / f"ct_{sid.replace('-', '_')}")))
+    return ventricle_region(atlas_on_scan(atlas, shape, affine, transform)[0], names)
 
 
 def share(selected: np.ndarray, within: np.ndarray) -> float:

@@ -36,6 +36,22 @@ _threshold = _probability_or("argmax", "threshold", one_allowed=False)
 _seed = _probability_or("none", "seed probability", one_allowed=True)
 
 
+def _margin_or_none(text: str) -> float | None:
+    """An argparse type: a distance in mm (0 or more), or ``none`` for None."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a distance in mm or 'none', got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"the distance must be 0 mm or more, got {value:g}")
+    return value
+
+
+_margin_or_none.none_word = "none"
+
+
 #: Nipype execution plugins ``--nipype-plugin`` accepts.
 #: Not the *Graph plugins: they return as soon as they have submitted, so ichseg could
 #: neither hold the scans' locks nor record their failures (--submit does that instead).
@@ -156,6 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar="P|none",
                         help="keep a connected region of blood only if its total hemorrhage probability "
                              "reaches P somewhere (hysteresis; removes faint specks); 'none' keeps every region")
+    method.add_argument("--ivh-margin-mm", type=_margin_or_none, default=MethodSettings.ivh_margin_mm,
+                        metavar="MM|none",
+                        help="label blood intraventricular only in a connected region that comes within MM of "
+                             "the atlas's ventricles; elsewhere it takes its next most likely bleeding class "
+                             "(docs/method.md, accuracy); 'none' leaves the network's class")
 
     out = parser.add_argument_group("messages")
     verbosity = out.add_mutually_exclusive_group()

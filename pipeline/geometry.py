@@ -29,6 +29,12 @@ def voxel_sizes(affine: np.ndarray) -> tuple[float, float, float]:
     return tuple(float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
 
 
+def within_mm(mask: np.ndarray, affine: np.ndarray, mm: float) -> np.ndarray:
+    """Voxels within ``mm`` of ``mask`` (the mask included), by the distance between voxel
+    centres."""
+    return ndimage.distance_transform_edt(~np.asarray(mask, dtype=bool), sampling=voxel_sizes(affine)) <= mm
+
+
 def slice_axis(affine: np.ndarray) -> int:
     """The voxel axis closest to the scanner's inferior-superior axis: the axis of the axial
     slices as acquired (gantry tilt included)."""

@@ -99,14 +99,41 @@ def locate(labels: np.ndarray, regions: np.ndarray, sides: np.ndarray, voxel_ml:
     return rows, summary
 
 
+def atlas_on_scan(atlas_img, shape: tuple[int, int, int], affine: np.ndarray,
+                  template_to_scan: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The atlas's regions and :func:`side_map` on a scan's grid, through the inverse
+    registration (nearest neighbour)."""
+    from ichseg.pipeline.registration import warp_to_scan
+
+    channels = np.stack([np.asanyarray(atlas_img.dataobj, dtype=np.float32),
+                         side_map(atlas_img.shape[:3], atlas_img.affine).astype(np.float32)])
+    regions, sides = warp_to_scan(channels, atlas_img.affine, shape[:3], affine, template_to_scan, order=0)
+    return regions, sides
+
+
+def ventricle_region(regions: np.ndarray, region_names: dict[int, str]) -> np.ndarray:
+    """Where the atlas's regions (:func:`atlas_on_scan`) are ventricles (the
+    ``intraventricular`` group)."""
+    ids = [index for index, name in region_names.items() if GROUP_OF_REGION.get(name) == "intraventricular"]
+    return np.isin(np.rint(regions).astype(np.int64), ids)
+
+
+def ventricle_zone(atlas_img, region_names: dict[int, str], shape: tuple[int, int, int], affine: np.ndarray,
+                   template_to_scan: np.ndarray, margin_mm: float) -> np.ndarray:
+    """The atlas's ventricles on a scan's grid and every voxel within ``margin_mm`` of them:
+    where intraventricular blood may lie
+    (:func:`~ichseg.pipeline.segmentation.ivh_only_near_ventricles`)."""
+    from ichseg.pipeline.geometry import within_mm
+
+    regions, _ = atlas_on_scan(atlas_img, shape, affine, template_to_scan)
+    return within_mm(ventricle_region(regions, region_names), affine, margin_mm)
+
+
 def locate_on_scan(labels: np.ndarray, affine: np.ndarray, template_to_scan: np.ndarray,
                    atlas_img, region_names: dict[int, str]) -> tuple[list[dict], dict]:
     """Map the atlas onto a scan's label map through the inverse registration; return the
     rows of the regions table and the summary columns (:func:`locate`)."""
     from ichseg.pipeline.geometry import voxel_volume_ml
-    from ichseg.pipeline.registration import warp_to_scan
 
-    channels = np.stack([np.asanyarray(atlas_img.dataobj, dtype=np.float32),
-                         side_map(atlas_img.shape[:3], atlas_img.affine).astype(np.float32)])
-    regions, sides = warp_to_scan(channels, atlas_img.affine, labels.shape[:3], affine, template_to_scan, order=0)
+    regions, sides = atlas_on_scan(atlas_img, labels.shape, affine, template_to_scan)
     return locate(labels, regions, sides, voxel_volume_ml(affine), region_names)

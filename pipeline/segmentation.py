@@ -15,7 +15,11 @@ from ichseg.pipeline.geometry import (
     voxel_sizes,
     voxel_volume_ml,
 )
-from ichseg.pipeline.labels import HEMORRHAGE_INDICES, total_hemorrhage_probability
+from ichseg.pipeline.labels import (
+    HEMORRHAGE_INDICES,
+    IVH_INDEX,
+    total_hemorrhage_probability,
+)
 from ichseg.pipeline.models import resolve_model, weights_sha256
 from ichseg.pipeline.qc import segmentation_qc
 
@@ -38,6 +42,11 @@ DEFAULT_HEMORRHAGE_THRESHOLD: float | None = 0.40
 #: lesions that a confident core anchors. Chosen on the tuning half of the truth set
 #: (docs/method.md, section 7). ``None`` keeps every region.
 DEFAULT_HEMORRHAGE_SEED: float | None = 0.8
+
+#: Intraventricular blood lies in the ventricles: a connected region labelled IVH keeps its
+#: class only if it comes within this many mm of the atlas's ventricles mapped onto the scan
+#: (:func:`ivh_only_near_ventricles`). ``None`` keeps the network's class everywhere.
+DEFAULT_IVH_MARGIN_MM: float | None = None
 
 
 def label_map(probabilities: np.ndarray, hemorrhage_threshold: float | None = DEFAULT_HEMORRHAGE_THRESHOLD,
@@ -80,6 +89,28 @@ def keep_seeded_blood(labels: np.ndarray, probabilities: np.ndarray,
     kept = labels.copy()
     kept[unseeded] = best_non_blood_class(probabilities[:, unseeded])
     return kept
+
+
+def ivh_only_near_ventricles(labels: np.ndarray, probabilities: np.ndarray, near_ventricles: np.ndarray,
+                             whole_regions: bool = True) -> np.ndarray:
+    """A copy of ``labels`` in which intraventricular blood lies only where it can: IVH outside
+    ``near_ventricles`` (the ventricles and a margin, on the same grid) takes the more probable
+    of the other bleeding classes, voxel by voxel. With ``whole_regions``, a connected region
+    of IVH (26-neighbourhood) that reaches ``near_ventricles`` anywhere stays IVH whole, so that
+    blood filling ventricles larger than the atlas's keeps its class. Only the bleeding class
+    changes, never what is blood."""
+    ivh = labels == IVH_INDEX
+    if whole_regions:
+        regions, _ = ndimage.label(ivh, structure=np.ones((3, 3, 3), dtype=bool))
+        misplaced = ivh & ~np.isin(regions, np.unique(regions[ivh & near_ventricles]))
+    else:
+        misplaced = ivh & ~near_ventricles
+    if not misplaced.any():
+        return labels
+    others = np.asarray([i for i in HEMORRHAGE_INDICES if i != IVH_INDEX])
+    moved = labels.copy()
+    moved[misplaced] = others[np.argmax(probabilities[:, misplaced][others], axis=0)]
+    return moved
 
 
 def best_non_blood_class(probabilities: np.ndarray) -> np.ndarray:
@@ -230,9 +261,11 @@ def probabilities_to_scan(
     template_to_scan: np.ndarray,
     hemorrhage_threshold: float | None = DEFAULT_HEMORRHAGE_THRESHOLD,
     hemorrhage_seed: float | None = DEFAULT_HEMORRHAGE_SEED,
+    ivh_zone: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities mapped onto the scan's grid; returns its label map and the total
-    hemorrhage probability there."""
+    hemorrhage probability there. With ``ivh_zone`` (where the ventricles may be, on the scan's
+    grid), intraventricular blood is kept to it (:func:`ivh_only_near_ventricles`)."""
     from ichseg.pipeline.registration import warp_to_scan
 
     scan_probs = warp_to_scan(probabilities, probabilities_affine, scan_shape, scan_affine, template_to_scan)
@@ -241,5 +274,7 @@ def probabilities_to_scan(
     # background channel equals warping with those per-class fill values.
     scan_probs[0] += np.clip(1.0 - scan_probs.sum(axis=0), 0.0, 1.0)
     labels = label_map(scan_probs, hemorrhage_threshold, hemorrhage_seed)
+    if ivh_zone is not None:
+        labels = ivh_only_near_ventricles(labels, scan_probs, ivh_zone)
     hemorrhage = np.clip(total_hemorrhage_probability(scan_probs), 0, 1).astype(np.float32)
     return labels, hemorrhage

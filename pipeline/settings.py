@@ -9,6 +9,7 @@ from ichseg.pipeline.cpu import PRECISIONS
 from ichseg.pipeline.segmentation import (
     DEFAULT_HEMORRHAGE_SEED,
     DEFAULT_HEMORRHAGE_THRESHOLD,
+    DEFAULT_IVH_MARGIN_MM,
     DEFAULT_MARGIN_MM,
 )
 
@@ -37,6 +38,8 @@ class MethodSettings:
     hemorrhage_threshold : total hemorrhage probability from which a voxel is blood (None: arg-max)
     hemorrhage_seed : a region of blood is kept only where it reaches this total hemorrhage
         probability somewhere (None: every region)
+    ivh_margin_mm : a connected region of intraventricular blood keeps its class only if it
+        comes within this many mm of the atlas's ventricles (None: the network's class everywhere)
     """
 
     model: str = "blastct-v1"
@@ -48,6 +51,7 @@ class MethodSettings:
     margin_mm: float = DEFAULT_MARGIN_MM
     hemorrhage_threshold: float | None = DEFAULT_HEMORRHAGE_THRESHOLD
     hemorrhage_seed: float | None = DEFAULT_HEMORRHAGE_SEED
+    ivh_margin_mm: float | None = DEFAULT_IVH_MARGIN_MM
 
     def __post_init__(self):
         for name, value, allowed in (("transform", self.transform, TRANSFORMS),
@@ -59,6 +63,8 @@ class MethodSettings:
             raise ValueError(f"hemorrhage_threshold must lie between 0 and 1, not {self.hemorrhage_threshold}")
         if self.hemorrhage_seed is not None and not 0 < self.hemorrhage_seed <= 1:
             raise ValueError(f"hemorrhage_seed must lie between 0 and 1, not {self.hemorrhage_seed}")
+        if self.ivh_margin_mm is not None and not self.ivh_margin_mm >= 0:
+            raise ValueError(f"ivh_margin_mm must be 0 mm or more, not {self.ivh_margin_mm}")
 
     @property
     def ants_transform(self) -> str:

@@ -8,6 +8,7 @@ from ichseg.bids_app.cli import build_parser
 from ichseg.pipeline.segmentation import (
     DEFAULT_HEMORRHAGE_SEED,
     DEFAULT_HEMORRHAGE_THRESHOLD,
+    DEFAULT_IVH_MARGIN_MM,
 )
 
 BASE = ["/bids", "/out", "participant"]
@@ -42,6 +43,18 @@ def test_hemorrhage_threshold_rejects_what_is_not_a_probability(bad, capsys):
     assert "--hemorrhage-threshold" in capsys.readouterr().err
 
 
+def test_ivh_margin_default_value_none_and_bad_values(capsys):
+    parser = build_parser()
+    assert parser.parse_args(BASE).ivh_margin_mm == DEFAULT_IVH_MARGIN_MM
+    assert parser.parse_args([*BASE, "--ivh-margin-mm", "4.5"]).ivh_margin_mm == 4.5
+    assert parser.parse_args([*BASE, "--ivh-margin-mm", "0"]).ivh_margin_mm == 0.0
+    assert parser.parse_args([*BASE, "--ivh-margin-mm", "none"]).ivh_margin_mm is None
+    for bad in ("-1", "near"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([*BASE, "--ivh-margin-mm", bad])
+        assert "--ivh-margin-mm" in capsys.readouterr().err
+
+
 def test_array_tasks_get_the_options_as_given():
     """What --submit passes on to its tasks parses back to the same settings."""
     from ichseg.bids_app.slurm import task_arguments
@@ -49,13 +62,13 @@ def test_array_tasks_get_the_options_as_given():
     parser = build_parser()
     given = [*BASE, "--participant-label", "01", "--submit", "slurm", "--sbatch-args", "-p short",
              "--nprocs", "3", "--omp-nthreads", "1", "--mem", "6", "--model", "blastct-v1-ensemble",
-             "--hemorrhage-threshold", "argmax", "--hemorrhage-seed", "none", "--transform", "affine", "-vv"]
+             "--hemorrhage-threshold", "argmax", "--hemorrhage-seed", "none", "--ivh-margin-mm", "none", "--transform", "affine", "-vv"]
     args = parser.parse_args(given)
     forwarded = task_arguments(args, parser)
     assert "--participant-label" not in forwarded and "--submit" not in forwarded
     again = parser.parse_args([*BASE, *forwarded])
-    for name in ("n_procs", "omp_nthreads", "mem", "model", "hemorrhage_threshold", "hemorrhage_seed", "transform",
-                 "verbose"):
+    for name in ("n_procs", "omp_nthreads", "mem", "model", "hemorrhage_threshold", "hemorrhage_seed",
+                 "ivh_margin_mm", "transform", "verbose"):
         assert getattr(again, name) == getattr(args, name), name
 
 

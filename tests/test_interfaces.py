@@ -209,6 +209,37 @@ def test_probabilities_to_scan(tmp_path, tilt, shift_ras):
     assert (labels[beyond] == 0).all() and (hemorrhage[beyond] == 0).all()
 
 
+def test_probabilities_to_scan_keeps_ivh_near_the_atlas_ventricles(tmp_path):
+    """With ``ivh_margin_mm``, the IVH cube stays IVH where the atlas's ventricles lie within
+    the margin of it, and becomes IPH (its next bleeding class) where they do not."""
+    shape = (70, 80, 24)
+    source = _save(np.zeros(shape, dtype=np.int16), _scan_affine(0.0, shape), tmp_path / "sub-01_ct.nii.gz")
+    probabilities = _probability_map(tmp_path / "probs.nii")
+    transform = _ants_transform(tmp_path / "template_to_scan.mat")
+    labels_csv = tmp_path / "atlas_labels.csv"
+    labels_csv.write_text("ROIIndex,ROIName\n1,Ventricle\n2,LeftInsula\n")
+    world = _world(BOX_AFFINE, BOX_SHAPE)
+    outcomes = {}
+    for where, x in {"beside": 4.0, "far": -20.0}.items():
+        atlas = np.full(BOX_SHAPE, 2, dtype=np.int16)
+        atlas[(world[..., 0] >= x - 2) & (world[..., 0] <= x) & (np.abs(world[..., 1]) < 5)] = 1  # a "ventricle" slab
+        atlas_file = _save(atlas, BOX_AFFINE, tmp_path / f"atlas-{where}.nii.gz")
+        interface = ProbabilitiesToScan(probabilities=probabilities, transform=transform, source_file=source,
+                                        ivh_margin_mm=8.0, atlas=atlas_file, atlas_labels=str(labels_csv),
+                                        atlas_transform=transform)
+        result = _run(interface, tmp_path / f"work-{where}")
+        outcomes[where] = np.asanyarray(nib.load(result.outputs.dseg).dataobj)
+    plain = _run(ProbabilitiesToScan(probabilities=probabilities, transform=transform, source_file=source),
+                 tmp_path / "work-plain")
+    plain_labels = np.asanyarray(nib.load(plain.outputs.dseg).dataobj)
+    assert (plain_labels == 4).sum() > 100
+    np.testing.assert_array_equal(outcomes["beside"], plain_labels)  # 6 mm from the cube: kept
+    far = outcomes["far"]  # 30 mm away: the IVH cube is IPH, everything else as before
+    np.testing.assert_array_equal(far == 1, (plain_labels == 1) | (plain_labels == 4))
+    assert not (far == 4).any()
+    np.testing.assert_array_equal(far[(plain_labels != 4)], plain_labels[(plain_labels != 4)])
+
+
 # --------------------------------------------------------------------------- volumes table
 
 

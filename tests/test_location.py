@@ -69,3 +69,25 @@ def test_a_few_voxels_have_no_location(atlas):
     _, summary = locate(labels, regions, side_map(regions.shape, img.affine), 0.001, names)
     assert summary["deep_ml"] == pytest.approx(0.001)
     assert summary["location"] is None and summary["side"] is None
+
+
+def test_ventricle_zone_is_the_atlas_ventricles_and_the_margin(atlas):
+    from ichseg.pipeline.location import ventricle_zone
+
+    img, regions, names = atlas
+    ventricle_ids = [i for i, n in names.items() if GROUP_OF_REGION[n] == "intraventricular"]
+    ventricles = np.isin(regions, ventricle_ids)
+    assert ventricles.any()
+    exact = ventricle_zone(img, names, regions.shape, img.affine, np.eye(4), 0.0)
+    np.testing.assert_array_equal(exact, ventricles)
+    grown = ventricle_zone(img, names, regions.shape, img.affine, np.eye(4), 3.0)
+    assert (grown & ventricles).sum() == ventricles.sum() and grown.sum() > 1.5 * ventricles.sum()
+    np.testing.assert_array_equal(grown, ndimage.distance_transform_edt(~ventricles) <= 3.0)
+    # a scan shifted 10 mm to the right of the template: the zone is found 10 mm further left
+    # in the scan's voxels (template -> scan points: x + 10)
+    shift = np.eye(4)
+    shift[0, 3] = 10.0
+    moved = ventricle_zone(img, names, regions.shape, img.affine, shift, 0.0)
+    step = int(round(10.0 / abs(img.affine[0, 0])))
+    direction = int(np.sign(img.affine[0, 0]))
+    np.testing.assert_array_equal(np.roll(ventricles, direction * step, axis=0)[20:-20], moved[20:-20])

@@ -98,3 +98,45 @@ def test_label_map_hemorrhage_seed_keeps_only_regions_that_reach_it():
     assert blood_left_out_ml(before_seed, keep_seeded_blood(before_seed, probs, None), 0.5) == 0.0
     argmax = threshold_labels(probs, None)
     assert blood_left_out_ml(argmax, keep_seeded_blood(argmax, probs, 0.9), 0.5) == pytest.approx(1.0)
+
+
+def test_ivh_only_near_ventricles_moves_regions_that_never_reach_them():
+    from ichseg.pipeline.segmentation import ivh_only_near_ventricles
+
+    # classes: background, IPH, EAH, oedema, IVH; along a line: IVH 1-3 touching the zone at 3,
+    # IVH 6-7 far from it (IPH the next bleeding class at 6, EAH at 7), IPH at 9
+    labels = np.array([0, 4, 4, 4, 0, 0, 4, 4, 0, 1], dtype=np.uint8)[None, None, :]
+    probs = np.zeros((5, *labels.shape), dtype=np.float32)
+    probs[0] = 1.0
+    probs[:, 0, 0, 6] = [0.1, 0.3, 0.1, 0.0, 0.5]
+    probs[:, 0, 0, 7] = [0.1, 0.1, 0.3, 0.0, 0.5]
+    zone = np.zeros(labels.shape, dtype=bool)
+    zone[0, 0, 3:5] = True
+    whole = ivh_only_near_ventricles(labels, probs, zone)
+    assert whole.ravel().tolist() == [0, 4, 4, 4, 0, 0, 1, 2, 0, 1]
+    by_voxel = ivh_only_near_ventricles(labels, probs, zone, whole_regions=False)
+    assert by_voxel.ravel().tolist() == [0, 1, 1, 4, 0, 0, 1, 2, 0, 1]
+    # only the bleeding class changes, never what is blood; the input stays as it was
+    for moved in (whole, by_voxel):
+        assert np.array_equal(np.isin(moved, (1, 2, 4)), np.isin(labels, (1, 2, 4)))
+    assert labels.ravel().tolist() == [0, 4, 4, 4, 0, 0, 4, 4, 0, 1]
+    # nothing to move: the same array back; every voxel allowed: nothing changes
+    assert ivh_only_near_ventricles(whole, probs, np.ones(labels.shape, bool)) is whole
+    assert ivh_only_near_ventricles(labels, probs, np.ones(labels.shape, bool)).tolist() == labels.tolist()
+
+
+def test_probabilities_to_scan_keeps_ivh_to_the_zone_it_is_given():
+    from ichseg.pipeline.segmentation import probabilities_to_scan
+
+    probs = np.zeros((5, 6, 6, 6), dtype=np.float32)
+    probs[0] = 1.0
+    probs[:, 1:3, 1:3, 1:3] = np.array([0.05, 0.35, 0.0, 0.0, 0.6])[:, None, None, None]
+    zone = np.zeros((6, 6, 6), dtype=bool)
+    plain, hemorrhage = probabilities_to_scan(probs, np.eye(4), (6, 6, 6), np.eye(4), np.eye(4))
+    assert (plain == 4).sum() == 8
+    kept, same = probabilities_to_scan(probs, np.eye(4), (6, 6, 6), np.eye(4), np.eye(4), ivh_zone=zone)
+    assert (kept == 1).sum() == 8 and not (kept == 4).any()
+    np.testing.assert_array_equal(same, hemorrhage)
+    zone[2, 2, 2] = True
+    near, _ = probabilities_to_scan(probs, np.eye(4), (6, 6, 6), np.eye(4), np.eye(4), ivh_zone=zone)
+    np.testing.assert_array_equal(near, plain)

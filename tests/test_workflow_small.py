@@ -134,3 +134,20 @@ def test_the_atlas_follows_the_transform_that_turns_the_head(tmp_path):
     assert rigid.get_node("register_atlas") is None
     assert ("atlas_transform", "transform") in rigid._graph.get_edge_data(
         rigid.get_node("register"), rigid.get_node("locate_hemorrhage"))["connect"]
+
+
+def test_the_ivh_rule_reads_the_atlas_transform(tmp_path):
+    """--ivh-margin-mm maps the atlas's ventricles through the same transform as the atlas
+    regions; without it, the mapping back to the scan needs no atlas."""
+    from ichseg.pipeline.settings import MethodSettings
+    from ichseg.pipeline.workflows.base import init_single_ct_wf
+
+    for transform, atlas_node in (("translation", "register_atlas"), ("rigid", "register")):
+        wf = init_single_ct_wf(tmp_path / "ct.nii.gz", tmp_path,
+                               settings=MethodSettings(transform=transform, ivh_margin_mm=4.0))
+        to_scan = wf.get_node("probabilities_to_scan")
+        edge = wf._graph.get_edge_data(wf.get_node(atlas_node), to_scan)
+        assert ("atlas_transform", "atlas_transform") in edge["connect"]
+        assert to_scan.inputs.ivh_margin_mm == 4.0 and Path(to_scan.inputs.atlas).is_file()
+    off = init_single_ct_wf(tmp_path / "ct.nii.gz", tmp_path, settings=MethodSettings(ivh_margin_mm=None))
+    assert off._graph.get_edge_data(off.get_node("register_atlas"), off.get_node("probabilities_to_scan")) is None

@@ -11,6 +11,7 @@ from nipype.interfaces.base import BaseInterfaceInputSpec, File, TraitedSpec, tr
 from ichseg.pipeline.cpu import PRECISIONS
 from ichseg.pipeline.geometry import ants_affine_to_ras
 from ichseg.pipeline.interfaces.base import NodeInterface, read_image, read_mask
+from ichseg.pipeline.location import read_region_names, ventricle_zone
 from ichseg.pipeline.segmentation import (
     DEFAULT_HEMORRHAGE_SEED,
     DEFAULT_HEMORRHAGE_THRESHOLD,
@@ -90,6 +91,12 @@ class _ToScanInputSpec(BaseInterfaceInputSpec):
     source_file = File(exists=True, mandatory=True, desc="the original CT, whose grid is the target")
     hemorrhage_threshold = _hemorrhage_threshold_trait()
     hemorrhage_seed = _hemorrhage_seed_trait()
+    ivh_margin_mm = traits.Either(
+        None, traits.Range(0.0, None), default=None, usedefault=True,
+        desc="intraventricular blood only within this many mm of the atlas's ventricles (None: anywhere)")
+    atlas = File(exists=True, desc="the region atlas in template space (with ivh_margin_mm)")
+    atlas_labels = File(exists=True, desc="its label table (ROIIndex,ROIName)")
+    atlas_transform = File(exists=True, desc="ANTs affine (template -> scan points) for the atlas")
 
 
 class _ToScanOutputSpec(TraitedSpec):
@@ -98,7 +105,8 @@ class _ToScanOutputSpec(TraitedSpec):
 
 
 class ProbabilitiesToScan(NodeInterface):
-    """Map class probabilities back to the scan's own grid, then label it (:func:`label_map`)."""
+    """Map class probabilities back to the scan's own grid, then label it (:func:`label_map`;
+    with ``ivh_margin_mm``, intraventricular blood only near the atlas's ventricles)."""
 
     input_spec = _ToScanInputSpec
     output_spec = _ToScanOutputSpec
@@ -106,10 +114,15 @@ class ProbabilitiesToScan(NodeInterface):
     def _run_interface(self, runtime):
         probabilities, prob_img = read_image(self.inputs.probabilities, np.float32)
         source = nib.load(self.inputs.source_file)
+        zone = None
+        if self.inputs.ivh_margin_mm is not None:
+            zone = ventricle_zone(nib.load(self.inputs.atlas), read_region_names(self.inputs.atlas_labels),
+                                  source.shape[:3], source.affine, ants_affine_to_ras(self.inputs.atlas_transform),
+                                  self.inputs.ivh_margin_mm)
         labels, hemorrhage = probabilities_to_scan(
             np.moveaxis(probabilities, -1, 0), prob_img.affine, source.shape[:3], source.affine,
             ants_affine_to_ras(self.inputs.transform), self.inputs.hemorrhage_threshold,
-            hemorrhage_seed=self.inputs.hemorrhage_seed,
+            hemorrhage_seed=self.inputs.hemorrhage_seed, ivh_zone=zone,
         )
         self._write_image(runtime, "dseg", "dseg.nii", labels, source)
         self._write_image(runtime, "hemorrhage_probseg", "hemorrhage_probseg.nii", hemorrhage, source)

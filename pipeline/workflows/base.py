@@ -158,8 +158,13 @@ def init_single_ct_wf(
         mem_gb=MEM_GB["segment"],
     )
     to_scan = pe.Node(ProbabilitiesToScan(hemorrhage_threshold=settings.hemorrhage_threshold,
-                                          hemorrhage_seed=settings.hemorrhage_seed),
+                                          hemorrhage_seed=settings.hemorrhage_seed,
+                                          ivh_margin_mm=settings.ivh_margin_mm),
                       name="probabilities_to_scan", mem_gb=MEM_GB["to_scan"])
+    if settings.ivh_margin_mm is not None:
+        to_scan.inputs.atlas = str(assets.get_asset(assets.ATLAS))
+        to_scan.inputs.atlas_labels = str(assets.get_asset(assets.ATLAS_LABELS))
+        workflow.connect(atlas, "atlas_transform", to_scan, "atlas_transform")
     mask_to_source = pe.Node(ToSourceGrid(), name="brain_mask_to_source")
     tabulate = pe.Node(
         TabulateVolumes(extra_metadata={"Registration": {"Transform": settings.ants_transform, "Tool": "ANTsPy"}}),
