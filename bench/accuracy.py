@@ -306,7 +306,7 @@ def _cached_recomputed(node: Path, source: str, cache: dict) -> tuple[np.ndarray
 
 def relabel_scores(split_dir: Path, reference: Path, out: Path, name: str, phantoms: dict, thresholds,
                    sources=("network",), resamplings=("centre",), seeds=(), density_edge=False,
-                   partial_margins=(), ivh_margins=()) -> dict:
+                   partial_margins=(), ivh_margins=(), eah_margins=()) -> dict:
     """Score labellings of the setting's probabilities, and of probabilities recomputed from
     its registered CTs (``sources``: ``network``, ``flip``, ``ensemble``), each brought onto
     the scan by sampling at the voxel centres or by the mean over each voxel
@@ -316,17 +316,23 @@ def relabel_scores(split_dir: Path, reference: Path, out: Path, name: str, phant
     ``partial_margins``, each of them also with its edges decided by partial volume where the
     clot share of a voxel's density is that far from one half; with ``ivh_margins``, each of
     them also with intraventricular blood only within that many mm of the atlas's ventricles
-    (mapped through the run's atlas registration), by connected region and by voxel."""
+    (mapped through the run's atlas registration), by connected region and by voxel; with
+    ``eah_margins``, also with extra-axial blood only in regions within that many mm of the
+    intracranial surface, the falx or the tentorium, alone and after the first IVH margin
+    (both rules only on the labellings with seeds, where ``seeds`` are given)."""
     from ichseg.pipeline import assets
     from ichseg.pipeline.geometry import ants_affine_to_ras, within_mm
+    from ichseg.pipeline.labels import EAH_INDEX
     from ichseg.pipeline.location import (
         atlas_on_scan,
+        extra_axial_zone,
         read_region_names,
         ventricle_region,
     )
     from ichseg.pipeline.refine import refine_hemorrhage, refine_partial_volume
     from ichseg.pipeline.registration import warp_to_scan
     from ichseg.pipeline.segmentation import (
+        confine_bleeding_class,
         ivh_only_near_ventricles,
         keep_seeded_blood,
         label_map,
@@ -356,9 +362,10 @@ def relabel_scores(split_dir: Path, reference: Path, out: Path, name: str, phant
         ignore = (np.asanyarray(nib.load(str(reference.ignore)).dataobj) > 0) if reference.ignore else None
         # each bleeding class too where the reference holds more than intraparenchymal blood
         classes = [HEMORRHAGE] + [lab.abbreviation.lower() for lab in BLEEDING if (ref == lab.index).any()]
-        if ivh_margins:
-            ventricles = ventricle_region(atlas_on_scan(
-                atlas, source.shape, source.affine, ants_affine_to_ras(str(atlas_transform(node))))[0], region_names)
+        if ivh_margins or eah_margins:
+            regions, sides = atlas_on_scan(atlas, source.shape, source.affine,
+                                           ants_affine_to_ras(str(atlas_transform(node))))
+            ventricles = ventricle_region(regions, region_names)
         for kind in sources:
             if kind == "network":
                 prob_img = nib.load(str(node / "segment" / "probabilities_space-template.nii"))
@@ -385,12 +392,22 @@ def relabel_scores(split_dir: Path, reference: Path, out: Path, name: str, phant
                     for margin in partial_margins:
                         variants[f"{label} + partial volume {margin:g}"] = refine_partial_volume(
                             variants[label], scan, hu, brain, source.affine, margin=margin)
-                for label in list(variants) if ivh_margins else ():
+                # the class rules on the labellings with seeds, where there are (the default's kind)
+                ruled = [v for v in variants if "seeds" in v] or list(variants)
+                for label in ruled if ivh_margins or eah_margins else ():
                     for margin in ivh_margins:
                         zone = within_mm(ventricles, source.affine, margin)
                         for by, whole in (("regions", True), ("voxels", False)):
                             variants[f"{label} + IVH within {margin:g} mm ({by})"] = ivh_only_near_ventricles(
                                 variants[label], scan, zone, whole_regions=whole)
+                    for margin in eah_margins:
+                        zone = extra_axial_zone(brain, regions, sides, region_names, source.affine, margin)
+                        variants[f"{label} + EAH within {margin:g} mm"] = confine_bleeding_class(
+                            variants[label], scan, EAH_INDEX, zone)
+                        if ivh_margins:
+                            variants[f"{label} + IVH within {ivh_margins[0]:g} mm + EAH within {margin:g} mm"] = (
+                                confine_bleeding_class(variants[f"{label} + IVH within {ivh_margins[0]:g} mm (regions)"],
+                                                       scan, EAH_INDEX, zone))
                 prefix = kind if mode == "centre" else f"{kind}, {mode}"
                 for label, labels in variants.items():
                     row = compare_labels(labels.astype(np.int16), ref, source.affine, ignore, classes=classes)
@@ -521,6 +538,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ivh-margins", nargs="*", type=float, default=[], metavar="MM",
                         help="with --relabel: also each labelling with intraventricular blood only within MM "
                              "of the atlas's ventricles (by connected region and by voxel)")
+    parser.add_argument("--eah-margins", nargs="*", type=float, default=[], metavar="MM",
+                        help="with --relabel: also each labelling with extra-axial blood only in regions within MM "
+                             "of the intracranial surface, the falx or the tentorium (alone and after the first "
+                             "--ivh-margins)")
     parser.add_argument("--n-procs", type=int, default=2)
     parser.add_argument("--score-only", action="store_true",
                         help="score the derivatives already in OUT/NAME, without running ichseg")
@@ -543,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
             for label, stats in relabel_scores(args.split_dir, reference, args.out, name, phantoms, args.thresholds,
                                                args.sources, args.resamplings, args.seeds,
                                                args.density_edge, args.partial_volume,
-                                               args.ivh_margins).items():
+                                               args.ivh_margins, args.eah_margins).items():
                 summary[f"{name}, {label}"] = stats
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "accuracy.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")

@@ -177,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="label blood intraventricular only in a connected region that comes within MM of "
                              "the atlas's ventricles; elsewhere it takes its next most likely bleeding class "
                              "(docs/method.md, accuracy); 'none' leaves the network's class")
+    method.add_argument("--eah-margin-mm", type=_margin_or_none, default=MethodSettings.eah_margin_mm,
+                        metavar="MM|none",
+                        help="label blood extra-axial only in a connected region that comes within MM of the "
+                             "intracranial surface, the falx or the tentorium; elsewhere it takes its next most "
+                             "likely bleeding class (docs/method.md, accuracy); 'none' leaves the network's class")
 
     out = parser.add_argument_group("messages")
     verbosity = out.add_mutually_exclusive_group()

@@ -25,7 +25,7 @@ from ichseg.pipeline.brain import extract_brain
 from ichseg.pipeline.cpu import usable_cpus
 from ichseg.pipeline.geometry import voxel_sizes
 from ichseg.pipeline.image import conform_ct, to_source_orientation
-from ichseg.pipeline.location import locate_on_scan, read_region_names, ventricle_zone
+from ichseg.pipeline.location import class_zones, locate_on_scan, read_region_names
 from ichseg.pipeline.niftiio import image_like, save_like
 from ichseg.pipeline.registration import to_template_space
 from ichseg.pipeline.segmentation import probabilities_to_scan, segment_template_space
@@ -129,21 +129,20 @@ def segment(
         # Through a file, as between the workflow's steps: the box's affine as NIfTI stores it.
         stored = nib.load(save_like(np.moveaxis(result.probabilities, 0, -1), template_img,
                                     os.path.join(tmp, "probabilities.nii"), affine=result.box_affine))
-        zone = (None if settings.ivh_margin_mm is None else
-                ventricle_zone(atlas, region_names, source.shape[:3], source.affine, space.atlas.atlas_to_scan,
-                               settings.ivh_margin_mm))
+        mask = to_source_orientation(brain.astype(np.uint8), conformed.affine, source)
+        zones = class_zones(atlas, region_names, source.shape[:3], source.affine, space.atlas.atlas_to_scan,
+                            settings.ivh_margin_mm, settings.eah_margin_mm, mask > 0)
         labels, hemorrhage = probabilities_to_scan(
             np.moveaxis(np.asanyarray(stored.dataobj, dtype=np.float32), -1, 0), stored.affine,
             source.shape[:3], source.affine, space.template_to_scan, settings.hemorrhage_threshold,
-            hemorrhage_seed=settings.hemorrhage_seed, ivh_zone=zone)
-        mask = to_source_orientation(brain.astype(np.uint8), conformed.affine, source)
+            hemorrhage_seed=settings.hemorrhage_seed, class_zones=zones)
         rows, location = locate_on_scan(labels, source.affine, space.atlas.atlas_to_scan, atlas, region_names)
         qc = {**space.qc, **result.qc, **checked.measures}
         warnings = list(checked.warnings)
         row, _ = volume_row(labels, source.affine, mask > 0, qc, warnings, location)
         metadata = volume_sidecar("<image>" if in_memory else source_file,
                                   result.info, warnings,
-                                  {"Registration": {"Transform": settings.ants_transform, "Tool": "ANTsPy"}})
+                                  settings.sidecar_metadata())
         return Segmentation(
             dseg=image_like(labels, source), hemorrhage_probseg=image_like(hemorrhage, source),
             brain_mask=image_like(mask, source), volumes=row, regions=pd.DataFrame(rows),

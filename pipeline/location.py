@@ -118,15 +118,48 @@ def ventricle_region(regions: np.ndarray, region_names: dict[int, str]) -> np.nd
     return np.isin(np.rint(regions).astype(np.int64), ids)
 
 
-def ventricle_zone(atlas_img, region_names: dict[int, str], shape: tuple[int, int, int], affine: np.ndarray,
-                   template_to_scan: np.ndarray, margin_mm: float) -> np.ndarray:
-    """The atlas's ventricles on a scan's grid and every voxel within ``margin_mm`` of them:
-    where intraventricular blood may lie
-    (:func:`~ichseg.pipeline.segmentation.ivh_only_near_ventricles`)."""
+def extra_axial_zone(brain: np.ndarray, regions: np.ndarray, sides: np.ndarray, region_names: dict[int, str],
+                     affine: np.ndarray, margin_mm: float) -> np.ndarray:
+    """Where extra-axial blood may lie on a scan's grid: within ``margin_mm`` of the
+    intracranial surface (the edge of ``brain``, the intracranial mask), of the midline (the
+    falx: where the atlas's sides meet) or of the infratentorial regions' outline (the
+    tentorium), inside ``brain``. ``regions`` and ``sides`` from :func:`atlas_on_scan`."""
+    from scipy import ndimage
+
     from ichseg.pipeline.geometry import within_mm
 
-    regions, _ = atlas_on_scan(atlas_img, shape, affine, template_to_scan)
-    return within_mm(ventricle_region(regions, region_names), affine, margin_mm)
+    brain = np.asarray(brain, dtype=bool)
+    edge = brain & ~ndimage.binary_erosion(brain)
+    left = np.rint(sides) == 1
+    midline = brain & (left ^ ndimage.binary_erosion(left))
+    below = np.isin(np.rint(regions).astype(np.int64),
+                    [i for i, n in region_names.items() if GROUP_OF_REGION.get(n) == "infratentorial"])
+    tentorium = brain & (below ^ ndimage.binary_erosion(below))
+    return brain & within_mm(edge | midline | tentorium, affine, margin_mm)
+
+
+def class_zones(atlas_img, region_names: dict[int, str], shape: tuple[int, int, int], affine: np.ndarray,
+                template_to_scan: np.ndarray, ivh_margin_mm: float | None = None,
+                eah_margin_mm: float | None = None, brain: np.ndarray | None = None) -> dict[int, np.ndarray]:
+    """Where the confined bleeding classes may lie on a scan's grid: intraventricular blood
+    within ``ivh_margin_mm`` of the atlas's ventricles, extra-axial blood in the
+    :func:`extra_axial_zone` of ``eah_margin_mm`` (which needs ``brain``, the intracranial
+    mask); a class whose margin is None is not confined
+    (:func:`~ichseg.pipeline.segmentation.confine_bleeding_class`)."""
+    from ichseg.pipeline.geometry import within_mm
+    from ichseg.pipeline.labels import EAH_INDEX, IVH_INDEX
+
+    if ivh_margin_mm is None and eah_margin_mm is None:
+        return {}
+    if eah_margin_mm is not None and brain is None:
+        raise ValueError("confining extra-axial blood needs the intracranial mask (brain)")
+    regions, sides = atlas_on_scan(atlas_img, shape, affine, template_to_scan)
+    zones = {}
+    if ivh_margin_mm is not None:
+        zones[IVH_INDEX] = within_mm(ventricle_region(regions, region_names), affine, ivh_margin_mm)
+    if eah_margin_mm is not None:
+        zones[EAH_INDEX] = extra_axial_zone(brain, regions, sides, region_names, affine, eah_margin_mm)
+    return zones
 
 
 def locate_on_scan(labels: np.ndarray, affine: np.ndarray, template_to_scan: np.ndarray,

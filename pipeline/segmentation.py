@@ -48,6 +48,12 @@ DEFAULT_HEMORRHAGE_SEED: float | None = 0.8
 #: (:func:`ivh_only_near_ventricles`). ``None`` keeps the network's class everywhere.
 DEFAULT_IVH_MARGIN_MM: float | None = None
 
+#: Extra-axial blood lies against the skull, the falx or the tentorium: a connected region
+#: labelled EAH keeps its class only if it comes within this many mm of the intracranial
+#: surface, the midline or the infratentorial regions' outline (the atlas mapped onto the
+#: scan). ``None`` keeps the network's class everywhere.
+DEFAULT_EAH_MARGIN_MM: float | None = None
+
 
 def label_map(probabilities: np.ndarray, hemorrhage_threshold: float | None = DEFAULT_HEMORRHAGE_THRESHOLD,
               hemorrhage_seed: float | None = None) -> np.ndarray:
@@ -91,26 +97,33 @@ def keep_seeded_blood(labels: np.ndarray, probabilities: np.ndarray,
     return kept
 
 
-def ivh_only_near_ventricles(labels: np.ndarray, probabilities: np.ndarray, near_ventricles: np.ndarray,
-                             whole_regions: bool = True) -> np.ndarray:
-    """A copy of ``labels`` in which intraventricular blood lies only where it can: IVH outside
-    ``near_ventricles`` (the ventricles and a margin, on the same grid) takes the more probable
-    of the other bleeding classes, voxel by voxel. With ``whole_regions``, a connected region
-    of IVH (26-neighbourhood) that reaches ``near_ventricles`` anywhere stays IVH whole, so that
-    blood filling ventricles larger than the atlas's keeps its class. Only the bleeding class
-    changes, never what is blood."""
-    ivh = labels == IVH_INDEX
+def confine_bleeding_class(labels: np.ndarray, probabilities: np.ndarray, index: int, zone: np.ndarray,
+                           whole_regions: bool = True) -> np.ndarray:
+    """A copy of ``labels`` in which the bleeding class ``index`` lies only where it can: where
+    it is outside ``zone`` (on the same grid) it takes the more probable of the other bleeding
+    classes, voxel by voxel. With ``whole_regions``, a connected region of the class
+    (26-neighbourhood) that reaches ``zone`` anywhere keeps it whole, so that blood filling
+    ventricles larger than the atlas's, say, keeps its class. Only the bleeding class changes,
+    never what is blood."""
+    inside = labels == index
     if whole_regions:
-        regions, _ = ndimage.label(ivh, structure=np.ones((3, 3, 3), dtype=bool))
-        misplaced = ivh & ~np.isin(regions, np.unique(regions[ivh & near_ventricles]))
+        regions, _ = ndimage.label(inside, structure=np.ones((3, 3, 3), dtype=bool))
+        misplaced = inside & ~np.isin(regions, np.unique(regions[inside & zone]))
     else:
-        misplaced = ivh & ~near_ventricles
+        misplaced = inside & ~zone
     if not misplaced.any():
         return labels
-    others = np.asarray([i for i in HEMORRHAGE_INDICES if i != IVH_INDEX])
+    others = np.asarray([i for i in HEMORRHAGE_INDICES if i != index])
     moved = labels.copy()
     moved[misplaced] = others[np.argmax(probabilities[:, misplaced][others], axis=0)]
     return moved
+
+
+def ivh_only_near_ventricles(labels: np.ndarray, probabilities: np.ndarray, near_ventricles: np.ndarray,
+                             whole_regions: bool = True) -> np.ndarray:
+    """Intraventricular blood only in (regions that reach) ``near_ventricles``
+    (:func:`confine_bleeding_class`)."""
+    return confine_bleeding_class(labels, probabilities, IVH_INDEX, near_ventricles, whole_regions)
 
 
 def best_non_blood_class(probabilities: np.ndarray) -> np.ndarray:
@@ -261,11 +274,12 @@ def probabilities_to_scan(
     template_to_scan: np.ndarray,
     hemorrhage_threshold: float | None = DEFAULT_HEMORRHAGE_THRESHOLD,
     hemorrhage_seed: float | None = DEFAULT_HEMORRHAGE_SEED,
-    ivh_zone: np.ndarray | None = None,
+    class_zones: dict[int, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities mapped onto the scan's grid; returns its label map and the total
-    hemorrhage probability there. With ``ivh_zone`` (where the ventricles may be, on the scan's
-    grid), intraventricular blood is kept to it (:func:`ivh_only_near_ventricles`)."""
+    hemorrhage probability there. ``class_zones`` (bleeding class -> where it may lie, on the
+    scan's grid; :func:`ichseg.pipeline.location.class_zones`) confines those classes
+    (:func:`confine_bleeding_class`), in the order given."""
     from ichseg.pipeline.registration import warp_to_scan
 
     scan_probs = warp_to_scan(probabilities, probabilities_affine, scan_shape, scan_affine, template_to_scan)
@@ -274,7 +288,7 @@ def probabilities_to_scan(
     # background channel equals warping with those per-class fill values.
     scan_probs[0] += np.clip(1.0 - scan_probs.sum(axis=0), 0.0, 1.0)
     labels = label_map(scan_probs, hemorrhage_threshold, hemorrhage_seed)
-    if ivh_zone is not None:
-        labels = ivh_only_near_ventricles(labels, scan_probs, ivh_zone)
+    for index, zone in (class_zones or {}).items():
+        labels = confine_bleeding_class(labels, scan_probs, index, zone)
     hemorrhage = np.clip(total_hemorrhage_probability(scan_probs), 0, 1).astype(np.float32)
     return labels, hemorrhage

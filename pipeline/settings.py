@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 
 from ichseg.pipeline.cpu import PRECISIONS
 from ichseg.pipeline.segmentation import (
+    DEFAULT_EAH_MARGIN_MM,
     DEFAULT_HEMORRHAGE_SEED,
     DEFAULT_HEMORRHAGE_THRESHOLD,
     DEFAULT_IVH_MARGIN_MM,
@@ -40,6 +41,9 @@ class MethodSettings:
         probability somewhere (None: every region)
     ivh_margin_mm : a connected region of intraventricular blood keeps its class only if it
         comes within this many mm of the atlas's ventricles (None: the network's class everywhere)
+    eah_margin_mm : a connected region of extra-axial blood keeps its class only if it comes
+        within this many mm of the intracranial surface, the falx or the tentorium (None: the
+        network's class everywhere)
     """
 
     model: str = "blastct-v1"
@@ -52,6 +56,7 @@ class MethodSettings:
     hemorrhage_threshold: float | None = DEFAULT_HEMORRHAGE_THRESHOLD
     hemorrhage_seed: float | None = DEFAULT_HEMORRHAGE_SEED
     ivh_margin_mm: float | None = DEFAULT_IVH_MARGIN_MM
+    eah_margin_mm: float | None = DEFAULT_EAH_MARGIN_MM
 
     def __post_init__(self):
         for name, value, allowed in (("transform", self.transform, TRANSFORMS),
@@ -63,13 +68,21 @@ class MethodSettings:
             raise ValueError(f"hemorrhage_threshold must lie between 0 and 1, not {self.hemorrhage_threshold}")
         if self.hemorrhage_seed is not None and not 0 < self.hemorrhage_seed <= 1:
             raise ValueError(f"hemorrhage_seed must lie between 0 and 1, not {self.hemorrhage_seed}")
-        if self.ivh_margin_mm is not None and not self.ivh_margin_mm >= 0:
-            raise ValueError(f"ivh_margin_mm must be 0 mm or more, not {self.ivh_margin_mm}")
+        for name in ("ivh_margin_mm", "eah_margin_mm"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0:
+                raise ValueError(f"{name} must be 0 mm or more, not {value}")
 
     @property
     def ants_transform(self) -> str:
         """The transform as ANTs names it (``Rigid``, ``Affine``, ``Translation``)."""
         return ANTS_TRANSFORMS[self.transform]
+
+    def sidecar_metadata(self) -> dict:
+        """What the volume table's JSON sidecar records of these settings, beside the model's
+        own (threshold, seed, network input and margin)."""
+        return {"Registration": {"Transform": self.ants_transform, "Tool": "ANTsPy"},
+                "ClassConfinement": {"IVHMarginMM": self.ivh_margin_mm, "EAHMarginMM": self.eah_margin_mm}}
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -6,6 +6,7 @@ import pytest
 
 from ichseg.bids_app.cli import build_parser
 from ichseg.pipeline.segmentation import (
+    DEFAULT_EAH_MARGIN_MM,
     DEFAULT_HEMORRHAGE_SEED,
     DEFAULT_HEMORRHAGE_THRESHOLD,
     DEFAULT_IVH_MARGIN_MM,
@@ -43,16 +44,18 @@ def test_hemorrhage_threshold_rejects_what_is_not_a_probability(bad, capsys):
     assert "--hemorrhage-threshold" in capsys.readouterr().err
 
 
-def test_ivh_margin_default_value_none_and_bad_values(capsys):
+@pytest.mark.parametrize(("option", "default"), [("ivh", DEFAULT_IVH_MARGIN_MM), ("eah", DEFAULT_EAH_MARGIN_MM)])
+def test_class_margins_default_value_none_and_bad_values(option, default, capsys):
     parser = build_parser()
-    assert parser.parse_args(BASE).ivh_margin_mm == DEFAULT_IVH_MARGIN_MM
-    assert parser.parse_args([*BASE, "--ivh-margin-mm", "4.5"]).ivh_margin_mm == 4.5
-    assert parser.parse_args([*BASE, "--ivh-margin-mm", "0"]).ivh_margin_mm == 0.0
-    assert parser.parse_args([*BASE, "--ivh-margin-mm", "none"]).ivh_margin_mm is None
+    name, flag = f"{option}_margin_mm", f"--{option}-margin-mm"
+    assert getattr(parser.parse_args(BASE), name) == default
+    assert getattr(parser.parse_args([*BASE, flag, "4.5"]), name) == 4.5
+    assert getattr(parser.parse_args([*BASE, flag, "0"]), name) == 0.0
+    assert getattr(parser.parse_args([*BASE, flag, "none"]), name) is None
     for bad in ("-1", "near"):
         with pytest.raises(SystemExit):
-            parser.parse_args([*BASE, "--ivh-margin-mm", bad])
-        assert "--ivh-margin-mm" in capsys.readouterr().err
+            parser.parse_args([*BASE, flag, bad])
+        assert flag in capsys.readouterr().err
 
 
 def test_array_tasks_get_the_options_as_given():
@@ -62,13 +65,13 @@ def test_array_tasks_get_the_options_as_given():
     parser = build_parser()
     given = [*BASE, "--participant-label", "01", "--submit", "slurm", "--sbatch-args", "-p short",
              "--nprocs", "3", "--omp-nthreads", "1", "--mem", "6", "--model", "blastct-v1-ensemble",
-             "--hemorrhage-threshold", "argmax", "--hemorrhage-seed", "none", "--ivh-margin-mm", "none", "--transform", "affine", "-vv"]
+             "--hemorrhage-threshold", "argmax", "--hemorrhage-seed", "none", "--ivh-margin-mm", "none", "--eah-margin-mm", "2", "--transform", "affine", "-vv"]
     args = parser.parse_args(given)
     forwarded = task_arguments(args, parser)
     assert "--participant-label" not in forwarded and "--submit" not in forwarded
     again = parser.parse_args([*BASE, *forwarded])
     for name in ("n_procs", "omp_nthreads", "mem", "model", "hemorrhage_threshold", "hemorrhage_seed",
-                 "ivh_margin_mm", "transform", "verbose"):
+                 "ivh_margin_mm", "eah_margin_mm", "transform", "verbose"):
         assert getattr(again, name) == getattr(args, name), name
 
 

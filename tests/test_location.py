@@ -71,23 +71,54 @@ def test_a_few_voxels_have_no_location(atlas):
     assert summary["location"] is None and summary["side"] is None
 
 
-def test_ventricle_zone_is_the_atlas_ventricles_and_the_margin(atlas):
-    from ichseg.pipeline.location import ventricle_zone
+def test_ivh_zone_is_the_atlas_ventricles_and_the_margin(atlas):
+    from ichseg.pipeline.labels import EAH_INDEX, IVH_INDEX
+    from ichseg.pipeline.location import class_zones
 
     img, regions, names = atlas
     ventricle_ids = [i for i, n in names.items() if GROUP_OF_REGION[n] == "intraventricular"]
     ventricles = np.isin(regions, ventricle_ids)
     assert ventricles.any()
-    exact = ventricle_zone(img, names, regions.shape, img.affine, np.eye(4), 0.0)
-    np.testing.assert_array_equal(exact, ventricles)
-    grown = ventricle_zone(img, names, regions.shape, img.affine, np.eye(4), 3.0)
+
+    def ivh_zone(transform, margin):
+        zones = class_zones(img, names, regions.shape, img.affine, transform, ivh_margin_mm=margin)
+        assert set(zones) == {IVH_INDEX}
+        return zones[IVH_INDEX]
+
+    np.testing.assert_array_equal(ivh_zone(np.eye(4), 0.0), ventricles)
+    grown = ivh_zone(np.eye(4), 3.0)
     assert (grown & ventricles).sum() == ventricles.sum() and grown.sum() > 1.5 * ventricles.sum()
     np.testing.assert_array_equal(grown, ndimage.distance_transform_edt(~ventricles) <= 3.0)
     # a scan shifted 10 mm to the right of the template: the zone is found 10 mm further left
     # in the scan's voxels (template -> scan points: x + 10)
     shift = np.eye(4)
     shift[0, 3] = 10.0
-    moved = ventricle_zone(img, names, regions.shape, img.affine, shift, 0.0)
     step = int(round(10.0 / abs(img.affine[0, 0])))
     direction = int(np.sign(img.affine[0, 0]))
-    np.testing.assert_array_equal(np.roll(ventricles, direction * step, axis=0)[20:-20], moved[20:-20])
+    np.testing.assert_array_equal(np.roll(ventricles, direction * step, axis=0)[20:-20], ivh_zone(shift, 0.0)[20:-20])
+    # no margin, no zone; the extra-axial zone needs the intracranial mask
+    assert class_zones(img, names, regions.shape, img.affine, np.eye(4)) == {}
+    with pytest.raises(ValueError, match="intracranial mask"):
+        class_zones(img, names, regions.shape, img.affine, np.eye(4), eah_margin_mm=3.0)
+    both = class_zones(img, names, regions.shape, img.affine, np.eye(4), 3.0, 3.0, brain=regions > 0)
+    assert list(both) == [IVH_INDEX, EAH_INDEX] and not (both[EAH_INDEX] & ~(regions > 0)).any()
+
+
+def test_extra_axial_zone_is_the_surface_the_falx_and_the_tentorium():
+    from ichseg.pipeline.location import extra_axial_zone
+
+    names = {1: "LeftCerebellum", 2: "LeftParietalLobe"}
+    shape, affine = (61, 61, 61), np.eye(4)
+    grid = np.indices(shape) - 30
+    brain = (grid ** 2).sum(axis=0) <= 28 ** 2
+    sides = np.where(grid[0] < 0, 1, 2)
+    regions = np.where(grid[2] < -12, 1, 2) * brain
+    zone = extra_axial_zone(brain, regions, sides, names, affine, 3.0)
+    assert not zone[~brain].any()
+    for point, expected in {(30 + 26, 30, 30): True,      # 2 mm under the surface
+                            (30 + 12, 30, 30): False,     # deep, off the midline
+                            (30, 30 + 10, 30 + 5): True,  # on the midline plane: falx
+                            (30 + 15, 30, 30 - 11): True,  # just above the infratentorial block
+                            (30 + 15, 30, 30 - 5): False}.items():
+        assert zone[point] == expected, point
+    assert extra_axial_zone(brain, regions, sides, names, affine, 0.0).sum() < zone.sum()

@@ -134,9 +134,21 @@ def test_probabilities_to_scan_keeps_ivh_to_the_zone_it_is_given():
     zone = np.zeros((6, 6, 6), dtype=bool)
     plain, hemorrhage = probabilities_to_scan(probs, np.eye(4), (6, 6, 6), np.eye(4), np.eye(4))
     assert (plain == 4).sum() == 8
-    kept, same = probabilities_to_scan(probs, np.eye(4), (6, 6, 6), np.eye(4), np.eye(4), ivh_zone=zone)
+    kept, same = probabilities_to_scan(probs, np.eye(4), (6, 6, 6), np.eye(4), np.eye(4), class_zones={4: zone})
     assert (kept == 1).sum() == 8 and not (kept == 4).any()
     np.testing.assert_array_equal(same, hemorrhage)
     zone[2, 2, 2] = True
-    near, _ = probabilities_to_scan(probs, np.eye(4), (6, 6, 6), np.eye(4), np.eye(4), ivh_zone=zone)
+    near, _ = probabilities_to_scan(probs, np.eye(4), (6, 6, 6), np.eye(4), np.eye(4), class_zones={4: zone})
     np.testing.assert_array_equal(near, plain)
+
+
+def test_confine_bleeding_class_works_for_any_bleeding_class():
+    from ichseg.pipeline.segmentation import confine_bleeding_class
+
+    # classes: background, IPH, EAH, oedema, IVH; EAH at 1-2 away from the zone, IVH next
+    labels = np.array([0, 2, 2, 0, 2], dtype=np.uint8)[None, None, :]
+    probs = np.zeros((5, *labels.shape), dtype=np.float32)
+    probs[:, 0, 0, 1:3] = np.array([0.1, 0.2, 0.4, 0.0, 0.3])[:, None]
+    zone = np.zeros(labels.shape, dtype=bool)
+    zone[0, 0, 4] = True
+    assert confine_bleeding_class(labels, probs, 2, zone).ravel().tolist() == [0, 4, 4, 0, 2]

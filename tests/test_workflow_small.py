@@ -137,17 +137,24 @@ def test_the_atlas_follows_the_transform_that_turns_the_head(tmp_path):
 
 
 def test_the_ivh_rule_reads_the_atlas_transform(tmp_path):
-    """--ivh-margin-mm maps the atlas's ventricles through the same transform as the atlas
-    regions; without it, the mapping back to the scan needs no atlas."""
+    """--ivh-margin-mm and --eah-margin-mm map the atlas through the same transform as the
+    atlas regions; without them, the mapping back to the scan needs no atlas."""
     from ichseg.pipeline.settings import MethodSettings
     from ichseg.pipeline.workflows.base import init_single_ct_wf
 
-    for transform, atlas_node in (("translation", "register_atlas"), ("rigid", "register")):
-        wf = init_single_ct_wf(tmp_path / "ct.nii.gz", tmp_path,
-                               settings=MethodSettings(transform=transform, ivh_margin_mm=4.0))
+    for transform, atlas_node, margins in (("translation", "register_atlas", (4.0, None)),
+                                           ("rigid", "register", (None, 5.0))):
+        wf = init_single_ct_wf(tmp_path / "ct.nii.gz", tmp_path, settings=MethodSettings(
+            transform=transform, ivh_margin_mm=margins[0], eah_margin_mm=margins[1]))
         to_scan = wf.get_node("probabilities_to_scan")
         edge = wf._graph.get_edge_data(wf.get_node(atlas_node), to_scan)
         assert ("atlas_transform", "atlas_transform") in edge["connect"]
-        assert to_scan.inputs.ivh_margin_mm == 4.0 and Path(to_scan.inputs.atlas).is_file()
-    off = init_single_ct_wf(tmp_path / "ct.nii.gz", tmp_path, settings=MethodSettings(ivh_margin_mm=None))
+        assert ("out_file", "brain_mask") in wf._graph.get_edge_data(wf.get_node("brain_mask_to_source"),
+                                                                      to_scan)["connect"]
+        assert (to_scan.inputs.ivh_margin_mm, to_scan.inputs.eah_margin_mm) == margins
+        assert Path(to_scan.inputs.atlas).is_file()
+        recorded = wf.get_node("tabulate_volumes").inputs.extra_metadata["ClassConfinement"]
+        assert recorded == {"IVHMarginMM": margins[0], "EAHMarginMM": margins[1]}
+    off = init_single_ct_wf(tmp_path / "ct.nii.gz", tmp_path,
+                            settings=MethodSettings(ivh_margin_mm=None, eah_margin_mm=None))
     assert off._graph.get_edge_data(off.get_node("register_atlas"), off.get_node("probabilities_to_scan")) is None

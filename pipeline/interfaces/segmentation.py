@@ -6,15 +6,23 @@ import logging
 
 import nibabel as nib
 import numpy as np
-from nipype.interfaces.base import BaseInterfaceInputSpec, File, TraitedSpec, traits
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
 
 from ichseg.pipeline.cpu import PRECISIONS
 from ichseg.pipeline.geometry import ants_affine_to_ras
 from ichseg.pipeline.interfaces.base import NodeInterface, read_image, read_mask
-from ichseg.pipeline.location import read_region_names, ventricle_zone
+from ichseg.pipeline.location import class_zones, read_region_names
 from ichseg.pipeline.segmentation import (
+    DEFAULT_EAH_MARGIN_MM,
     DEFAULT_HEMORRHAGE_SEED,
     DEFAULT_HEMORRHAGE_THRESHOLD,
+    DEFAULT_IVH_MARGIN_MM,
     DEFAULT_MARGIN_MM,
     probabilities_to_scan,
     segment_template_space,
@@ -92,11 +100,16 @@ class _ToScanInputSpec(BaseInterfaceInputSpec):
     hemorrhage_threshold = _hemorrhage_threshold_trait()
     hemorrhage_seed = _hemorrhage_seed_trait()
     ivh_margin_mm = traits.Either(
-        None, traits.Range(0.0, None), default=None, usedefault=True,
-        desc="intraventricular blood only within this many mm of the atlas's ventricles (None: anywhere)")
-    atlas = File(exists=True, desc="the region atlas in template space (with ivh_margin_mm)")
+        None, traits.Range(0.0, None), default=DEFAULT_IVH_MARGIN_MM, usedefault=True,
+        desc="IVH only in regions within this many mm of the atlas's ventricles (None: anywhere)")
+    eah_margin_mm = traits.Either(
+        None, traits.Range(0.0, None), default=DEFAULT_EAH_MARGIN_MM, usedefault=True,
+        desc="EAH only in regions within this many mm of the intracranial surface, falx or tentorium "
+             "(None: anywhere)")
+    atlas = File(exists=True, desc="the region atlas in template space (with a margin)")
     atlas_labels = File(exists=True, desc="its label table (ROIIndex,ROIName)")
     atlas_transform = File(exists=True, desc="ANTs affine (template -> scan points) for the atlas")
+    brain_mask = File(exists=True, desc="intracranial mask on the scan's grid (with eah_margin_mm)")
 
 
 class _ToScanOutputSpec(TraitedSpec):
@@ -106,7 +119,8 @@ class _ToScanOutputSpec(TraitedSpec):
 
 class ProbabilitiesToScan(NodeInterface):
     """Map class probabilities back to the scan's own grid, then label it (:func:`label_map`;
-    with ``ivh_margin_mm``, intraventricular blood only near the atlas's ventricles)."""
+    with ``ivh_margin_mm`` and ``eah_margin_mm``, ventricular and extra-axial blood only where
+    they can lie, :func:`~ichseg.pipeline.location.class_zones`)."""
 
     input_spec = _ToScanInputSpec
     output_spec = _ToScanOutputSpec
@@ -114,15 +128,16 @@ class ProbabilitiesToScan(NodeInterface):
     def _run_interface(self, runtime):
         probabilities, prob_img = read_image(self.inputs.probabilities, np.float32)
         source = nib.load(self.inputs.source_file)
-        zone = None
-        if self.inputs.ivh_margin_mm is not None:
-            zone = ventricle_zone(nib.load(self.inputs.atlas), read_region_names(self.inputs.atlas_labels),
-                                  source.shape[:3], source.affine, ants_affine_to_ras(self.inputs.atlas_transform),
-                                  self.inputs.ivh_margin_mm)
+        zones = {}
+        if self.inputs.ivh_margin_mm is not None or self.inputs.eah_margin_mm is not None:
+            zones = class_zones(nib.load(self.inputs.atlas), read_region_names(self.inputs.atlas_labels),
+                                source.shape[:3], source.affine, ants_affine_to_ras(self.inputs.atlas_transform),
+                                self.inputs.ivh_margin_mm, self.inputs.eah_margin_mm,
+                                read_mask(self.inputs.brain_mask) if isdefined(self.inputs.brain_mask) else None)
         labels, hemorrhage = probabilities_to_scan(
             np.moveaxis(probabilities, -1, 0), prob_img.affine, source.shape[:3], source.affine,
             ants_affine_to_ras(self.inputs.transform), self.inputs.hemorrhage_threshold,
-            hemorrhage_seed=self.inputs.hemorrhage_seed, ivh_zone=zone,
+            hemorrhage_seed=self.inputs.hemorrhage_seed, class_zones=zones,
         )
         self._write_image(runtime, "dseg", "dseg.nii", labels, source)
         self._write_image(runtime, "hemorrhage_probseg", "hemorrhage_probseg.nii", hemorrhage, source)

@@ -159,15 +159,17 @@ def init_single_ct_wf(
     )
     to_scan = pe.Node(ProbabilitiesToScan(hemorrhage_threshold=settings.hemorrhage_threshold,
                                           hemorrhage_seed=settings.hemorrhage_seed,
-                                          ivh_margin_mm=settings.ivh_margin_mm),
+                                          ivh_margin_mm=settings.ivh_margin_mm,
+                                          eah_margin_mm=settings.eah_margin_mm),
                       name="probabilities_to_scan", mem_gb=MEM_GB["to_scan"])
-    if settings.ivh_margin_mm is not None:
+    mask_to_source = pe.Node(ToSourceGrid(), name="brain_mask_to_source")
+    if settings.ivh_margin_mm is not None or settings.eah_margin_mm is not None:
         to_scan.inputs.atlas = str(assets.get_asset(assets.ATLAS))
         to_scan.inputs.atlas_labels = str(assets.get_asset(assets.ATLAS_LABELS))
         workflow.connect(atlas, "atlas_transform", to_scan, "atlas_transform")
-    mask_to_source = pe.Node(ToSourceGrid(), name="brain_mask_to_source")
+        workflow.connect(mask_to_source, "out_file", to_scan, "brain_mask")
     tabulate = pe.Node(
-        TabulateVolumes(extra_metadata={"Registration": {"Transform": settings.ants_transform, "Tool": "ANTsPy"}}),
+        TabulateVolumes(extra_metadata=settings.sidecar_metadata()),
         name="tabulate_volumes",
         mem_gb=MEM_GB["tabulate"],
     )
