@@ -322,7 +322,7 @@ def relabel_scores(split_dir: Path, reference: Path, out: Path, name: str, phant
     (both rules only on the labellings with seeds, where ``seeds`` are given)."""
     from ichseg.pipeline import assets
     from ichseg.pipeline.geometry import ants_affine_to_ras, within_mm
-    from ichseg.pipeline.labels import EAH_INDEX
+    from ichseg.pipeline.labels import EAH_INDEX, IVH_INDEX
     from ichseg.pipeline.location import (
         atlas_on_scan,
         extra_axial_zone,
@@ -332,8 +332,7 @@ def relabel_scores(split_dir: Path, reference: Path, out: Path, name: str, phant
     from ichseg.pipeline.refine import refine_hemorrhage, refine_partial_volume
     from ichseg.pipeline.registration import warp_to_scan
     from ichseg.pipeline.segmentation import (
-        confine_bleeding_class,
-        ivh_only_near_ventricles,
+        confine_bleeding_classes,
         keep_seeded_blood,
         label_map,
         threshold_labels,
@@ -398,16 +397,16 @@ def relabel_scores(split_dir: Path, reference: Path, out: Path, name: str, phant
                     for margin in ivh_margins:
                         zone = within_mm(ventricles, source.affine, margin)
                         for by, whole in (("regions", True), ("voxels", False)):
-                            variants[f"{label} + IVH within {margin:g} mm ({by})"] = ivh_only_near_ventricles(
-                                variants[label], scan, zone, whole_regions=whole)
+                            variants[f"{label} + IVH within {margin:g} mm ({by})"] = confine_bleeding_classes(
+                                variants[label], scan, {IVH_INDEX: zone}, whole_regions=whole)
                     for margin in eah_margins:
                         zone = extra_axial_zone(brain, regions, sides, region_names, source.affine, margin)
-                        variants[f"{label} + EAH within {margin:g} mm"] = confine_bleeding_class(
-                            variants[label], scan, EAH_INDEX, zone)
+                        variants[f"{label} + EAH within {margin:g} mm"] = confine_bleeding_classes(
+                            variants[label], scan, {EAH_INDEX: zone})
                         if ivh_margins:
+                            ivh_zone = within_mm(ventricles, source.affine, ivh_margins[0])
                             variants[f"{label} + IVH within {ivh_margins[0]:g} mm + EAH within {margin:g} mm"] = (
-                                confine_bleeding_class(variants[f"{label} + IVH within {ivh_margins[0]:g} mm (regions)"],
-                                                       scan, EAH_INDEX, zone))
+                                confine_bleeding_classes(variants[label], scan, {IVH_INDEX: ivh_zone, EAH_INDEX: zone}))
                 prefix = kind if mode == "centre" else f"{kind}, {mode}"
                 for label, labels in variants.items():
                     row = compare_labels(labels.astype(np.int16), ref, source.affine, ignore, classes=classes)

@@ -145,7 +145,7 @@ def class_zones(atlas_img, region_names: dict[int, str], shape: tuple[int, int, 
     within ``ivh_margin_mm`` of the atlas's ventricles, extra-axial blood in the
     :func:`extra_axial_zone` of ``eah_margin_mm`` (which needs ``brain``, the intracranial
     mask); a class whose margin is None is not confined
-    (:func:`~ichseg.pipeline.segmentation.confine_bleeding_class`)."""
+    (:func:`~ichseg.pipeline.segmentation.confine_bleeding_classes`)."""
     from ichseg.pipeline.geometry import within_mm
     from ichseg.pipeline.labels import EAH_INDEX, IVH_INDEX
 

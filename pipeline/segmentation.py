@@ -17,7 +17,6 @@ from ichseg.pipeline.geometry import (
 )
 from ichseg.pipeline.labels import (
     HEMORRHAGE_INDICES,
-    IVH_INDEX,
     total_hemorrhage_probability,
 )
 from ichseg.pipeline.models import resolve_model, weights_sha256
@@ -45,7 +44,7 @@ DEFAULT_HEMORRHAGE_SEED: float | None = 0.8
 
 #: Intraventricular blood lies in the ventricles: a connected region labelled IVH keeps its
 #: class only if it comes within this many mm of the atlas's ventricles mapped onto the scan
-#: (:func:`ivh_only_near_ventricles`). ``None`` keeps the network's class everywhere.
+#: (:func:`confine_bleeding_classes`). ``None`` keeps the network's class everywhere.
 DEFAULT_IVH_MARGIN_MM: float | None = None
 
 #: Extra-axial blood lies against the skull, the falx or the tentorium: a connected region
@@ -97,33 +96,33 @@ def keep_seeded_blood(labels: np.ndarray, probabilities: np.ndarray,
     return kept
 
 
-def confine_bleeding_class(labels: np.ndarray, probabilities: np.ndarray, index: int, zone: np.ndarray,
-                           whole_regions: bool = True) -> np.ndarray:
-    """A copy of ``labels`` in which the bleeding class ``index`` lies only where it can: where
-    it is outside ``zone`` (on the same grid) it takes the more probable of the other bleeding
-    classes, voxel by voxel. With ``whole_regions``, a connected region of the class
-    (26-neighbourhood) that reaches ``zone`` anywhere keeps it whole, so that blood filling
-    ventricles larger than the atlas's, say, keeps its class. Only the bleeding class changes,
-    never what is blood."""
-    inside = labels == index
-    if whole_regions:
-        regions, _ = ndimage.label(inside, structure=np.ones((3, 3, 3), dtype=bool))
-        misplaced = inside & ~np.isin(regions, np.unique(regions[inside & zone]))
-    else:
-        misplaced = inside & ~zone
-    if not misplaced.any():
-        return labels
-    others = np.asarray([i for i in HEMORRHAGE_INDICES if i != index])
-    moved = labels.copy()
-    moved[misplaced] = others[np.argmax(probabilities[:, misplaced][others], axis=0)]
-    return moved
-
-
-def ivh_only_near_ventricles(labels: np.ndarray, probabilities: np.ndarray, near_ventricles: np.ndarray,
+def confine_bleeding_classes(labels: np.ndarray, probabilities: np.ndarray, zones: dict[int, np.ndarray],
                              whole_regions: bool = True) -> np.ndarray:
-    """Intraventricular blood only in (regions that reach) ``near_ventricles``
-    (:func:`confine_bleeding_class`)."""
-    return confine_bleeding_class(labels, probabilities, IVH_INDEX, near_ventricles, whole_regions)
+    """A copy of ``labels`` in which each bleeding class of ``zones`` (class -> where it may
+    lie, on the same grid) lies only there: where it is outside its zone, a voxel takes the
+    most probable other bleeding class that may lie there. With ``whole_regions``, a connected
+    region of a class (26-neighbourhood) that reaches its zone anywhere keeps it whole, so that
+    blood filling ventricles larger than the atlas's, say, keeps its class. Only the bleeding
+    class changes, never what is blood; a class without a zone (IPH) may lie anywhere."""
+    misplaced = {}
+    for index, zone in zones.items():
+        inside = labels == index
+        if whole_regions:
+            regions, _ = ndimage.label(inside, structure=np.ones((3, 3, 3), dtype=bool))
+            misplaced[index] = inside & ~np.isin(regions, np.unique(regions[inside & zone]))
+        else:
+            misplaced[index] = inside & ~zone
+    if not any(mask.any() for mask in misplaced.values()):
+        return labels
+    moved = labels.copy()
+    for index, mask in misplaced.items():
+        others = [i for i in HEMORRHAGE_INDICES if i != index]
+        candidates = probabilities[:, mask][others]
+        for row, other in enumerate(others):
+            if other in zones:  # a confined class only inside its own zone
+                candidates[row, ~zones[other][mask]] = -1.0
+        moved[mask] = np.asarray(others)[np.argmax(candidates, axis=0)]
+    return moved
 
 
 def best_non_blood_class(probabilities: np.ndarray) -> np.ndarray:
@@ -279,7 +278,7 @@ def probabilities_to_scan(
     """Class probabilities mapped onto the scan's grid; returns its label map and the total
     hemorrhage probability there. ``class_zones`` (bleeding class -> where it may lie, on the
     scan's grid; :func:`ichseg.pipeline.location.class_zones`) confines those classes
-    (:func:`confine_bleeding_class`), in the order given."""
+    (:func:`confine_bleeding_classes`)."""
     from ichseg.pipeline.registration import warp_to_scan
 
     scan_probs = warp_to_scan(probabilities, probabilities_affine, scan_shape, scan_affine, template_to_scan)
@@ -288,7 +287,7 @@ def probabilities_to_scan(
     # background channel equals warping with those per-class fill values.
     scan_probs[0] += np.clip(1.0 - scan_probs.sum(axis=0), 0.0, 1.0)
     labels = label_map(scan_probs, hemorrhage_threshold, hemorrhage_seed)
-    for index, zone in (class_zones or {}).items():
-        labels = confine_bleeding_class(labels, scan_probs, index, zone)
+    if class_zones:
+        labels = confine_bleeding_classes(labels, scan_probs, class_zones)
     hemorrhage = np.clip(total_hemorrhage_probability(scan_probs), 0, 1).astype(np.float32)
     return labels, hemorrhage

@@ -152,8 +152,10 @@ def test_class_figures_say_where_the_references_ventricular_blood_went(tmp_path)
     assert list(summary["by_class"]) == ["ivh"]
     ivh = summary["by_class"]["ivh"]
     assert ivh["mean_difference_ml"] == pytest.approx(-0.007) and ivh["labelled_as"]["iph"] == pytest.approx(0.6)
-    assert "| default | IVH | 1 | 0.462 / 0.462 | -0.01 | 0.01 | 10 / 60 / 0 / 0 / 30 |" in accuracy.render({"default": summary})
-    # a set of intraparenchymal lesions only: the total hemorrhage table says it all
+    # r and the worst error over 15 mL need more scans and larger lesions
+    assert "| default | IVH | 1 | 0.462 / 0.462 | – | -0.01 | 0.01 | – | 10 / 60 / 0 / 0 / 30 |" in accuracy.render(
+        {"default": summary})
+    # rows without class figures: no class table
     assert "By class" not in accuracy.render({"default": accuracy.summarise(ROWS, PHANTOMS)})
 
 
@@ -175,8 +177,10 @@ def test_the_oedema_rim_of_the_reference_is_scored_as_a_class(tmp_path):
            "oed_ml": 0.002, "oed_ref_ml": 0.004, "oed_dice": 2 * 2 / 6}
     summary = accuracy.summarise([row], {}, table)
     assert list(summary["by_class"]) == ["iph", "oed"]
-    assert "| default | OED | 1 | 0.667 / 0.667 | -0.00 | 0.00 | 50 / 0 / 0 / 50 / 0 |" in accuracy.render(
-        {"default": summary})
+    rendered = accuracy.render({"default": summary})
+    assert "| default | OED | 1 | 0.667 / 0.667 | – | -0.00 | 0.00 | – | 50 / 0 / 0 / 50 / 0 |" in rendered
+    # the intraparenchymal class too: its volume can be wrong where the total is right
+    assert "| default | IPH | 1 | 1.000 / 1.000 | – | 0.00 | 0.00 | – |" in rendered
 
 
 def test_subdural_voxels_found_are_counted_by_the_layers_local_thickness():
@@ -228,3 +232,12 @@ def test_class_split_says_which_mislabelled_voxels_lie_where_the_label_is_possib
     assert split["ivh_near_ventricles_share"] == pytest.approx(0.5)
     assert split["eah_near_brain_edge_share"] == 0.0
     assert split["lesion_ml"] == pytest.approx(0.08)
+
+
+def test_class_figures_give_the_worst_error_of_the_large_lesions():
+    rows = [{"scan": f"sub-t00{i}", "status": "ok", "hemorrhage_ml": t, "hemorrhage_ref_ml": t, "hemorrhage_dice": 0.9,
+             "iph_ml": ml, "iph_ref_ml": ref, "iph_dice": 0.8}
+            for i, (t, ml, ref) in enumerate([(20.0, 15.0, 20.0), (40.0, 38.0, 40.0), (5.0, 1.0, 5.0)])]
+    iph = accuracy.summarise(rows, {})["by_class"]["iph"]
+    assert iph["worst_relative_error_over_15ml"] == pytest.approx(0.25)  # 15 of 20 mL; 1 of 5 mL is not > 15 mL
+    assert iph["volume_pearson_r"] == pytest.approx(np.corrcoef([15, 38, 1], [20, 40, 5])[0, 1])

@@ -100,8 +100,8 @@ def test_label_map_hemorrhage_seed_keeps_only_regions_that_reach_it():
     assert blood_left_out_ml(argmax, keep_seeded_blood(argmax, probs, 0.9), 0.5) == pytest.approx(1.0)
 
 
-def test_ivh_only_near_ventricles_moves_regions_that_never_reach_them():
-    from ichseg.pipeline.segmentation import ivh_only_near_ventricles
+def test_confine_bleeding_classes_moves_regions_that_never_reach_the_zone():
+    from ichseg.pipeline.segmentation import confine_bleeding_classes
 
     # classes: background, IPH, EAH, oedema, IVH; along a line: IVH 1-3 touching the zone at 3,
     # IVH 6-7 far from it (IPH the next bleeding class at 6, EAH at 7), IPH at 9
@@ -112,17 +112,17 @@ def test_ivh_only_near_ventricles_moves_regions_that_never_reach_them():
     probs[:, 0, 0, 7] = [0.1, 0.1, 0.3, 0.0, 0.5]
     zone = np.zeros(labels.shape, dtype=bool)
     zone[0, 0, 3:5] = True
-    whole = ivh_only_near_ventricles(labels, probs, zone)
+    whole = confine_bleeding_classes(labels, probs, {4: zone})
     assert whole.ravel().tolist() == [0, 4, 4, 4, 0, 0, 1, 2, 0, 1]
-    by_voxel = ivh_only_near_ventricles(labels, probs, zone, whole_regions=False)
+    by_voxel = confine_bleeding_classes(labels, probs, {4: zone}, whole_regions=False)
     assert by_voxel.ravel().tolist() == [0, 1, 1, 4, 0, 0, 1, 2, 0, 1]
     # only the bleeding class changes, never what is blood; the input stays as it was
     for moved in (whole, by_voxel):
         assert np.array_equal(np.isin(moved, (1, 2, 4)), np.isin(labels, (1, 2, 4)))
     assert labels.ravel().tolist() == [0, 4, 4, 4, 0, 0, 4, 4, 0, 1]
     # nothing to move: the same array back; every voxel allowed: nothing changes
-    assert ivh_only_near_ventricles(whole, probs, np.ones(labels.shape, bool)) is whole
-    assert ivh_only_near_ventricles(labels, probs, np.ones(labels.shape, bool)).tolist() == labels.tolist()
+    assert confine_bleeding_classes(whole, probs, {4: np.ones(labels.shape, bool)}) is whole
+    assert confine_bleeding_classes(labels, probs, {4: np.ones(labels.shape, bool)}).tolist() == labels.tolist()
 
 
 def test_probabilities_to_scan_keeps_ivh_to_the_zone_it_is_given():
@@ -142,8 +142,8 @@ def test_probabilities_to_scan_keeps_ivh_to_the_zone_it_is_given():
     np.testing.assert_array_equal(near, plain)
 
 
-def test_confine_bleeding_class_works_for_any_bleeding_class():
-    from ichseg.pipeline.segmentation import confine_bleeding_class
+def test_confine_bleeding_classes_works_for_any_bleeding_class_and_for_two_at_once():
+    from ichseg.pipeline.segmentation import confine_bleeding_classes
 
     # classes: background, IPH, EAH, oedema, IVH; EAH at 1-2 away from the zone, IVH next
     labels = np.array([0, 2, 2, 0, 2], dtype=np.uint8)[None, None, :]
@@ -151,4 +151,13 @@ def test_confine_bleeding_class_works_for_any_bleeding_class():
     probs[:, 0, 0, 1:3] = np.array([0.1, 0.2, 0.4, 0.0, 0.3])[:, None]
     zone = np.zeros(labels.shape, dtype=bool)
     zone[0, 0, 4] = True
-    assert confine_bleeding_class(labels, probs, 2, zone).ravel().tolist() == [0, 4, 4, 0, 2]
+    assert confine_bleeding_classes(labels, probs, {2: zone}).ravel().tolist() == [0, 4, 4, 0, 2]
+    # IVH at 1-2 outside its zone, EAH its next class but outside EAH's zone too: IPH, whichever
+    # order the zones come in
+    labels = np.array([0, 4, 4, 0, 2], dtype=np.uint8)[None, None, :]
+    ivh_zone = np.zeros(labels.shape, dtype=bool)
+    eah_zone = zone
+    for zones in ({4: ivh_zone, 2: eah_zone}, {2: eah_zone, 4: ivh_zone}):
+        assert confine_bleeding_classes(labels, probs, zones).ravel().tolist() == [0, 1, 1, 0, 2]
+    eah_zone = np.ones(labels.shape, dtype=bool)  # where EAH may lie, it takes the voxels
+    assert confine_bleeding_classes(labels, probs, {4: ivh_zone, 2: eah_zone}).ravel().tolist() == [0, 2, 2, 0, 2]
