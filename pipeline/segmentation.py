@@ -44,14 +44,15 @@ DEFAULT_HEMORRHAGE_SEED: float | None = 0.8
 
 #: Intraventricular blood lies in the ventricles: a connected region labelled IVH keeps its
 #: class only if it comes within this many mm of the atlas's ventricles mapped onto the scan
-#: (:func:`confine_bleeding_classes`). ``None`` keeps the network's class everywhere.
-DEFAULT_IVH_MARGIN_MM: float | None = None
+#: (:func:`confine_bleeding_classes`); the others take their next bleeding class. Chosen on the
+#: tuning half of the truth set (docs/method.md, section 7). ``None`` keeps the network's class.
+DEFAULT_IVH_MARGIN_MM: float | None = 1.0
 
 #: Extra-axial blood lies against the skull, the falx or the tentorium: a connected region
 #: labelled EAH keeps its class only if it comes within this many mm of the intracranial
 #: surface, the midline or the infratentorial regions' outline (the atlas mapped onto the
-#: scan). ``None`` keeps the network's class everywhere.
-DEFAULT_EAH_MARGIN_MM: float | None = None
+#: scan). Chosen with the IVH margin (docs/method.md, section 7). ``None`` keeps the network's class.
+DEFAULT_EAH_MARGIN_MM: float | None = 6.0
 
 
 def label_map(probabilities: np.ndarray, hemorrhage_threshold: float | None = DEFAULT_HEMORRHAGE_THRESHOLD,

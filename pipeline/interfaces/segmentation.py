@@ -19,10 +19,8 @@ from ichseg.pipeline.geometry import ants_affine_to_ras
 from ichseg.pipeline.interfaces.base import NodeInterface, read_image, read_mask
 from ichseg.pipeline.location import class_zones, read_region_names
 from ichseg.pipeline.segmentation import (
-    DEFAULT_EAH_MARGIN_MM,
     DEFAULT_HEMORRHAGE_SEED,
     DEFAULT_HEMORRHAGE_THRESHOLD,
-    DEFAULT_IVH_MARGIN_MM,
     DEFAULT_MARGIN_MM,
     probabilities_to_scan,
     segment_template_space,
@@ -99,11 +97,12 @@ class _ToScanInputSpec(BaseInterfaceInputSpec):
     source_file = File(exists=True, mandatory=True, desc="the original CT, whose grid is the target")
     hemorrhage_threshold = _hemorrhage_threshold_trait()
     hemorrhage_seed = _hemorrhage_seed_trait()
+    # None by default here, as they need the atlas inputs; the workflow passes the settings'.
     ivh_margin_mm = traits.Either(
-        None, traits.Range(0.0, None), default=DEFAULT_IVH_MARGIN_MM, usedefault=True,
+        None, traits.Range(0.0, None), default=None, usedefault=True,
         desc="IVH only in regions within this many mm of the atlas's ventricles (None: anywhere)")
     eah_margin_mm = traits.Either(
-        None, traits.Range(0.0, None), default=DEFAULT_EAH_MARGIN_MM, usedefault=True,
+        None, traits.Range(0.0, None), default=None, usedefault=True,
         desc="EAH only in regions within this many mm of the intracranial surface, falx or tentorium "
              "(None: anywhere)")
     atlas = File(exists=True, desc="the region atlas in template space (with a margin)")
