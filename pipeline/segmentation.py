@@ -15,10 +15,7 @@ from ichseg.pipeline.geometry import (
     voxel_sizes,
     voxel_volume_ml,
 )
-from ichseg.pipeline.labels import (
-    HEMORRHAGE_INDICES,
-    total_hemorrhage_probability,
-)
+from ichseg.pipeline.labels import HEMORRHAGE_INDICES, total_hemorrhage_probability
 from ichseg.pipeline.models import resolve_model, weights_sha256
 from ichseg.pipeline.qc import segmentation_qc
 
