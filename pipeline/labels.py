@@ -44,6 +44,8 @@ IPH_INDEX: int = next(lab.index for lab in LABELS if lab.abbreviation == "IPH")
 EAH_INDEX: int = next(lab.index for lab in LABELS if lab.abbreviation == "EAH")
 #: Index of intraventricular hemorrhage.
 IVH_INDEX: int = next(lab.index for lab in LABELS if lab.abbreviation == "IVH")
+#: The bleeding classes that may be confined to where they can lie (IPH may lie anywhere).
+CONFINED_INDICES: tuple[int, ...] = (IVH_INDEX, EAH_INDEX)
 #: Index of perilesional oedema, the one class besides background that is not blood.
 OEDEMA_INDEX: int = next(lab.index for lab in LABELS if lab.abbreviation == "OED")
 #: Foreground classes, in index order (everything except background).

@@ -140,25 +140,50 @@ def extra_axial_zone(brain: np.ndarray, regions: np.ndarray, sides: np.ndarray, 
 
 def class_zones(atlas_img, region_names: dict[int, str], shape: tuple[int, int, int], affine: np.ndarray,
                 template_to_scan: np.ndarray, ivh_margin_mm: float | None = None,
-                eah_margin_mm: float | None = None, brain: np.ndarray | None = None) -> dict[int, np.ndarray]:
+                eah_margin_mm: float | None = None, brain: np.ndarray | None = None,
+                near: np.ndarray | None = None) -> dict[int, np.ndarray]:
     """Where the confined bleeding classes may lie on a scan's grid: intraventricular blood
     within ``ivh_margin_mm`` of the atlas's ventricles, extra-axial blood in the
     :func:`extra_axial_zone` of ``eah_margin_mm`` (which needs ``brain``, the intracranial
     mask); a class whose margin is None is not confined
-    (:func:`~ichseg.pipeline.segmentation.confine_bleeding_classes`)."""
-    from ichseg.pipeline.geometry import within_mm
+    (:func:`~ichseg.pipeline.segmentation.confine_bleeding_classes`).
+
+    With ``near`` (a mask on the same grid), the zones are computed only in a box around it,
+    wide enough to be exact on its voxels (the atlas warp and the distance maps of a whole
+    scan take seconds); elsewhere they are False. An empty ``near`` needs no zones at all."""
+    from ichseg.pipeline.geometry import (
+        bounding_box,
+        box_affine,
+        voxel_sizes,
+        within_mm,
+    )
     from ichseg.pipeline.labels import EAH_INDEX, IVH_INDEX
 
     if ivh_margin_mm is None and eah_margin_mm is None:
         return {}
     if eah_margin_mm is not None and brain is None:
         raise ValueError("confining extra-axial blood needs the intracranial mask (brain)")
-    regions, sides = atlas_on_scan(atlas_img, shape, affine, template_to_scan)
+    box = tuple(slice(0, n) for n in shape[:3])
+    if near is not None:
+        # structures up to the margin beyond the box's voxels count, and a false edge at the
+        # box's faces must lie farther than the margin from them
+        reach = max(m for m in (ivh_margin_mm, eah_margin_mm) if m is not None)
+        box = bounding_box(near, [2 * int(np.ceil(reach / size)) + 2 for size in voxel_sizes(affine)])
+        if box is None:
+            return {}
+    box_shape = tuple(b.stop - b.start for b in box)
+    inner = box_affine(affine, box)
+    regions, sides = atlas_on_scan(atlas_img, box_shape, inner, template_to_scan)
     zones = {}
     if ivh_margin_mm is not None:
-        zones[IVH_INDEX] = within_mm(ventricle_region(regions, region_names), affine, ivh_margin_mm)
+        zones[IVH_INDEX] = within_mm(ventricle_region(regions, region_names), inner, ivh_margin_mm)
     if eah_margin_mm is not None:
-        zones[EAH_INDEX] = extra_axial_zone(brain, regions, sides, region_names, affine, eah_margin_mm)
+        zones[EAH_INDEX] = extra_axial_zone(np.asarray(brain)[box], regions, sides, region_names, inner,
+                                            eah_margin_mm)
+    for index, zone in zones.items():
+        full = np.zeros(shape[:3], dtype=bool)
+        full[box] = zone
+        zones[index] = full
     return zones
 
 

@@ -271,11 +271,12 @@ def probabilities_to_scan(
     template_to_scan: np.ndarray,
     hemorrhage_threshold: float | None = DEFAULT_HEMORRHAGE_THRESHOLD,
     hemorrhage_seed: float | None = DEFAULT_HEMORRHAGE_SEED,
-    class_zones: dict[int, np.ndarray] | None = None,
+    class_zones: Callable[[np.ndarray], dict[int, np.ndarray]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities mapped onto the scan's grid; returns its label map and the total
-    hemorrhage probability there. ``class_zones`` (bleeding class -> where it may lie, on the
-    scan's grid; :func:`ichseg.pipeline.location.class_zones`) confines those classes
+    hemorrhage probability there. ``class_zones``, given the label map, returns where the
+    confined bleeding classes may lie (class -> mask on the scan's grid;
+    :func:`ichseg.pipeline.location.class_zones`), and those classes are kept there
     (:func:`confine_bleeding_classes`)."""
     from ichseg.pipeline.registration import warp_to_scan
 
@@ -285,7 +286,9 @@ def probabilities_to_scan(
     # background channel equals warping with those per-class fill values.
     scan_probs[0] += np.clip(1.0 - scan_probs.sum(axis=0), 0.0, 1.0)
     labels = label_map(scan_probs, hemorrhage_threshold, hemorrhage_seed)
-    if class_zones:
-        labels = confine_bleeding_classes(labels, scan_probs, class_zones)
+    if class_zones is not None:
+        zones = class_zones(labels)
+        if zones:
+            labels = confine_bleeding_classes(labels, scan_probs, zones)
     hemorrhage = np.clip(total_hemorrhage_probability(scan_probs), 0, 1).astype(np.float32)
     return labels, hemorrhage

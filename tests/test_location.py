@@ -122,3 +122,26 @@ def test_extra_axial_zone_is_the_surface_the_falx_and_the_tentorium():
                             (30 + 15, 30, 30 - 5): False}.items():
         assert zone[point] == expected, point
     assert extra_axial_zone(brain, regions, sides, names, affine, 0.0).sum() < zone.sum()
+
+
+def test_class_zones_near_a_mask_equal_the_whole_scans_there(atlas):
+    """Zones computed in a box around the labelled voxels are exact on them (and empty where
+    nothing is labelled), on a 0.5 x 0.5 x 5 mm grid like a real CT's."""
+    from ichseg.pipeline.labels import EAH_INDEX, IVH_INDEX
+    from ichseg.pipeline.location import class_zones
+
+    img, regions, names = atlas
+    shape = (300, 360, 30)
+    affine = np.diag([0.5, 0.5, 5.0, 1.0])
+    affine[:3, 3] = (-75.0, -100.0, -50.0)
+    grid = np.indices(shape).reshape(3, -1).T @ affine[:3, :3].T + affine[:3, 3]
+    brain = (((grid - (0.0, -10.0, 20.0)) / (65.0, 85.0, 70.0)) ** 2).sum(axis=1).reshape(shape) <= 1
+    full = class_zones(img, names, shape, affine, np.eye(4), 1.0, 6.0, brain)
+    near = np.zeros(shape, dtype=bool)
+    near[140:160, 150:175, 12:14] = True   # deep, by the ventricles
+    near[10:20, 170:180, 15] = True        # at the brain's edge
+    cropped = class_zones(img, names, shape, affine, np.eye(4), 1.0, 6.0, brain, near=near)
+    for index in (IVH_INDEX, EAH_INDEX):
+        assert full[index][near].any() and not full[index][near].all()  # the test reaches both sides
+        np.testing.assert_array_equal(cropped[index][near], full[index][near])
+    assert class_zones(img, names, shape, affine, np.eye(4), 1.0, 6.0, brain, near=np.zeros(shape, bool)) == {}

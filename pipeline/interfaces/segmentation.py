@@ -17,6 +17,7 @@ from nipype.interfaces.base import (
 from ichseg.pipeline.cpu import PRECISIONS
 from ichseg.pipeline.geometry import ants_affine_to_ras
 from ichseg.pipeline.interfaces.base import NodeInterface, read_image, read_mask
+from ichseg.pipeline.labels import CONFINED_INDICES
 from ichseg.pipeline.location import class_zones, read_region_names
 from ichseg.pipeline.segmentation import (
     DEFAULT_HEMORRHAGE_SEED,
@@ -127,12 +128,15 @@ class ProbabilitiesToScan(NodeInterface):
     def _run_interface(self, runtime):
         probabilities, prob_img = read_image(self.inputs.probabilities, np.float32)
         source = nib.load(self.inputs.source_file)
-        zones = {}
+        zones = None
         if self.inputs.ivh_margin_mm is not None or self.inputs.eah_margin_mm is not None:
-            zones = class_zones(nib.load(self.inputs.atlas), read_region_names(self.inputs.atlas_labels),
-                                source.shape[:3], source.affine, ants_affine_to_ras(self.inputs.atlas_transform),
-                                self.inputs.ivh_margin_mm, self.inputs.eah_margin_mm,
-                                read_mask(self.inputs.brain_mask) if isdefined(self.inputs.brain_mask) else None)
+            def zones(labels):
+                return class_zones(
+                    nib.load(self.inputs.atlas), read_region_names(self.inputs.atlas_labels), source.shape[:3],
+                    source.affine, ants_affine_to_ras(self.inputs.atlas_transform), self.inputs.ivh_margin_mm,
+                    self.inputs.eah_margin_mm,
+                    read_mask(self.inputs.brain_mask) if isdefined(self.inputs.brain_mask) else None,
+                    near=np.isin(labels, CONFINED_INDICES))
         labels, hemorrhage = probabilities_to_scan(
             np.moveaxis(probabilities, -1, 0), prob_img.affine, source.shape[:3], source.affine,
             ants_affine_to_ras(self.inputs.transform), self.inputs.hemorrhage_threshold,
