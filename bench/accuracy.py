@@ -3,7 +3,8 @@
 
     python bench/accuracy.py TRUTHSET_SPLIT_DIR OUT [--setting NAME "ICHSEG ARGS" ...]
         [--relabel [--thresholds T ...] [--seeds S ...] [--resamplings MODE ...]
-         [--sources SOURCE ...] [--density-edge]] [--n-procs N] [--score-only] [--reference DIR]
+         [--sources SOURCE ...] [--density-edge] [--ivh-margins MM ...] [--eah-margins MM ...]]
+        [--n-procs N] [--score-only] [--reference DIR]
 
 ``TRUTHSET_SPLIT_DIR`` is one split written by ``bench/make_truthset.py`` (``bids/``,
 ``reference/``, ``phantoms.tsv``). Each setting runs ``ichseg BIDS OUT/<name> participant``
@@ -11,8 +12,8 @@ with its arguments (default: one setting, ``default``, with no extra arguments),
 ``ichseg evaluate`` against the reference, and prints the dataset figures. ``--relabel``
 also scores the ways of turning the same class probabilities into a label map (argmax, a
 threshold on the total hemorrhage probability, with hysteresis seeds, sampled at the scan's
-voxel centres or averaged over its voxels, the CT-density refinement) without running the
-network again: it reads the template-space probabilities and transform from the work
+voxel centres or averaged over its voxels, the CT-density refinement, the bleeding classes
+confined to where they can lie) without running the network again: it reads the template-space probabilities and transform from the work
 directory.
 
 Writes ``OUT/accuracy.json`` and ``OUT/accuracy.md`` (one row per setting and labelling:
