@@ -360,12 +360,16 @@ def relabel_scores(split_dir: Path, reference: Path, out: Path, name: str, phant
         reference = references[sid]
         ref = np.asanyarray(nib.load(str(reference.path)).dataobj).astype(np.int16)
         ignore = (np.asanyarray(nib.load(str(reference.ignore)).dataobj) > 0) if reference.ignore else None
-        # each bleeding class too where the reference holds more than intraparenchymal blood
+        # every bleeding class the reference holds: a class can be wrong where the total is right
         classes = [HEMORRHAGE] + [lab.abbreviation.lower() for lab in BLEEDING if (ref == lab.index).any()]
         if ivh_margins or eah_margins:
+            # the zones depend on the scan only: once here, not for every labelling
             regions, sides = atlas_on_scan(atlas, source.shape, source.affine,
                                            ants_affine_to_ras(str(atlas_transform(node))))
             ventricles = ventricle_region(regions, region_names)
+            ivh_zones = {m: within_mm(ventricles, source.affine, m) for m in ivh_margins}
+            eah_zones = {m: extra_axial_zone(brain, regions, sides, region_names, source.affine, m)
+                         for m in eah_margins}
         for kind in sources:
             if kind == "network":
                 prob_img = nib.load(str(node / "segment" / "probabilities_space-template.nii"))
@@ -395,19 +399,18 @@ def relabel_scores(split_dir: Path, reference: Path, out: Path, name: str, phant
                 # the class rules on the labellings with seeds, where there are (the default's kind)
                 ruled = [v for v in variants if "seeds" in v] or list(variants)
                 for label in ruled if ivh_margins or eah_margins else ():
-                    for margin in ivh_margins:
-                        zone = within_mm(ventricles, source.affine, margin)
+                    for margin, zone in ivh_zones.items():
                         for by, whole in (("regions", True), ("voxels", False)):
                             variants[f"{label} + IVH within {margin:g} mm ({by})"] = confine_bleeding_classes(
                                 variants[label], scan, {IVH_INDEX: zone}, whole_regions=whole)
-                    for margin in eah_margins:
-                        zone = extra_axial_zone(brain, regions, sides, region_names, source.affine, margin)
+                    for margin, zone in eah_zones.items():
                         variants[f"{label} + EAH within {margin:g} mm"] = confine_bleeding_classes(
                             variants[label], scan, {EAH_INDEX: zone})
                         if ivh_margins:
-                            ivh_zone = within_mm(ventricles, source.affine, ivh_margins[0])
-                            variants[f"{label} + IVH within {ivh_margins[0]:g} mm + EAH within {margin:g} mm"] = (
-                                confine_bleeding_classes(variants[label], scan, {IVH_INDEX: ivh_zone, EAH_INDEX: zone}))
+                            first = ivh_margins[0]
+                            variants[f"{label} + IVH within {first:g} mm + EAH within {margin:g} mm"] = (
+                                confine_bleeding_classes(variants[label], scan,
+                                                         {IVH_INDEX: ivh_zones[first], EAH_INDEX: zone}))
                 prefix = kind if mode == "centre" else f"{kind}, {mode}"
                 for label, labels in variants.items():
                     row = compare_labels(labels.astype(np.int16), ref, source.affine, ignore, classes=classes)
