@@ -3,11 +3,13 @@
 
     python bench/make_truthset.py OUT [--split heldout|tuning] [--n N] [--seed S]
         [--hosts ge-head mistie-0034 deepbleed-brain] [--kind iph|ivh|eah] [--ivh-hu LOW HIGH]
+        [--volume-ml LOW HIGH]
 
 The shapes are the HemSeg-500 masks (asset ``lesion-shapes/HemSeg-500.zip``): the *tuning*
 set draws from its ``train`` and ``val`` splits, the *held-out* set from ``test`` only. Never
 tune a method on the held-out set. ``--n`` shapes are chosen to spread over the range of
-volumes (one from each of ``n`` equal-count volume bins, seeded); phantom ``i`` puts shape
+volumes (one from each of ``n`` equal-count volume bins, seeded; ``--volume-ml`` keeps the
+shapes of that range only, for a set built like one of known make-up); phantom ``i`` puts shape
 ``i`` into the hosts in turn, each with its own seeded appearance (clot density, texture, oedema
 rim; :mod:`ichseg.pipeline.lesion_insertion`); a shape that finds no room in a host tries the
 next. The same arguments give the same files.
@@ -142,8 +144,16 @@ def _first_host(prepared: list[tuple], index: int, insert) -> tuple | None:
     return None
 
 
+def split_shapes(split: str, volume_ml: tuple[float, float] | None = None) -> list:
+    """The shapes of a split, only those of ``volume_ml`` (low, high; mL) when given."""
+    shapes = [s for part in SPLITS[split] for s in read_shapes(get_asset(LESION_SHAPES), part)]
+    if volume_ml is None:
+        return shapes
+    return [s for s in shapes if volume_ml[0] <= s.volume_ml <= volume_ml[1]]
+
+
 def _phantoms(kind: str, split: str, n: int | None, seed: int, prepared: list[tuple],
-              ivh_hu: tuple[float, float] = VENTRICULAR_CLOT_HU):
+              ivh_hu: tuple[float, float] = VENTRICULAR_CLOT_HU, volume_ml: tuple[float, float] | None = None):
     """``(index, host, sidecar, inserted, details)`` of each phantom, in order: the next shape
     in the host that takes it, or the next host's ventricles or convexity."""
     if kind in ("ivh", "eah"):
@@ -158,7 +168,7 @@ def _phantoms(kind: str, split: str, n: int | None, seed: int, prepared: list[tu
             if placed is not None:
                 yield index, *placed, {}
         return
-    shapes = [s for part in SPLITS[split] for s in read_shapes(get_asset(LESION_SHAPES), part)]
+    shapes = split_shapes(split, volume_ml)
     order = _size_spread(shapes, n, np.random.default_rng([seed, 0]))
     target, index = len(shapes) if n is None else min(n, len(shapes)), 0
     for position in order:
@@ -173,7 +183,8 @@ def _phantoms(kind: str, split: str, n: int | None, seed: int, prepared: list[tu
 
 
 def make_truthset(out: Path, split: str, n: int | None, seed: int, hosts: list[str], kind: str = "iph",
-                  ivh_hu: tuple[float, float] = VENTRICULAR_CLOT_HU) -> list[dict]:
+                  ivh_hu: tuple[float, float] = VENTRICULAR_CLOT_HU,
+                  volume_ml: tuple[float, float] | None = None) -> list[dict]:
     prepared = prepare_hosts(hosts)
     root = out / (split if kind == "iph" else f"{split}-{kind}")
     bids, reference = root / "bids", root / "reference"
@@ -185,7 +196,7 @@ def make_truthset(out: Path, split: str, n: int | None, seed: int, hosts: list[s
     label_index, letter = KINDS[kind]
     abbreviation = next(lab.abbreviation for lab in LABELS if lab.index == label_index)
     rows, prefix = [], split[0] + letter
-    for index, host, sidecar, inserted, details in _phantoms(kind, split, n, seed, prepared, ivh_hu):
+    for index, host, sidecar, inserted, details in _phantoms(kind, split, n, seed, prepared, ivh_hu, volume_ml):
         label = f"{prefix}{index + 1:03d}"
         anat = f"sub-{label}/anat/sub-{label}"
         _save(np.round(inserted.hu), host.header, host.affine, bids / f"{anat}_ct.nii.gz", np.int16)
@@ -222,7 +233,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ivh-hu", nargs=2, type=float, default=None, metavar=("LOW", "HIGH"),
                         help="with --kind ivh: density range of the ventricular blood, HU "
                              f"(default: {VENTRICULAR_CLOT_HU[0]:g} {VENTRICULAR_CLOT_HU[1]:g})")
+    parser.add_argument("--volume-ml", nargs=2, type=float, default=None, metavar=("LOW", "HIGH"),
+                        help="with --kind iph: only the shapes of LOW to HIGH mL (default: every size)")
     args = parser.parse_args(argv)
+    if args.volume_ml is not None:
+        if args.kind != "iph":
+            parser.error(f"--volume-ml chooses the shapes of --kind iph; --kind {args.kind} uses none: "
+                         "leave --volume-ml out")
+        if args.volume_ml[0] > args.volume_ml[1]:
+            parser.error(f"--volume-ml {args.volume_ml[0]:g} {args.volume_ml[1]:g}: give the lower volume first")
     if args.ivh_hu is None:
         args.ivh_hu = VENTRICULAR_CLOT_HU
     elif args.kind != "ivh":
@@ -230,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
                      "leave --ivh-hu out or add --kind ivh")
     if args.ivh_hu[0] > args.ivh_hu[1]:
         parser.error(f"--ivh-hu {args.ivh_hu[0]:g} {args.ivh_hu[1]:g}: give the lower density first")
-    rows = make_truthset(args.out, args.split, args.n, args.seed, args.hosts, args.kind, tuple(args.ivh_hu))
+    rows = make_truthset(args.out, args.split, args.n, args.seed, args.hosts, args.kind, tuple(args.ivh_hu),
+                         None if args.volume_ml is None else tuple(args.volume_ml))
     print(f"{len(rows)} phantoms written")
     return 0
 

@@ -61,3 +61,24 @@ def test_a_ventricular_density_for_a_kind_without_ventricular_blood_is_refused(t
         make_truthset.main([str(tmp_path), "--kind", kind, "--ivh-hu", "55", "75"])
     assert f"--kind {kind} paints none" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.realdata
+def test_a_volume_range_keeps_the_split_shapes_of_that_size_only(asset):
+    asset("lesion-shapes/HemSeg-500.zip")
+    every = make_truthset.split_shapes("heldout")
+    chosen = make_truthset.split_shapes("heldout", (2.0, 82.0))
+    assert 0 < len(chosen) < len(every)
+    assert all(2.0 <= s.volume_ml <= 82.0 for s in chosen)
+    assert {s.name for s in chosen} == {s.name for s in every if 2.0 <= s.volume_ml <= 82.0}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--volume-ml", "82", "2"], "--volume-ml 82 2: give the lower volume first"),
+    (["--kind", "ivh", "--volume-ml", "2", "82"], "--kind ivh uses none"),
+])
+def test_a_wrong_volume_range_is_refused_before_any_work(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit):
+        make_truthset.main([str(tmp_path), *argv])
+    assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
