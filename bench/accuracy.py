@@ -248,6 +248,7 @@ def atlas_transform(node: Path) -> Path:
 def _recomputed(node: Path, source: str, cache: dict) -> tuple[np.ndarray, np.ndarray]:
     """Template-space probabilities (C, ...) and affine of another way of running the network
     on the registered CT of the work directory: ``flip`` (mean with the left-right mirror),
+    ``shifts`` (mean over the image moved by each of ``GRID_SHIFTS``, :mod:`ichseg.pipeline.segmentation`),
     ``ensemble`` (the 12 BLAST-CT networks) or ``ensemble-near`` (the 12 networks only near
     what the single model calls blood, :data:`NEAR_PROBABILITY`; the single model elsewhere)."""
     from scipy import ndimage as ndi
@@ -255,7 +256,11 @@ def _recomputed(node: Path, source: str, cache: dict) -> tuple[np.ndarray, np.nd
     from ichseg.pipeline.inference import IntensityWindow, load_networks, segment
     from ichseg.pipeline.labels import total_hemorrhage_probability
     from ichseg.pipeline.models import resolve_model
-    from ichseg.pipeline.segmentation import DEFAULT_MARGIN_MM, region_of_interest
+    from ichseg.pipeline.segmentation import (
+        DEFAULT_MARGIN_MM,
+        GRID_SHIFTS,
+        region_of_interest,
+    )
 
     ct_img = nib.load(str(node / "register" / "ct_space-template.nii"))
     hu = np.asanyarray(ct_img.dataobj, dtype=np.float32)
@@ -280,7 +285,8 @@ def _recomputed(node: Path, source: str, cache: dict) -> tuple[np.ndarray, np.nd
         roi &= ndi.binary_dilation(near, structure=ball)
         if not roi.any():
             return single, ct_img.affine
-    probs, _ = segment(hu, roi, networks, IntensityWindow())
+    probs, _ = segment(hu, roi, networks, IntensityWindow(),
+                       shifts=GRID_SHIFTS if source == "shifts" else GRID_SHIFTS[:1])
     if source == "flip":
         mirrored, _ = segment(hu[::-1].copy(), roi[::-1].copy(), networks, IntensityWindow())
         probs = (probs + mirrored[:, ::-1]) / 2
@@ -309,7 +315,7 @@ def relabel_scores(split_dir: Path, reference: Path, out: Path, name: str, phant
                    sources=("network",), resamplings=("centre",), seeds=(), density_edge=False,
                    partial_margins=(), ivh_margins=(), eah_margins=()) -> dict:
     """Score labellings of the setting's probabilities, and of probabilities recomputed from
-    its registered CTs (``sources``: ``network``, ``flip``, ``ensemble``), each brought onto
+    its registered CTs (``sources``: ``network``, ``flip``, ``shifts``, ``ensemble``), each brought onto
     the scan by sampling at the voxel centres or by the mean over each voxel
     (``resamplings``: ``centre``, ``voxel-mean``); with ``seeds``, also each threshold with
     hysteresis (a blood region is kept only where it reaches the seed probability); with
@@ -526,9 +532,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="a named setting and its ichseg arguments (repeatable)")
     parser.add_argument("--relabel", action="store_true", help="also score labellings of the same probabilities")
     parser.add_argument("--thresholds", nargs="+", type=float, default=[0.3, 0.4, 0.5])
-    parser.add_argument("--sources", nargs="+", default=["network"], choices=["network", "flip", "ensemble", "ensemble-near"],
-                        help="with --relabel: probabilities of the run, or recomputed with flips, the ensemble, or the "
-                             "ensemble near what the run calls blood (ensemble-near)")
+    parser.add_argument("--sources", nargs="+", default=["network"], choices=["network", "flip", "shifts", "ensemble", "ensemble-near"],
+                        help="with --relabel: probabilities of the run, or recomputed with flips, the image moved by "
+                             "each grid shift (shifts), the ensemble, or the ensemble near what the run calls blood "
+                             "(ensemble-near)")
     parser.add_argument("--resamplings", nargs="+", default=["centre"], choices=["centre", "voxel-mean"],
                         help="with --relabel: probabilities sampled at the scan's voxel centres or averaged over its voxels")
     parser.add_argument("--seeds", nargs="*", type=float, default=[],

@@ -11,6 +11,7 @@ from pathlib import Path
 from ichseg.bids_app.resources import SUBMIT_N_PROCS
 from ichseg.pipeline import __version__
 from ichseg.pipeline.cpu import PRECISIONS
+from ichseg.pipeline.segmentation import GRID_SHIFTS
 from ichseg.pipeline.settings import NETWORK_INPUTS, TRANSFORMS, MethodSettings
 
 
@@ -182,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="label blood extra-axial only in a connected region that comes within MM of the "
                              "intracranial surface, the falx or the tentorium; elsewhere it takes its next most "
                              "likely bleeding class (docs/method.md, accuracy); 'none' leaves the network's class")
+    method.add_argument("--grid-shifts", type=int, choices=range(1, len(GRID_SHIFTS) + 1),
+                        default=MethodSettings.grid_shifts, metavar="N",
+                        help=f"average the network over the CT moved by N of {len(GRID_SHIFTS)} fixed shifts, which "
+                             "put its subsampled pathways at other phases of their grids (docs/method.md, "
+                             "accuracy); each shift costs one more run of the network")
 
     out = parser.add_argument_group("messages")
     verbosity = out.add_mutually_exclusive_group()

@@ -207,7 +207,7 @@ def method_settings(args, resources: Resources) -> MethodSettings:
         omp_nthreads=resources.omp_nthreads, transform=args.transform,
         network_input=args.network_input, margin_mm=args.margin_mm,
         hemorrhage_threshold=args.hemorrhage_threshold, hemorrhage_seed=args.hemorrhage_seed,
-        ivh_margin_mm=args.ivh_margin_mm, eah_margin_mm=args.eah_margin_mm,
+        ivh_margin_mm=args.ivh_margin_mm, eah_margin_mm=args.eah_margin_mm, grid_shifts=args.grid_shifts,
     )
 
 

@@ -125,7 +125,8 @@ def segment(
         result = segment_template_space(
             template_ct, space.brain_mask, template_img.affine, settings.model, settings.device,
             settings.precision, settings.omp_nthreads, settings.network_input, settings.margin_mm,
-            settings.hemorrhage_threshold, log, hemorrhage_seed=settings.hemorrhage_seed)
+            settings.hemorrhage_threshold, log, hemorrhage_seed=settings.hemorrhage_seed,
+            grid_shifts=settings.grid_shifts)
         source = nib.load(source_file)
         # Through a file, as between the workflow's steps: the box's affine as NIfTI stores it.
         stored = nib.load(save_like(np.moveaxis(result.probabilities, 0, -1), template_img,

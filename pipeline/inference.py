@@ -84,6 +84,7 @@ def predict_probabilities(
     roi: np.ndarray | None = None,
     progress: Callable[[int, int], None] | None = None,
     precision: str = "fp32",
+    shifts: Sequence[Sequence[int]] = ((0, 0, 0),),
 ) -> tuple[np.ndarray, int]:
     """Class probabilities (C, *image.shape) of a normalised image, and the multiply-adds
     of one network; an ensemble averages its networks' softmaxes.
@@ -91,10 +92,16 @@ def predict_probabilities(
     Only the voxels of ``roi`` (default: all) are computed; every other voxel gets
     probability 1 for class 0 (background). ``precision`` ``bf16`` or ``fp16`` multiplies
     in that type in the convolutions (activations, sums and softmax stay float32).
-    ``progress(done, total)`` counts voxels over all networks.
+    Each network is also averaged over the image moved by each of ``shifts`` (voxels
+    towards higher indices along each axis, :func:`shifted`): the subsampled pathways see
+    the image on grids of every 3rd and 5th voxel fixed to its origin, so a move of ``s``
+    puts them at phases ``s mod 3`` and ``s mod 5`` while the full-resolution pathway's
+    output only moves. ``progress(done, total)`` counts voxels over all networks and shifts.
     """
     if precision not in COMPUTE_DTYPES:
         raise ValueError(f"precision must be one of {', '.join(COMPUTE_DTYPES)}, not {precision!r}")
+    if not shifts or any(len(shift) != image.ndim or min(shift) < 0 for shift in shifts):
+        raise ValueError(f"shifts must be moves of 0 or more voxels along each of {image.ndim} axes, not {shifts}")
     roi = np.ones(image.shape, dtype=bool) if roi is None else roi.astype(bool)
     classes = networks[0].fully_connected[-1].conv.out_channels
     probabilities = np.zeros((classes, *image.shape), dtype=np.float32)
@@ -102,17 +109,28 @@ def predict_probabilities(
     total = int(roi.sum())
     if total == 0:
         return probabilities, 0
+    runs = [(network, shift) for network in networks for shift in shifts]
     summed, macs = None, 0
     with torch.inference_mode(), keep_freed_memory():
-        for i, network in enumerate(networks):
+        for i, (network, shift) in enumerate(runs):
             def report(done: int, _total: int, offset: int = i * total) -> None:
                 if progress is not None:
-                    progress(offset + done, total * len(networks))
+                    progress(offset + done, total * len(runs))
 
-            region, macs = region_probabilities(image, network, roi, COMPUTE_DTYPES[precision], report)
+            # the region's voxels keep their order when both arrays move by the same shift
+            region, macs = region_probabilities(shifted(image, shift, "edge"), network,
+                                                shifted(roi, shift, "constant"), COMPUTE_DTYPES[precision], report)
             summed = region if summed is None else summed.add_(region)
-    probabilities[:, roi] = (summed / len(networks)).cpu().numpy().T
+    probabilities[:, roi] = (summed / len(runs)).cpu().numpy().T
     return probabilities, macs
+
+
+def shifted(volume: np.ndarray, shift: Sequence[int], mode: str) -> np.ndarray:
+    """``volume`` moved by ``shift`` voxels towards higher indices, padded before (``edge``
+    or ``constant`` zeros, as :func:`numpy.pad`): voxel ``x`` lands on ``x + shift``."""
+    if not any(shift):
+        return volume
+    return np.pad(volume, [(int(d), 0) for d in shift], mode=mode)
 
 
 def ras_to_network_axes(volume: np.ndarray) -> np.ndarray:
@@ -138,10 +156,12 @@ def segment(
     window: IntensityWindow = IntensityWindow(),
     progress: Callable[[int, int], None] | None = None,
     precision: str = "fp32",
+    shifts: Sequence[Sequence[int]] = ((0, 0, 0),),
 ) -> tuple[np.ndarray, int]:
     """Class probabilities (C, x, y, z) of a 1 mm RAS head CT in HU, computed over ``roi``,
-    and the multiply-adds of one network (as :func:`predict_probabilities`)."""
+    and the multiply-adds of one network (as :func:`predict_probabilities`; ``shifts`` move
+    the network's (z, y, x) array)."""
     probabilities, macs = predict_probabilities(
-        ras_to_network_axes(window(hu)), networks, ras_to_network_axes(roi), progress, precision
+        ras_to_network_axes(window(hu)), networks, ras_to_network_axes(roi), progress, precision, shifts
     )
     return network_axes_to_ras(probabilities), macs

@@ -278,7 +278,8 @@ def write_scan_report(
 #: The model's fields shown first in a scan report's "About" table, with their names there.
 _MODEL_FIELDS = {"model": "Model", "weights": "Weights", "weights_sha256": "Weights sha256",
                  "n_networks": "Networks (ensemble)", "network_input": "Network input",
-                 "margin_mm": "Margin around brain (mm)", "device": "Device",
+                 "margin_mm": "Margin around brain (mm)", "grid_shifts": "Grid shifts averaged",
+                 "device": "Device",
                  "inference_seconds": "Inference time (s)"}
 
 

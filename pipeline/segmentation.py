@@ -25,6 +25,13 @@ from ichseg.pipeline.qc import segmentation_qc
 #: lay outside the brain mask, and its volumes matched a 10 mm margin within 0.5 %.
 DEFAULT_MARGIN_MM = 5.0
 
+#: Moves of the template-space CT (voxels along each axis) over which ``grid_shifts`` > 1
+#: averages the network (:func:`ichseg.pipeline.inference.predict_probabilities`): the first
+#: ``n`` put DeepMedic's subsampled grids (every 3rd and 5th voxel) at phases 0, 1, 2, 0 of 3
+#: and 0, 4, 3, 2 of 5 along every axis.
+GRID_SHIFTS = ((0, 0, 0), (4, 4, 4), (8, 8, 8), (12, 12, 12))
+DEFAULT_GRID_SHIFTS = 1
+
 
 #: Total hemorrhage probability (IPH + EAH + IVH) from which a voxel is labelled as blood, as
 #: its most likely bleeding class; below it, the most likely of background and oedema. Chosen,
@@ -169,6 +176,7 @@ def run_model(
     log: Callable[[str], None] | None = None,
     precision: str = "auto",
     num_threads: int | None = None,
+    grid_shifts: int = DEFAULT_GRID_SHIFTS,
 ) -> tuple[np.ndarray, dict]:
     """Class probabilities of a 1 mm RAS CT in HU with a registered model, and provenance.
 
@@ -176,7 +184,8 @@ def run_model(
     weight files and their sha256, the number of networks, the voxels and multiply-adds
     computed, the precision, the CPU and the inference time. ``precision`` is ``auto``,
     ``fp32``, ``bf16`` or ``fp16`` (:func:`ichseg.pipeline.cpu.resolve_precision`);
-    ``num_threads`` the torch threads (default: torch's current setting).
+    ``num_threads`` the torch threads (default: torch's current setting); ``grid_shifts``
+    how many of :data:`GRID_SHIFTS` the network is averaged over (each costs one more run).
     """
     # torch is imported here, not at module level, so that the command line starts quickly
     import torch
@@ -203,17 +212,19 @@ def run_model(
     # Threads and flush-to-zero for the network only: the caller's settings come back after.
     with torch_configured(num_threads or torch.get_num_threads()) as torch_settings:
         start = time.perf_counter()
-        probs, macs = segment(hu, roi, networks, IntensityWindow(low, high), progress, precision=precision)
+        probs, macs = segment(hu, roi, networks, IntensityWindow(low, high), progress, precision=precision,
+                              shifts=GRID_SHIFTS[:grid_shifts])
     seconds = time.perf_counter() - start
     voxels = int(roi.sum())
     info = {
         "model": resolved.spec.name,
         "n_networks": len(networks),
+        "grid_shifts": grid_shifts,
         "weights": [str(p) for p in resolved.weight_paths],
         "weights_sha256": weights_sha256(resolved),
         "inference_seconds": round(seconds, 2),
         "roi_voxels": voxels,
-        # per network; the ensemble multiplies it by n_networks
+        # per network and shift; the ensemble multiplies it by n_networks, the shifts by grid_shifts
         "multiply_adds": macs,
         "roi_voxels_per_s": round(voxels / seconds) if seconds > 0 else None,
         "precision": precision,
@@ -247,12 +258,14 @@ def segment_template_space(
     hemorrhage_threshold: float | None = DEFAULT_HEMORRHAGE_THRESHOLD,
     log: Callable[[str], None] | None = None,
     hemorrhage_seed: float | None = DEFAULT_HEMORRHAGE_SEED,
+    grid_shifts: int = DEFAULT_GRID_SHIFTS,
 ) -> TemplateSegmentation:
     """Run the network over the brain (and ``margin_mm`` around it) of a template-space CT."""
     roi = region_of_interest(brain, affine, margin_mm)
     if network_input == "brain":
         hu = np.where(brain, hu, 0.0).astype(np.float32)
-    probs, info = run_model(hu, roi, model, device, log, precision=precision, num_threads=num_threads)
+    probs, info = run_model(hu, roi, model, device, log, precision=precision, num_threads=num_threads,
+                            grid_shifts=grid_shifts)
     before_seed = threshold_labels(probs, hemorrhage_threshold)
     labels = keep_seeded_blood(before_seed, probs, hemorrhage_seed)
     qc = segmentation_qc(probs, labels, brain, roi, voxel_volume_ml(affine))

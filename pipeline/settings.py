@@ -8,10 +8,12 @@ from dataclasses import asdict, dataclass
 from ichseg.pipeline.cpu import PRECISIONS
 from ichseg.pipeline.segmentation import (
     DEFAULT_EAH_MARGIN_MM,
+    DEFAULT_GRID_SHIFTS,
     DEFAULT_HEMORRHAGE_SEED,
     DEFAULT_HEMORRHAGE_THRESHOLD,
     DEFAULT_IVH_MARGIN_MM,
     DEFAULT_MARGIN_MM,
+    GRID_SHIFTS,
 )
 
 __all__ = ["MethodSettings", "TRANSFORMS", "ANTS_TRANSFORMS", "DEFAULT_TRANSFORM", "NETWORK_INPUTS"]
@@ -44,6 +46,8 @@ class MethodSettings:
     eah_margin_mm : a connected region of extra-axial blood keeps its class only if it comes
         within this many mm of the intracranial surface, the falx or the tentorium (None: the
         network's class everywhere)
+    grid_shifts : the network is averaged over the CT moved by this many of
+        :data:`ichseg.pipeline.segmentation.GRID_SHIFTS` (1: as it lies; each more costs one run)
     """
 
     model: str = "blastct-v1"
@@ -57,6 +61,7 @@ class MethodSettings:
     hemorrhage_seed: float | None = DEFAULT_HEMORRHAGE_SEED
     ivh_margin_mm: float | None = DEFAULT_IVH_MARGIN_MM
     eah_margin_mm: float | None = DEFAULT_EAH_MARGIN_MM
+    grid_shifts: int = DEFAULT_GRID_SHIFTS
 
     def __post_init__(self):
         for name, value, allowed in (("transform", self.transform, TRANSFORMS),
@@ -72,6 +77,8 @@ class MethodSettings:
             value = getattr(self, name)
             if value is not None and not value >= 0:
                 raise ValueError(f"{name} must be 0 mm or more, not {value}")
+        if self.grid_shifts not in range(1, len(GRID_SHIFTS) + 1):
+            raise ValueError(f"grid_shifts must be 1 to {len(GRID_SHIFTS)}, not {self.grid_shifts}")
 
     @property
     def ants_transform(self) -> str:

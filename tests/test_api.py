@@ -98,3 +98,14 @@ print(json.dumps({{"threads": torch.get_num_threads(), "model": result.metadata[
     assert out["model"]["torch_threads"] == 2 and out["model"]["flush_denormal_verified"]
     assert out["threads"] == 3
     assert out["torch_subnormal"] and out["numpy_subnormal"]
+
+
+def test_grid_shifts_average_the_network_and_are_recorded(app_run, tiny_model):
+    source, _ = app_run
+    one = ichseg.segment(source, model=str(tiny_model), omp_nthreads=1)
+    two = ichseg.segment(source, model=str(tiny_model), omp_nthreads=1, grid_shifts=2)
+    assert (one.metadata["Model"]["grid_shifts"], two.metadata["Model"]["grid_shifts"]) == (1, 2)
+    # the subsampled pathways at another phase give other probabilities
+    assert np.abs(_data(one.hemorrhage_probseg).astype(float) - _data(two.hemorrhage_probseg)).max() > 0
+    with pytest.raises(ValueError, match="grid_shifts must be 1 to 4, not 5"):
+        ichseg.segment(source, model=str(tiny_model), grid_shifts=5)

@@ -65,13 +65,13 @@ def test_array_tasks_get_the_options_as_given():
     parser = build_parser()
     given = [*BASE, "--participant-label", "01", "--submit", "slurm", "--sbatch-args", "-p short",
              "--nprocs", "3", "--omp-nthreads", "1", "--mem", "6", "--model", "blastct-v1-ensemble",
-             "--hemorrhage-threshold", "argmax", "--hemorrhage-seed", "none", "--ivh-margin-mm", "none", "--eah-margin-mm", "2", "--transform", "affine", "-vv"]
+             "--hemorrhage-threshold", "argmax", "--hemorrhage-seed", "none", "--ivh-margin-mm", "none", "--eah-margin-mm", "2", "--transform", "affine", "--grid-shifts", "3", "-vv"]
     args = parser.parse_args(given)
     forwarded = task_arguments(args, parser)
     assert "--participant-label" not in forwarded and "--submit" not in forwarded
     again = parser.parse_args([*BASE, *forwarded])
     for name in ("n_procs", "omp_nthreads", "mem", "model", "hemorrhage_threshold", "hemorrhage_seed",
-                 "ivh_margin_mm", "eah_margin_mm", "transform", "verbose"):
+                 "ivh_margin_mm", "eah_margin_mm", "transform", "grid_shifts", "verbose"):
         assert getattr(again, name) == getattr(args, name), name
 
 
@@ -98,3 +98,10 @@ def test_submit_without_slurm_says_what_to_do(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     assert main([str(bids), str(tmp_path / "out"), "participant", "--submit", "slurm"]) == 2
     assert "sbatch is not on PATH" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["0", "5", "two"])
+def test_grid_shifts_out_of_range_are_refused(value, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*BASE, "--grid-shifts", value])
+    assert "--grid-shifts" in capsys.readouterr().err

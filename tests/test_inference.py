@@ -24,6 +24,7 @@ from ichseg.pipeline.inference import (
     ras_to_network_axes,
     segment,
 )
+from ichseg.pipeline.segmentation import GRID_SHIFTS
 from ichseg.pipeline.streaming import (
     DEFAULT_BAND,
     DEFAULT_CHUNK,
@@ -186,6 +187,32 @@ def test_empty_region_is_all_background(image, networks):
     probs, macs = predict_probabilities(image, networks[:1], roi=np.zeros(SHAPE, dtype=bool))
     assert probs.shape == (5, *SHAPE) and macs == 0
     assert (probs[0] == 1.0).all() and (probs[1:] == 0.0).all()
+
+
+def test_grid_shifts_average_the_network_over_the_moved_image(image, networks, whole):
+    context, period = context_and_period(networks[0])
+    references = []
+    for shift in GRID_SHIFTS:
+        s = shift[0]
+        # beyond the image the streamed network reads its edge: pad the moved image so, to the period
+        moved = np.pad(image, [(s, (-s) % period)] * 3, mode="edge")
+        moved_whole = whole_image_reference(moved, networks[0])
+        references.append(moved_whole[:, s:s + SHAPE[0], s:s + SHAPE[1], s:s + SHAPE[2]])
+    np.testing.assert_allclose(references[0], whole, atol=1e-6)
+    # the subsampled pathways' phase changes what the network says, not only where
+    assert min(np.abs(r - whole).max() for r in references[1:]) > 1e-2
+    roi = _blob(SHAPE, (22, 15, 30), (12, 9, 20))
+    probs, _ = predict_probabilities(image, networks[:1], roi=roi, shifts=GRID_SHIFTS)
+    np.testing.assert_allclose(probs[:, roi], np.mean(references, axis=0)[:, roi], atol=1e-5, rtol=0)
+    assert (probs[0, ~roi] == 1.0).all()
+    two, _ = predict_probabilities(image, networks[:1], roi=roi, shifts=GRID_SHIFTS[:2])
+    np.testing.assert_allclose(two[:, roi], np.mean(references[:2], axis=0)[:, roi], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("shifts", [(), ((0, 0),), ((0, -1, 0),)])
+def test_shifts_that_are_not_moves_along_every_axis_are_refused(image, networks, shifts):
+    with pytest.raises(ValueError, match="shifts must be moves of 0 or more voxels along each of 3 axes"):
+        predict_probabilities(image, networks[:1], shifts=shifts)
 
 
 def test_ensemble_is_the_mean_of_softmaxes(networks):

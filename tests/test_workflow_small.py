@@ -158,3 +158,12 @@ def test_the_ivh_rule_reads_the_atlas_transform(tmp_path):
     off = init_single_ct_wf(tmp_path / "ct.nii.gz", tmp_path,
                             settings=MethodSettings(ivh_margin_mm=None, eah_margin_mm=None))
     assert off._graph.get_edge_data(off.get_node("register_atlas"), off.get_node("probabilities_to_scan")) is None
+
+
+def test_the_segment_step_gets_the_grid_shifts(tmp_path):
+    from ichseg.pipeline.settings import MethodSettings
+    from ichseg.pipeline.workflows.base import init_single_ct_wf
+
+    for shifts in (1, 3):
+        wf = init_single_ct_wf(tmp_path / "ct.nii.gz", tmp_path, settings=MethodSettings(grid_shifts=shifts))
+        assert wf.get_node("segment").inputs.grid_shifts == shifts

@@ -20,9 +20,11 @@ from ichseg.pipeline.interfaces.base import NodeInterface, read_image, read_mask
 from ichseg.pipeline.labels import CONFINED_INDICES
 from ichseg.pipeline.location import class_zones, read_region_names
 from ichseg.pipeline.segmentation import (
+    DEFAULT_GRID_SHIFTS,
     DEFAULT_HEMORRHAGE_SEED,
     DEFAULT_HEMORRHAGE_THRESHOLD,
     DEFAULT_MARGIN_MM,
+    GRID_SHIFTS,
     probabilities_to_scan,
     segment_template_space,
 )
@@ -56,6 +58,8 @@ class _SegmentInputSpec(BaseInterfaceInputSpec):
                             desc="network precision (auto: fp32; see ichseg.pipeline.cpu.resolve_precision)")
     hemorrhage_threshold = _hemorrhage_threshold_trait()
     hemorrhage_seed = _hemorrhage_seed_trait()
+    grid_shifts = traits.Range(1, len(GRID_SHIFTS), value=DEFAULT_GRID_SHIFTS, usedefault=True,
+                               desc="moves of the CT over which the network is averaged (each costs one more run)")
 
 
 class _SegmentOutputSpec(TraitedSpec):
@@ -83,6 +87,7 @@ class SegmentHemorrhage(NodeInterface):
             self.inputs.device, self.inputs.precision,
             self.inputs.num_threads, self.inputs.network_input, self.inputs.margin_mm,
             self.inputs.hemorrhage_threshold, LOGGER.info, hemorrhage_seed=self.inputs.hemorrhage_seed,
+            grid_shifts=self.inputs.grid_shifts,
         )
         self._results["qc"] = result.qc
         self._write_image(runtime, "probabilities", "probabilities_space-template.nii",

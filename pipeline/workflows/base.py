@@ -151,7 +151,7 @@ def init_single_ct_wf(
             model=settings.model, device=settings.device, precision=settings.precision,
             num_threads=settings.omp_nthreads, network_input=settings.network_input,
             margin_mm=settings.margin_mm, hemorrhage_threshold=settings.hemorrhage_threshold,
-            hemorrhage_seed=settings.hemorrhage_seed,
+            hemorrhage_seed=settings.hemorrhage_seed, grid_shifts=settings.grid_shifts,
         ),
         name="segment",
         n_procs=settings.omp_nthreads,
