@@ -93,10 +93,11 @@ def predict_probabilities(
     probability 1 for class 0 (background). ``precision`` ``bf16`` or ``fp16`` multiplies
     in that type in the convolutions (activations, sums and softmax stay float32).
     Each network is also averaged over the image moved by each of ``shifts`` (voxels
-    towards higher indices along each axis, :func:`shifted`): the subsampled pathways see
-    the image on grids of every 3rd and 5th voxel fixed to its origin, so a move of ``s``
-    puts them at phases ``s mod 3`` and ``s mod 5`` while the full-resolution pathway's
-    output only moves. ``progress(done, total)`` counts voxels over all networks and shifts.
+    towards higher indices along each axis): the subsampled pathways see the image on grids
+    of every 3rd and 5th voxel fixed to its origin, so a move of ``s`` puts them at phases
+    ``s mod 3`` and ``s mod 5`` while the full-resolution pathway's output only moves
+    (:func:`ichseg.pipeline.streaming.region_probabilities` computes that pathway once).
+    ``progress(done, total)`` counts voxels over all networks.
     """
     if precision not in COMPUTE_DTYPES:
         raise ValueError(f"precision must be one of {', '.join(COMPUTE_DTYPES)}, not {precision!r}")
@@ -109,28 +110,19 @@ def predict_probabilities(
     total = int(roi.sum())
     if total == 0:
         return probabilities, 0
-    runs = [(network, shift) for network in networks for shift in shifts]
     summed, macs = None, 0
     with torch.inference_mode(), keep_freed_memory():
-        for i, (network, shift) in enumerate(runs):
+        for i, network in enumerate(networks):
             def report(done: int, _total: int, offset: int = i * total) -> None:
                 if progress is not None:
-                    progress(offset + done, total * len(runs))
+                    progress(offset + done, total * len(networks))
 
-            # the region's voxels keep their order when both arrays move by the same shift
-            region, macs = region_probabilities(shifted(image, shift, "edge"), network,
-                                                shifted(roi, shift, "constant"), COMPUTE_DTYPES[precision], report)
+            region, macs = region_probabilities(image, network, roi, COMPUTE_DTYPES[precision], report,
+                                                shifts=shifts)
             summed = region if summed is None else summed.add_(region)
-    probabilities[:, roi] = (summed / len(runs)).cpu().numpy().T
+    probabilities[:, roi] = (summed / len(networks)).cpu().numpy().T
     return probabilities, macs
 
-
-def shifted(volume: np.ndarray, shift: Sequence[int], mode: str) -> np.ndarray:
-    """``volume`` moved by ``shift`` voxels towards higher indices, padded before (``edge``
-    or ``constant`` zeros, as :func:`numpy.pad`): voxel ``x`` lands on ``x + shift``."""
-    if not any(shift):
-        return volume
-    return np.pad(volume, [(int(d), 0) for d in shift], mode=mode)
 
 
 def ras_to_network_axes(volume: np.ndarray) -> np.ndarray:

@@ -457,10 +457,13 @@ class _Classifier:
 # --------------------------------------------------------------------------- one network
 
 
-def _sample(image: np.ndarray, scale: int, offset: int, low: np.ndarray, high: np.ndarray, device) -> torch.Tensor:
-    """The image at ``scale * m + offset`` for grid cells ``low <= m < high``, as (1, 1, ...);
-    beyond the image the edge value, as tiled inference pads."""
-    index = [np.clip(scale * np.arange(a, b) + offset, 0, n - 1) for a, b, n in zip(low, high, image.shape)]
+def _sample(image: np.ndarray, scale: int, offset, low: np.ndarray, high: np.ndarray, device) -> torch.Tensor:
+    """The image at ``scale * m + offset`` (``offset`` one number or one per axis) for grid
+    cells ``low <= m < high``, as (1, 1, ...); beyond the image the edge value, as tiled
+    inference pads."""
+    offsets = np.broadcast_to(offset, (image.ndim,))
+    index = [np.clip(scale * np.arange(a, b) + o, 0, n - 1)
+             for a, b, o, n in zip(low, high, offsets, image.shape)]
     sampled = np.ascontiguousarray(image[np.ix_(*index)], dtype=np.float32)
     return torch.from_numpy(sampled)[None, None].to(device)
 
@@ -483,36 +486,50 @@ def region_probabilities(
     progress: Callable[[int, int], None] | None = None,
     chunk: int = DEFAULT_CHUNK,
     band: int = DEFAULT_BAND,
+    shifts: Sequence[Sequence[int]] = ((0, 0, 0),),
 ) -> tuple[torch.Tensor, int]:
     """Class probabilities (N, C) of one network at the region's voxels, in the order of
-    ``np.argwhere(roi)``, and the multiply-adds spent. ``progress(done, total)`` counts voxels."""
+    ``np.argwhere(roi)``, and the multiply-adds spent. ``progress(done, total)`` counts voxels.
+
+    With several ``shifts`` the probabilities are the mean over the image moved by each
+    (``d`` voxels towards higher indices, edge-padded): the full-resolution pathway's output
+    only moves with the image, so it is computed once; the subsampled pathways and the fully
+    connected blocks run once per shift, on their grids at phase ``d`` against the image.
+    """
     device = next(network.parameters()).device
     voxels = np.argwhere(roi)
     low, high = voxels.min(0), voxels.max(0) + 1
     roi_box = roi[tuple(slice(a, b) for a, b in zip(low, high))]
     paths = pathways(network)
+    moves = [np.asarray(d, dtype=np.int64) for d in shifts]
     macs = 0
 
-    coarse: dict[int, tuple[torch.Tensor, np.ndarray]] = {}
-    for path in paths:
-        if path.scale == 1:
-            continue
-        needed = _coarse_region(roi_box, low, path.scale)
-        start = low // path.scale
-        source = _sample(image, path.scale, path.offset, start - path.radius, start + needed.shape + path.radius, device)
-        features = torch.zeros((*needed.shape, path.blocks[-1].out_channels), device=device)
+    # per shift, per subsampled pathway: its output grid and the cell of voxel ``low``
+    coarse: list[dict[int, tuple[torch.Tensor, np.ndarray]]] = []
+    for move in moves:
+        grids = {}
+        for path in paths:
+            if path.scale == 1:
+                continue
+            # voxel x of the image lies at x + move in the moved image
+            needed = _coarse_region(roi_box, low + move, path.scale)
+            start = (low + move) // path.scale
+            source = _sample(image, path.scale, path.offset - move, start - path.radius,
+                             start + needed.shape + path.radius, device)
+            features = torch.zeros((*needed.shape, path.blocks[-1].out_channels), device=device)
 
-        def keep(first, box, output, features=features):
-            y0, y1, x0, x1 = box
-            features[first:first + output.shape[2], y0:y1, x0:x1] = output[0].permute(1, 2, 3, 0)
+            def keep(first, box, output, features=features):
+                y0, y1, x0, x1 = box
+                features[first:first + output.shape[2], y0:y1, x0:x1] = output[0].permute(1, 2, 3, 0)
 
-        macs += stream_pathway(path.blocks, source, needed, keep, chunk, band, compute_dtype)
-        coarse[path.scale] = (features, start)
+            macs += stream_pathway(path.blocks, source, needed, keep, chunk, band, compute_dtype)
+            grids[path.scale] = (features, start)
+        coarse.append(grids)
 
     (full,) = [p for p in paths if p.scale == 1]
     source = _sample(image, 1, full.offset, low - full.radius, high + full.radius, device)
-    classifier = _Classifier(network.fully_connected, [p.blocks[-1].out_channels for p in paths], len(voxels),
-                             compute_dtype, device)
+    classifiers = [_Classifier(network.fully_connected, [p.blocks[-1].out_channels for p in paths], len(voxels),
+                               compute_dtype, device) for _ in moves]
     # np.argwhere lists voxels in C order: the voxels of a run of planes are consecutive
     plane_starts = np.searchsorted(voxels[:, 0] - low[0], np.arange(roi_box.shape[0] + 1))
 
@@ -524,21 +541,27 @@ def region_probabilities(
         if index.size == 0:
             return
         here = voxels[index]
-        sources = []
-        for path in paths:
-            if path.scale == 1:
-                # (1, C, n, h, w) in channels-last memory is an (n * h * w, C) matrix
-                matrix = output[0].permute(1, 2, 3, 0).reshape(-1, output.shape[1])
-                rows_in = np.ravel_multi_index((here - low - (first, y0, x0)).T, output.shape[2:])
-            else:
-                grid, start = coarse[path.scale]
-                matrix = grid.view(-1, grid.shape[-1])
-                rows_in = np.ravel_multi_index((here // path.scale - start).T, grid.shape[:3])
-            sources.append((matrix, torch.from_numpy(rows_in).to(device)))
-        classifier.add(index, sources)
+        # (1, C, n, h, w) in channels-last memory is an (n * h * w, C) matrix
+        matrix = output[0].permute(1, 2, 3, 0).reshape(-1, output.shape[1])
+        full_rows = torch.from_numpy(np.ravel_multi_index((here - low - (first, y0, x0)).T, output.shape[2:]))
+        for move, grids, classifier in zip(moves, coarse, classifiers):
+            sources = []
+            for path in paths:
+                if path.scale == 1:
+                    sources.append((matrix, full_rows.to(device)))
+                else:
+                    grid, start = grids[path.scale]
+                    rows_in = np.ravel_multi_index(((here + move) // path.scale - start).T, grid.shape[:3])
+                    sources.append((grid.view(-1, grid.shape[-1]), torch.from_numpy(rows_in).to(device)))
+            classifier.add(index, sources)
         if progress is not None:
             progress(int(index[-1]) + 1, len(voxels))
 
     macs += stream_pathway(full.blocks, source, roi_box, classify, chunk, band, compute_dtype)
-    classifier.flush()
-    return classifier.probabilities, macs + classifier.macs
+    probabilities = None
+    for classifier in classifiers:
+        classifier.flush()
+        macs += classifier.macs
+        probabilities = classifier.probabilities if probabilities is None else probabilities.add_(
+            classifier.probabilities)
+    return probabilities.div_(len(classifiers)), macs
