@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
                         default=MethodSettings.grid_shifts, metavar="N",
                         help=f"average the network over the CT moved by N of {len(GRID_SHIFTS)} fixed shifts, which "
                              "put its subsampled pathways at other phases of their grids (docs/method.md, "
-                             "accuracy); each shift costs one more run of the network")
+                             "accuracy); each shift costs about 0.7 of another run of the network")
 
     out = parser.add_argument_group("messages")
     verbosity = out.add_mutually_exclusive_group()

@@ -124,7 +124,6 @@ def predict_probabilities(
     return probabilities, macs
 
 
-
 def ras_to_network_axes(volume: np.ndarray) -> np.ndarray:
     """Reorder a RAS (x, y, z) array to the (z, y, x) LPS layout BLAST-CT was trained on.
 

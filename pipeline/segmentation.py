@@ -185,7 +185,8 @@ def run_model(
     computed, the precision, the CPU and the inference time. ``precision`` is ``auto``,
     ``fp32``, ``bf16`` or ``fp16`` (:func:`ichseg.pipeline.cpu.resolve_precision`);
     ``num_threads`` the torch threads (default: torch's current setting); ``grid_shifts``
-    how many of :data:`GRID_SHIFTS` the network is averaged over (each costs one more run).
+    how many of :data:`GRID_SHIFTS` the network is averaged over (each costs about 0.7 of
+    another run: the full-resolution pathway is computed once).
     """
     # torch is imported here, not at module level, so that the command line starts quickly
     import torch
@@ -224,7 +225,7 @@ def run_model(
         "weights_sha256": weights_sha256(resolved),
         "inference_seconds": round(seconds, 2),
         "roi_voxels": voxels,
-        # per network and shift; the ensemble multiplies it by n_networks, the shifts by grid_shifts
+        # per network, its grid shifts included; the ensemble multiplies it by n_networks
         "multiply_adds": macs,
         "roi_voxels_per_s": round(voxels / seconds) if seconds > 0 else None,
         "precision": precision,

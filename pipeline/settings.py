@@ -47,7 +47,7 @@ class MethodSettings:
         within this many mm of the intracranial surface, the falx or the tentorium (None: the
         network's class everywhere)
     grid_shifts : the network is averaged over the CT moved by this many of
-        :data:`ichseg.pipeline.segmentation.GRID_SHIFTS` (1: as it lies; each more costs one run)
+        :data:`ichseg.pipeline.segmentation.GRID_SHIFTS` (1: as it lies; each more costs about 0.7 run)
     """
 
     model: str = "blastct-v1"

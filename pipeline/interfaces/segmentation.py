@@ -59,7 +59,7 @@ class _SegmentInputSpec(BaseInterfaceInputSpec):
     hemorrhage_threshold = _hemorrhage_threshold_trait()
     hemorrhage_seed = _hemorrhage_seed_trait()
     grid_shifts = traits.Range(1, len(GRID_SHIFTS), value=DEFAULT_GRID_SHIFTS, usedefault=True,
-                               desc="moves of the CT over which the network is averaged (each costs one more run)")
+                               desc="moves of the CT over which the network is averaged (each about 0.7 of another run)")
 
 
 class _SegmentOutputSpec(TraitedSpec):
