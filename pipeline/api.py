@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,7 +26,6 @@ from ichseg.pipeline.brain import extract_brain
 from ichseg.pipeline.cpu import usable_cpus
 from ichseg.pipeline.geometry import voxel_sizes
 from ichseg.pipeline.image import conform_ct, to_source_orientation
-from ichseg.pipeline.labels import CONFINED_INDICES
 from ichseg.pipeline.location import class_zones, locate_on_scan, read_region_names
 from ichseg.pipeline.niftiio import image_like, save_like
 from ichseg.pipeline.registration import to_template_space
@@ -132,12 +132,8 @@ def segment(
         stored = nib.load(save_like(np.moveaxis(result.probabilities, 0, -1), template_img,
                                     os.path.join(tmp, "probabilities.nii"), affine=result.box_affine))
         mask = to_source_orientation(brain.astype(np.uint8), conformed.affine, source)
-
-        def zones(labels):
-            return class_zones(atlas, region_names, source.shape[:3], source.affine, space.atlas.atlas_to_scan,
-                               settings.ivh_margin_mm, settings.eah_margin_mm, mask > 0,
-                               near=np.isin(labels, CONFINED_INDICES))
-
+        zones = partial(class_zones, atlas, region_names, source.shape[:3], source.affine,
+                        space.atlas.atlas_to_scan, settings.ivh_margin_mm, settings.eah_margin_mm, mask > 0)
         labels, hemorrhage = probabilities_to_scan(
             np.moveaxis(np.asanyarray(stored.dataobj, dtype=np.float32), -1, 0), stored.affine,
             source.shape[:3], source.affine, space.template_to_scan, settings.hemorrhage_threshold,

@@ -15,7 +15,11 @@ from ichseg.pipeline.geometry import (
     voxel_sizes,
     voxel_volume_ml,
 )
-from ichseg.pipeline.labels import HEMORRHAGE_INDICES, total_hemorrhage_probability
+from ichseg.pipeline.labels import (
+    CONFINED_INDICES,
+    HEMORRHAGE_INDICES,
+    total_hemorrhage_probability,
+)
 from ichseg.pipeline.models import resolve_model, weights_sha256
 from ichseg.pipeline.qc import segmentation_qc
 
@@ -285,13 +289,14 @@ def probabilities_to_scan(
     template_to_scan: np.ndarray,
     hemorrhage_threshold: float | None = DEFAULT_HEMORRHAGE_THRESHOLD,
     hemorrhage_seed: float | None = DEFAULT_HEMORRHAGE_SEED,
-    class_zones: Callable[[np.ndarray], dict[int, np.ndarray]] | None = None,
+    class_zones: Callable[..., dict[int, np.ndarray]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities mapped onto the scan's grid; returns its label map and the total
-    hemorrhage probability there. ``class_zones``, given the label map, returns where the
-    confined bleeding classes may lie (class -> mask on the scan's grid;
-    :func:`ichseg.pipeline.location.class_zones`), and those classes are kept there
-    (:func:`confine_bleeding_classes`)."""
+    hemorrhage probability there. ``class_zones(near=mask)``, given the voxels labelled with a
+    confined bleeding class (:data:`~ichseg.pipeline.labels.CONFINED_INDICES`), returns where
+    those classes may lie (class -> mask on the scan's grid;
+    :func:`ichseg.pipeline.location.class_zones`), and they are kept there
+    (:func:`confine_bleeding_classes`); it is not called when no voxel has such a label."""
     from ichseg.pipeline.registration import warp_to_scan
 
     scan_probs = warp_to_scan(probabilities, probabilities_affine, scan_shape, scan_affine, template_to_scan)
@@ -300,8 +305,9 @@ def probabilities_to_scan(
     # background channel equals warping with those per-class fill values.
     scan_probs[0] += np.clip(1.0 - scan_probs.sum(axis=0), 0.0, 1.0)
     labels = label_map(scan_probs, hemorrhage_threshold, hemorrhage_seed)
-    if class_zones is not None:
-        zones = class_zones(labels)
+    near = np.isin(labels, CONFINED_INDICES) if class_zones is not None else None
+    if near is not None and near.any():
+        zones = class_zones(near=near)
         if zones:
             labels = confine_bleeding_classes(labels, scan_probs, zones)
     hemorrhage = np.clip(total_hemorrhage_probability(scan_probs), 0, 1).astype(np.float32)

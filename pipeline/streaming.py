@@ -543,12 +543,12 @@ def region_probabilities(
         here = voxels[index]
         # (1, C, n, h, w) in channels-last memory is an (n * h * w, C) matrix
         matrix = output[0].permute(1, 2, 3, 0).reshape(-1, output.shape[1])
-        full_rows = torch.from_numpy(np.ravel_multi_index((here - low - (first, y0, x0)).T, output.shape[2:]))
+        full_rows = torch.from_numpy(np.ravel_multi_index((here - low - (first, y0, x0)).T, output.shape[2:])).to(device)
         for move, grids, classifier in zip(moves, coarse, classifiers):
             sources = []
             for path in paths:
                 if path.scale == 1:
-                    sources.append((matrix, full_rows.to(device)))
+                    sources.append((matrix, full_rows))
                 else:
                     grid, start = grids[path.scale]
                     rows_in = np.ravel_multi_index(((here + move) // path.scale - start).T, grid.shape[:3])

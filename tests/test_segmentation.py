@@ -134,11 +134,11 @@ def test_probabilities_to_scan_keeps_ivh_to_the_zone_it_is_given():
     zone = np.zeros((6, 6, 6), dtype=bool)
     plain, hemorrhage = probabilities_to_scan(probs, np.eye(4), (6, 6, 6), np.eye(4), np.eye(4))
     assert (plain == 4).sum() == 8
-    kept, same = probabilities_to_scan(probs, np.eye(4), (6, 6, 6), np.eye(4), np.eye(4), class_zones=lambda labels: {4: zone})
+    kept, same = probabilities_to_scan(probs, np.eye(4), (6, 6, 6), np.eye(4), np.eye(4), class_zones=lambda near: {4: zone})
     assert (kept == 1).sum() == 8 and not (kept == 4).any()
     np.testing.assert_array_equal(same, hemorrhage)
     zone[2, 2, 2] = True
-    near, _ = probabilities_to_scan(probs, np.eye(4), (6, 6, 6), np.eye(4), np.eye(4), class_zones=lambda labels: {4: zone})
+    near, _ = probabilities_to_scan(probs, np.eye(4), (6, 6, 6), np.eye(4), np.eye(4), class_zones=lambda near: {4: zone})
     np.testing.assert_array_equal(near, plain)
 
 

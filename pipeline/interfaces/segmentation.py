@@ -17,7 +17,6 @@ from nipype.interfaces.base import (
 from ichseg.pipeline.cpu import PRECISIONS
 from ichseg.pipeline.geometry import ants_affine_to_ras
 from ichseg.pipeline.interfaces.base import NodeInterface, read_image, read_mask
-from ichseg.pipeline.labels import CONFINED_INDICES
 from ichseg.pipeline.location import class_zones, read_region_names
 from ichseg.pipeline.segmentation import (
     DEFAULT_GRID_SHIFTS,
@@ -135,13 +134,13 @@ class ProbabilitiesToScan(NodeInterface):
         source = nib.load(self.inputs.source_file)
         zones = None
         if self.inputs.ivh_margin_mm is not None or self.inputs.eah_margin_mm is not None:
-            def zones(labels):
+            def zones(near):  # reads the atlas and masks only for a scan that needs them
                 return class_zones(
                     nib.load(self.inputs.atlas), read_region_names(self.inputs.atlas_labels), source.shape[:3],
                     source.affine, ants_affine_to_ras(self.inputs.atlas_transform), self.inputs.ivh_margin_mm,
                     self.inputs.eah_margin_mm,
                     read_mask(self.inputs.brain_mask) if isdefined(self.inputs.brain_mask) else None,
-                    near=np.isin(labels, CONFINED_INDICES))
+                    near=near)
         labels, hemorrhage = probabilities_to_scan(
             np.moveaxis(probabilities, -1, 0), prob_img.affine, source.shape[:3], source.affine,
             ants_affine_to_ras(self.inputs.transform), self.inputs.hemorrhage_threshold,
