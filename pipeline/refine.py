@@ -13,10 +13,14 @@ share of clot their density implies, and only where that share is clearly above 
 one half.
 
 Neither is used by the pipeline: both were measured on the truth set and did not beat the
-network's own edges (docs/method.md, section 7); ``bench/accuracy.py`` keeps them as levers.
+network's own edges (docs/method.md, section 7); ``bench/accuracy.py`` keeps them as levers,
+and ``bench/edge_decisions.py`` measures what any decision of the :func:`edge_bands` could give.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -111,39 +115,49 @@ def _band_structure(spacing) -> np.ndarray:
     return sum(g ** 2 for g in grid) <= 1.0 + 1e-6
 
 
-def refine_partial_volume(labels: np.ndarray, probabilities: np.ndarray, hu: np.ndarray, brain: np.ndarray,
-                          affine: np.ndarray, margin: float = PARTIAL_MARGIN,
-                          grow_floor: float = PARTIAL_GROW_FLOOR) -> np.ndarray:
-    """Label map whose hemorrhage edges are decided by the voxels' density: partial volume.
+@dataclass
+class EdgeBand:
+    """One connected lesion's edge, within ``region`` (a box of the scan's grid): where its
+    label is open to doubt, and the clot share that each voxel's density implies there."""
 
-    A voxel on a lesion's edge, most often a thick slice that the lesion's top or bottom face
-    crosses, holds a share ``f`` of clot and its density is ``f * clot + (1 - f) * tissue``.
-    It is more clot than tissue when ``f`` is above one half. For each connected lesion, the
-    clot density is the median of its inner voxels (the upper quartile of all its voxels when
-    fewer than 20 are inner) and the tissue's the median of a thin ring around it within its
-    slices; a voxel on either side of its edge (one slice through,
-    :data:`PARTIAL_BAND_MM` within a slice) joins it where its ``f`` is at least
-    ``0.5 + margin`` and leaves it where ``f`` is below ``0.5 - margin``; in between the
-    network's label stands. A voxel joins only inside the brain mask, below
-    :data:`MAX_CLOT_HU` and where the network gives it at least ``grow_floor`` hemorrhage
-    probability; one that leaves takes its best non-blood class. ``labels``,
-    ``probabilities`` (C, ...), ``hu`` and ``brain`` share the CT's grid (``affine``).
+    region: tuple[slice, ...]
+    #: the lesion; ``inner``: its voxels beyond the band; ``outer``: the band outside it
+    lesion: np.ndarray
+    inner: np.ndarray
+    outer: np.ndarray
+    #: voxels of other lesions
+    others: np.ndarray
+    #: density, smoothed within the slices; ``share``: (density - tissue) / (clot - tissue)
+    smooth: np.ndarray
+    share: np.ndarray
+
+    def joinable(self, brain: np.ndarray) -> np.ndarray:
+        """Voxels of the outer band that could be clot: in the brain, not bone, no other lesion."""
+        return self.outer & (self.smooth <= MAX_CLOT_HU) & brain[self.region] & ~self.others
+
+
+def edge_bands(labels: np.ndarray, hu: np.ndarray, brain: np.ndarray, affine: np.ndarray) -> Iterator[EdgeBand]:
+    """The :class:`EdgeBand` of each connected hemorrhage (26-neighbourhood) of ``labels``
+    whose clot and tissue densities can be told apart.
+
+    The clot density is the median of the lesion's inner voxels (the upper quartile of all its
+    voxels when fewer than 20 are inner), the tissue's the median of a ring
+    :data:`PARTIAL_TISSUE_MM` around it within its slices; a lesion whose clot is less than
+    :data:`MIN_CONTRAST_HU` above its tissue, or without 20 voxels of ring, has no band. The
+    band reaches one slice through a thick axis and :data:`PARTIAL_BAND_MM` within a slice.
+    ``labels``, ``hu`` and ``brain`` share the CT's grid (``affine``).
     """
-    from ichseg.pipeline.segmentation import best_non_blood_class
-
     spacing = voxel_sizes(affine)
     blood = np.asarray(HEMORRHAGE_INDICES)
     hemorrhage = np.isin(labels, blood)
     if not hemorrhage.any():
-        return labels
-    total = total_hemorrhage_probability(probabilities)
+        return
     structure = _band_structure(spacing)
     half = [s // 2 for s in structure.shape]
     fine = [s < 2.0 for s in spacing]
     sigma = [PARTIAL_SMOOTH_MM / s if f else 0.0 for s, f in zip(spacing, fine)]
     ring_vox = [int(np.ceil(PARTIAL_TISSUE_MM[1] / s)) if f else 0 for s, f in zip(spacing, fine)]
     pad = [h + r + int(np.ceil(3 * g)) + 1 for h, r, g in zip(half, ring_vox, sigma)]
-    out = labels.copy()
     components, _ = ndi.label(hemorrhage, structure=np.ones((3, 3, 3), dtype=bool))
     for index, box in enumerate(ndi.find_objects(components), start=1):
         region = tuple(slice(max(0, b.start - p), min(n, b.stop + p)) for b, p, n in zip(box, pad, labels.shape))
@@ -158,7 +172,7 @@ def refine_partial_volume(labels: np.ndarray, probabilities: np.ndarray, hu: np.
         # the tissue ring lies within the lesion's own slices: distances along fine axes only
         fine_distance = ndi.distance_transform_edt(~lesion, sampling=[s if f else 1e6 for s, f in
                                                                      zip(spacing, fine)])
-        others = np.isin(out[region], blood) & ~lesion
+        others = hemorrhage[region] & ~lesion
         ring = ((fine_distance >= PARTIAL_TISSUE_MM[0]) & (fine_distance <= PARTIAL_TISSUE_MM[1])
                 & brain[region] & ~others & (smooth >= -5.0) & (smooth <= MAX_CLOT_HU))
         if ring.sum() < 20:
@@ -166,13 +180,38 @@ def refine_partial_volume(labels: np.ndarray, probabilities: np.ndarray, hu: np.
         tissue = float(np.median(smooth[ring]))
         if clot - tissue < MIN_CONTRAST_HU:
             continue
-        share = (smooth - tissue) / (clot - tissue)  # the clot share the density implies
         outer = ndi.binary_dilation(lesion, structure=structure) & ~lesion
-        leaving = lesion & ~inner & (share < 0.5 - margin)
-        joining = (outer & (share >= 0.5 + margin) & (smooth <= MAX_CLOT_HU) & brain[region] & ~others
-                   & (total[region] >= grow_floor))
+        yield EdgeBand(region, lesion, inner, outer, others, smooth, (smooth - tissue) / (clot - tissue))
+
+
+def refine_partial_volume(labels: np.ndarray, probabilities: np.ndarray, hu: np.ndarray, brain: np.ndarray,
+                          affine: np.ndarray, margin: float = PARTIAL_MARGIN,
+                          grow_floor: float = PARTIAL_GROW_FLOOR) -> np.ndarray:
+    """Label map whose hemorrhage edges are decided by the voxels' density: partial volume.
+
+    A voxel on a lesion's edge, most often a thick slice that the lesion's top or bottom face
+    crosses, holds a share ``f`` of clot and its density is ``f * clot + (1 - f) * tissue``.
+    It is more clot than tissue when ``f`` is above one half. On each lesion's
+    :func:`edge_bands` a voxel joins it where its ``f`` is at least ``0.5 + margin`` and leaves
+    it where ``f`` is below ``0.5 - margin``; in between the network's label stands. A voxel
+    joins only inside the brain mask, below :data:`MAX_CLOT_HU` and where the network gives it
+    at least ``grow_floor`` hemorrhage probability; one that leaves takes its best non-blood
+    class. ``labels``, ``probabilities`` (C, ...), ``hu`` and ``brain`` share the CT's grid
+    (``affine``).
+    """
+    from ichseg.pipeline.segmentation import best_non_blood_class
+
+    if not np.isin(labels, HEMORRHAGE_INDICES).any():
+        return labels
+    total = total_hemorrhage_probability(probabilities)
+    out = labels.copy()
+    # the bands come from the network's labels, the changes go to a copy
+    for band in edge_bands(labels, hu, brain, affine):
+        region = band.region
+        leaving = band.lesion & ~band.inner & (band.share < 0.5 - margin)
+        joining = band.joinable(brain) & (band.share >= 0.5 + margin) & (total[region] >= grow_floor)
         target = out[region]
         if leaving.any():
             target[leaving] = best_non_blood_class(probabilities[(slice(None),) + region][:, leaving])
-        target[joining] = np.bincount(labels[region][lesion]).argmax()
+        target[joining] = np.bincount(labels[region][band.lesion]).argmax()
     return out
