@@ -63,6 +63,13 @@ LAYER_LABELS = [f"{a:g}-{b:g} mm" if b != float("inf") else f"≥ {a:g} mm" for 
 TARGETS = "mean Dice ≥ 0.91, r ≥ 0.99, |mean difference| ≤ 1 mL, RMSE ≤ 3 mL, no lesion > 15 mL off by > 8 %"
 
 
+def read_phantoms(split_dir: Path) -> dict[str, dict[str, str]]:
+    """The rows of a truth-set split's ``phantoms.tsv``, by participant."""
+    lines = (split_dir / "phantoms.tsv").read_text().splitlines()
+    header = lines[0].split("\t")
+    return {row.split("\t")[0]: dict(zip(header, row.split("\t"))) for row in lines[1:]}
+
+
 def run_setting(split_dir: Path, out: Path, name: str, args: str, n_procs: int) -> Path:
     derivatives = out / name
     cmd = [sys.executable, "-m", "ichseg.bids_app.cli", str(split_dir / "bids"), str(derivatives), "participant",
@@ -560,9 +567,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     reference = args.reference or args.split_dir / "reference"
     settings = args.setting or [("default", "")]
-    lines = (args.split_dir / "phantoms.tsv").read_text().splitlines()
-    header = lines[0].split("\t")
-    phantoms = {row.split("\t")[0]: dict(zip(header, row.split("\t"))) for row in lines[1:]}
+    phantoms = read_phantoms(args.split_dir)
     summary = {}
     for name, extra in settings:
         derivatives = (args.out / name if args.score_only

@@ -20,7 +20,8 @@ slice, on either side of the edge) decided otherwise:
   fitted on the ``--fit`` splits (out of sample); with ``--folds K`` also K-fold
   cross-validation over the scored split's phantoms, and in-sample (a bound again).
 
-Writes ``DIR/edge_decisions.json`` and ``.md`` (default DIR: the current folder).
+Writes ``DIR/edge_decisions.json`` and ``.md`` (default DIR: the current folder): for each way of
+deciding, the figures of ``bench/accuracy.py`` (:func:`accuracy.summarise`).
 """
 
 from __future__ import annotations
@@ -36,17 +37,18 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.optimize import minimize
 
-from ichseg.bids_app.evaluate import find_references
-from ichseg.pipeline.geometry import voxel_sizes, voxel_volume_ml
-from ichseg.pipeline.labels import HEMORRHAGE_INDICES
-from ichseg.pipeline.lesion_insertion import FRACTION_ENTITIES
-from ichseg.pipeline.metrics import agreement, agreement_by_volume, dice
-from ichseg.pipeline.naming import derivative_path, find_derivatives, scan_id
-from ichseg.pipeline.refine import edge_bands
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-#: Voxels the lesion covers by more than the first and less than the second share are partial
-#: (as in bench/accuracy.py).
-PARTIAL_BAND = (0.2, 0.8)
+from accuracy import PARTIAL_BAND, read_phantoms, render, summarise  # noqa: E402
+
+from ichseg.bids_app.evaluate import find_references  # noqa: E402
+from ichseg.pipeline.geometry import voxel_sizes, voxel_volume_ml  # noqa: E402
+from ichseg.pipeline.labels import HEMORRHAGE_INDICES  # noqa: E402
+from ichseg.pipeline.lesion_insertion import FRACTION_ENTITIES  # noqa: E402
+from ichseg.pipeline.metrics import HEMORRHAGE, dice  # noqa: E402
+from ichseg.pipeline.naming import derivative_path, find_derivatives, scan_id  # noqa: E402
+from ichseg.pipeline.refine import edge_bands  # noqa: E402
+
 #: Names of the features, in the order :func:`band_features` gives them.
 FEATURES = ("logit p", "share", "share, slice neighbours max", "share, slice neighbours min",
             "logit p, slice neighbours max", "logit p, slice neighbours min", "share, in-plane mean")
@@ -65,7 +67,6 @@ class Scan:
     and its edge-band voxels with their features."""
 
     sid: str
-    host: str
     voxel_ml: float
     predicted: np.ndarray
     reference: np.ndarray
@@ -98,9 +99,6 @@ def band_features(labels: np.ndarray, total: np.ndarray, hu: np.ndarray, brain: 
 
 
 def load_split(split_dir: Path, derivatives: Path) -> list[Scan]:
-    rows = (split_dir / "phantoms.tsv").read_text().splitlines()
-    header = rows[0].split("\t")
-    hosts = {r["participant_id"]: r["host"] for r in (dict(zip(header, line.split("\t"))) for line in rows[1:])}
     references = find_references(split_dir / "reference")
     scans = []
     for entities, dseg_path in find_derivatives(derivatives, "dseg"):
@@ -120,7 +118,7 @@ def load_split(split_dir: Path, derivatives: Path) -> list[Scan]:
             ref.path.name.replace("dseg.nii", f"{FRACTION_ENTITIES}.nii")))).dataobj, dtype=np.float32)
         index, inside, features = band_features(labels, total, hu, brain, dseg.affine)
         in_scope = keep.ravel()[index]
-        scans.append(Scan(sid, hosts.get(sid, "?"), voxel_volume_ml(dseg.affine),
+        scans.append(Scan(sid, voxel_volume_ml(dseg.affine),
                           (np.isin(labels, HEMORRHAGE_INDICES) & keep).ravel(),
                           (np.isin(np.asanyarray(nib.load(str(ref.path)).dataobj), HEMORRHAGE_INDICES) & keep).ravel(),
                           (fraction * keep).ravel(), index[in_scope], inside[in_scope], features[in_scope]))
@@ -172,18 +170,11 @@ def decided(scan: Scan, how: str, model: EdgeModel | None = None) -> np.ndarray:
     return out
 
 
-def figures(scans: list[Scan], masks: list[np.ndarray]) -> dict:
-    volumes = ([m.sum() * s.voxel_ml for s, m in zip(scans, masks)], [s.reference.sum() * s.voxel_ml for s in scans],
-               [dice(m, s.reference) for s, m in zip(scans, masks)])
-    out = agreement(*volumes)
-    large = agreement_by_volume(*volumes, edges=(15.0,))[1]
-    out["worst_relative_error_over_15ml"] = large.get("largest_relative_error", float("nan"))
-    hosts = {}
-    for s, d in zip(scans, volumes[2]):
-        hosts.setdefault(s.host, []).append(d)
-    out["dice_by_host"] = {h: float(np.mean(v)) for h, v in sorted(hosts.items())}
-    out["dice"] = {s.sid: float(d) for s, d in zip(scans, volumes[2])}
-    return out
+def figures(scans: list[Scan], masks: list[np.ndarray], phantoms: dict[str, dict]) -> dict:
+    """The truth set's figures (:func:`accuracy.summarise`) of each scan's hemorrhage ``masks``."""
+    return summarise([{"scan": s.sid, f"{HEMORRHAGE}_ml": m.sum() * s.voxel_ml,
+                       f"{HEMORRHAGE}_ref_ml": s.reference.sum() * s.voxel_ml,
+                       f"{HEMORRHAGE}_dice": dice(m, s.reference)} for s, m in zip(scans, masks)], phantoms)
 
 
 def cross_validated(scans: list[Scan], folds: int) -> list[np.ndarray]:
@@ -198,17 +189,6 @@ def cross_validated(scans: list[Scan], folds: int) -> list[np.ndarray]:
     return out
 
 
-def render(results: dict) -> str:
-    lines = ["# Edge decisions on the truth set", "",
-             "| edge voxels decided by | mean / median Dice | mean diff mL | RMSE mL | worst error > 15 mL "
-             "| Dice by host |", "|---|---:|---:|---:|---:|---|"]
-    for name, s in results.items():
-        hosts = ", ".join(f"{h} {d:.3f}" for h, d in s["dice_by_host"].items())
-        lines.append(f"| {name} | {s['dice_mean']:.3f} / {s['dice_median']:.3f} | {s['mean_difference_ml']:+.2f} "
-                     f"| {s['rmse_ml']:.2f} | {100 * s['worst_relative_error_over_15ml']:.0f} % | {hosts} |")
-    return "\n".join(lines) + "\n"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--score", nargs=2, type=Path, required=True, metavar=("SPLIT_DIR", "DERIVATIVES"))
@@ -217,17 +197,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("."))
     args = parser.parse_args(argv)
     scans = load_split(*args.score)
-    results = {"the run (as it is)": figures(scans, [decided(s, "run") for s in scans]),
-               "the truth, partial voxels (bound)": figures(scans, [decided(s, "truth-partial") for s in scans]),
-               "the truth, edge band (bound)": figures(scans, [decided(s, "truth-band") for s in scans])}
+    phantoms = read_phantoms(args.score[0])
+
+    def scored(masks):
+        return figures(scans, masks, phantoms)
+
+    results = {"the run (as it is)": scored([decided(s, "run") for s in scans]),
+               "the truth, partial voxels (bound)": scored([decided(s, "truth-partial") for s in scans]),
+               "the truth, edge band (bound)": scored([decided(s, "truth-band") for s in scans])}
     if args.fit:
         model = EdgeModel().fit([s for split in args.fit for s in load_split(*split)])
-        results["logistic model fitted on --fit (out of sample)"] = figures(
-            scans, [decided(s, "model", model) for s in scans])
+        results["logistic model fitted on --fit (out of sample)"] = scored([decided(s, "model", model) for s in scans])
     if args.folds:
-        results[f"logistic model, {args.folds}-fold cross-validation"] = figures(scans, cross_validated(scans, args.folds))
-        results["logistic model fitted in-sample (bound)"] = figures(
-            scans, [decided(s, "model", EdgeModel().fit(scans)) for s in scans])
+        results[f"logistic model, {args.folds}-fold cross-validation"] = scored(cross_validated(scans, args.folds))
+        in_sample = EdgeModel().fit(scans)
+        results["logistic model fitted in-sample (bound)"] = scored([decided(s, "model", in_sample) for s in scans])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "edge_decisions.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
     (args.out / "edge_decisions.md").write_text(render(results))

@@ -36,7 +36,7 @@ def _scan(top_share: float, seed: int) -> edge.Scan:
     total[box + (7,)] = 0.5
     index, inside, features = edge.band_features(labels, total, hu, np.ones(shape, bool), AFFINE)
     reference = (share >= 0.5).ravel()
-    return edge.Scan(f"sub-{seed}", "host", 0.00125, (labels > 0).ravel(), reference, share.ravel(),
+    return edge.Scan(f"sub-{seed}", 0.00125, (labels > 0).ravel(), reference, share.ravel(),
                      index, inside, features)
 
 
@@ -67,8 +67,10 @@ def test_the_bounds_and_a_model_fitted_on_other_scans_decide_the_face():
 
 def test_figures_score_the_masks_against_the_reference():
     scans = [_scan(0.3, seed=0), _scan(0.7, seed=1)]
-    run = edge.figures(scans, [edge.decided(s, "run") for s in scans])
-    truth = edge.figures(scans, [edge.decided(s, "truth-band") for s in scans])
+    phantoms = {s.sid: {"host": "host"} for s in scans}
+    run = edge.figures(scans, [edge.decided(s, "run") for s in scans], phantoms)
+    truth = edge.figures(scans, [edge.decided(s, "truth-band") for s in scans], phantoms)
     assert truth["dice_mean"] == pytest.approx(1.0)
     assert run["dice_mean"] < 1.0
     assert run["mean_difference_ml"] > 0  # the run labels the whole 30 % slice
+    assert "| the run |" in edge.render({"the run": run})
