@@ -40,9 +40,13 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from ichseg.pipeline.assets import get_asset
-from ichseg.pipeline.geometry import voxel_sizes, voxel_volume_ml
-from ichseg.pipeline.labels import HEMORRHAGE_INDICES
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from accuracy import read_phantoms  # noqa: E402
+
+from ichseg.pipeline.assets import get_asset  # noqa: E402
+from ichseg.pipeline.geometry import voxel_sizes, voxel_volume_ml  # noqa: E402
+from ichseg.pipeline.labels import HEMORRHAGE_INDICES  # noqa: E402
 
 GROW_MM = 3.0
 
@@ -78,9 +82,7 @@ def host_findings(hosts: list[str], work: Path, all_labels: bool = False,
 
 
 def update_split(split_dir: Path, found: dict[str, nib.Nifti1Image]) -> None:
-    lines = (split_dir / "phantoms.tsv").read_text().splitlines()
-    header = lines[0].split("\t")
-    rows = [dict(zip(header, line.split("\t"))) for line in lines[1:]]
+    rows = read_phantoms(split_dir).values()
     report = ["participant_id\thost\tignored_ml_before\tignored_ml_after"]
     for row in rows:
         if row["host"] not in found:
